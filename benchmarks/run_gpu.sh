@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call: install, GPU tests, all benchmarks -> JSON in $OUT.
+#   bash benchmarks/run_gpu.sh            # tests + benchmarks
+#   FASTGEN_GPU_STEPS=bench bash benchmarks/run_gpu.sh   # benchmarks only
+# On the device machine nothing can be downloaded: fastgen installs without build isolation
+# or dependencies (torch, triton and numpy are already there).
+set -uo pipefail
+OUT=${OUT:-$(pwd)/gpu_out}
+mkdir -p "$OUT"
+STEPS=${FASTGEN_GPU_STEPS:-tests,bench}
+export PYTHONUNBUFFERED=1
+status=0
+
+python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/install.log" 2>&1 \
+  || { echo "install failed"; cat "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+fastgen info | tee -a "$OUT/gpu.txt"
+
+if [[ $STEPS == *tests* ]]; then
+  python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if [[ $STEPS == *bench* ]]; then
+  fastgen bench conv --json "$OUT/conv.json" 2>&1 | tee "$OUT/bench_conv.log" || status=1
+fi
+exit $status

@@ -1,0 +1,210 @@
+"""One benchmark runner: cases that time fastgen against what a user would use instead.
+
+Each case builds its inputs once and offers several implementations of the same work:
+``fastgen`` and the alternatives (cuDNN through ``F.conv2d`` in both memory formats,
+``torch.compile`` of the reference, ...).  ``run_cases`` times them all in one process
+on one device and reports each alternative's time over fastgen's (the speedup).
+
+On a GPU, times are ``triton.testing.do_bench`` medians (CUDA events, L2 flushed between
+calls).  On a CPU the same cases run at small sizes with a wall clock: useful to check the
+runner, never a speed claim.
+
+Floors (H100 measured ceilings: 2.99 TB/s copy, ~796 TFLOP/s bf16 dense):
+- masked conv2d 7x7 'A', B=64, C=128, 32x32: 24 of 49 taps -> 2*65536*128*128*24 = 51.5 GFLOP
+  -> 65 us at peak; bytes 2 x 16.8 MB -> 11 us.  Compute bound.
+- masked conv2d 3x3 'B': 5 of 9 taps -> 10.7 GFLOP -> 13.5 us; bytes -> 11 us.
+- causal conv1d k=2, B=16, C=256, T=16384: 68.7 GFLOP -> 86 us; bytes 2 x 134 MB -> 90 us.
+"""
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fastgen import ops
+from fastgen.ops import reference
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    impls: dict            # implementation name -> zero-argument callable
+    flops: float = 0.0     # useful floating-point work of one call (for TFLOP/s)
+    floor_ms: float = 0.0  # the larger of flops/peak and bytes/bandwidth on an H100
+    target: str = ""       # the issue's target, in words
+
+
+def _compiled(fn):
+    """torch.compile(fn), or None where compile cannot run (no C compiler etc.)."""
+    try:
+        return torch.compile(fn, dynamic=False)
+    except Exception:  # pragma: no cover - depends on the machine's toolchain
+        return None
+
+
+def _fwd_bwd(f, inputs, gy):
+    """A callable running f's forward and the gradients w.r.t. ``inputs`` for upstream ``gy``."""
+    def run():
+        y = f()
+        return torch.autograd.grad(y, inputs, gy)
+    return run
+
+
+def masked_conv_cases(device, dtype, quick=False, compile_baseline=True):
+    B, C, H = (64, 128, 32) if not quick else (2, 16, 8)
+    cases = []
+    for k, mask_type, taps, target in [(7, "A", 24, "fwd >= 1.5x cuDNN, fwd+bwd >= 1.3x"),
+                                       (3, "B", 5, "fwd and fwd+bwd no slower than cuDNN")]:
+        cases += _masked_conv_case(device, dtype, B, C, H, k, mask_type, taps, target, compile_baseline)
+    return cases
+
+
+def _masked_conv_case(device, dtype, B, C, H, k, mask_type, taps, target, compile_baseline):
+    g = torch.Generator(device="cpu").manual_seed(k)
+    x = torch.randn(B, C, H, H, generator=g).to(device, dtype).requires_grad_()
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(C, C, k, k, generator=g) / (C * k)).to(device, dtype).requires_grad_()
+    b = torch.randn(C, generator=g).to(device, dtype).requires_grad_()
+    mask = reference.pixelcnn_mask(C, C, k, mask_type, dtype=dtype, device=device)
+    gy = torch.randn(B, C, H, H, generator=g).to(device, dtype)
+
+    def fastgen_fwd(x=x):
+        return ops.masked_conv2d(x, w, b, mask_type)
+
+    def cudnn_fwd(x=x):
+        return F.conv2d(x, w * mask, b, padding=k // 2)
+
+    flops = 2 * B * H * H * C * C * taps
+    fwd = {"fastgen": fastgen_fwd, "cudnn": cudnn_fwd, "cudnn_channels_last": lambda: cudnn_fwd(x_cl)}
+    fb = {"fastgen": _fwd_bwd(fastgen_fwd, (x, w, b), gy),
+          "cudnn": _fwd_bwd(cudnn_fwd, (x, w, b), gy),
+          "cudnn_channels_last": _fwd_bwd(lambda: cudnn_fwd(x_cl), (x_cl, w, b), gy)}
+    if compile_baseline:
+        compiled = _compiled(lambda x, w, b: reference.masked_conv2d(x, w, b, mask_type))
+        if compiled is not None:
+            fwd["torch_compile"] = lambda: compiled(x, w, b)
+            fb["torch_compile"] = _fwd_bwd(lambda: compiled(x, w, b), (x, w, b), gy)
+    name = f"masked_conv2d_k{k}{mask_type}_B{B}_C{C}_{H}x{H}_{str(dtype)[6:]}"
+    floor = max(flops / 796e12, 2 * x.numel() * x.element_size() / 2.99e12) * 1e3
+    return [Case(name + "_fwd", fwd, flops, floor, target),
+            Case(name + "_fwdbwd", fb, 3 * flops, 3 * floor, target)]
+
+
+def causal_conv_cases(device, dtype, quick=False, dilations=None, compile_baseline=False):
+    B, C, T, k = (16, 256, 16384, 2) if not quick else (2, 16, 256, 2)
+    dilations = dilations or ([2 ** i for i in range(10)] if not quick else [1, 8])
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(B, C, T, generator=g).to(device, dtype).requires_grad_()
+    w = (torch.randn(C, C, k, generator=g) / (C * k) ** 0.5).to(device, dtype).requires_grad_()
+    b = torch.randn(C, generator=g).to(device, dtype).requires_grad_()
+    gy = torch.randn(B, C, T, generator=g).to(device, dtype)
+    flops = 2 * B * T * C * C * k
+    floor = max(flops / 796e12, 2 * x.numel() * x.element_size() / 2.99e12) * 1e3
+    cases = []
+    for d in dilations:
+        def fastgen_fwd(d=d):
+            return ops.causal_conv1d(x, w, b, d)
+
+        def cudnn_fwd(d=d):
+            return F.conv1d(F.pad(x, (d * (k - 1), 0)), w, b, dilation=d)
+
+        fwd = {"fastgen": fastgen_fwd, "cudnn": cudnn_fwd}
+        fb = {"fastgen": _fwd_bwd(fastgen_fwd, (x, w, b), gy), "cudnn": _fwd_bwd(cudnn_fwd, (x, w, b), gy)}
+        if compile_baseline:
+            compiled = _compiled(lambda x, w, b, d=d: reference.causal_conv1d(x, w, b, d))
+            if compiled is not None:
+                fwd["torch_compile"] = lambda c=compiled: c(x, w, b)
+        name = f"causal_conv1d_k{k}_d{d}_B{B}_C{C}_T{T}_{str(dtype)[6:]}"
+        cases.append(Case(name + "_fwd", fwd, flops, floor, "fwd >= 2x cuDNN"))
+        cases.append(Case(name + "_fwdbwd", fb, 3 * flops, 3 * floor, "fwd+bwd >= 1.5x cuDNN"))
+    return cases
+
+
+def conv_cases(device, quick=False, dtypes=None):
+    """All conv cases the foundation issue sets targets for (bf16), plus fp32 for reference."""
+    device = torch.device(device)
+    if dtypes is None:
+        dtypes = [torch.bfloat16, torch.float32] if device.type == "cuda" else [torch.float32]
+    cases = []
+    for dtype in dtypes:
+        cases += masked_conv_cases(device, dtype, quick, compile_baseline=device.type == "cuda")
+        cases += causal_conv_cases(device, dtype, quick,
+                                   dilations=None if dtype == torch.bfloat16 or quick else [1, 64])
+    return cases
+
+
+def time_ms(fn, device):
+    """Median milliseconds of one call of ``fn``."""
+    if torch.device(device).type == "cuda":
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_cases(cases, device, progress=None):
+    """Time every implementation of every case; returns a list of result rows (dicts)."""
+    rows = []
+    for case in cases:
+        times = {}
+        for impl, fn in case.impls.items():
+            try:
+                times[impl] = time_ms(fn, device)
+            except Exception as err:  # a baseline that cannot run here is reported, not fatal
+                times[impl] = None
+                print(f"  {case.name} / {impl}: failed: {type(err).__name__}: {str(err)[:200]}")
+        ours = times.get("fastgen")
+        others = {k: v for k, v in times.items() if k != "fastgen" and v is not None}
+        best_name = min(others, key=others.get) if others else None
+        row = {"case": case.name, "ms": times, "target": case.target,
+               "best_alternative": best_name,
+               "speedup_vs_best": (others[best_name] / ours) if ours and best_name else None,
+               "speedup_vs_cudnn": (times["cudnn"] / ours) if ours and times.get("cudnn") else None,
+               "fastgen_TFLOPs": case.flops / ours / 1e9 if ours and case.flops else None,
+               "floor_ms_h100": case.floor_ms,
+               "pct_of_floor": 100 * case.floor_ms / ours if ours and case.floor_ms else None}
+        rows.append(row)
+        if progress:
+            progress(row)
+    return rows
+
+
+def environment(device):
+    """Versions, device and commit for a results file."""
+    env = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if torch.device(device).type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                       text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
+
+
+def format_row(row):
+    ms = "  ".join(f"{k}={v:.4f}" if v is not None else f"{k}=n/a" for k, v in row["ms"].items())
+    ratio = row["speedup_vs_best"]
+    best = f"{ratio:.2f}x vs {row['best_alternative']}" if ratio else "n/a"
+    return f"{row['case']:<58} {best:<28} {ms}"
+
+
+def save(rows, path, command, device):
+    with open(path, "w") as f:
+        json.dump({"env": environment(device), "command": command, "results": rows}, f, indent=1)

@@ -1,0 +1,85 @@
+"""The ``fastgen`` command.
+
+    fastgen info                 versions, device, the backend each op uses, native extension
+    fastgen bench conv [--quick] [--json PATH]
+                                 time the conv kernels against cuDNN / torch.compile here
+"""
+import argparse
+import platform
+import sys
+
+import torch
+
+
+def _device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_info(args):
+    from fastgen import __version__, _native
+    from fastgen.ops._backend import can_run_triton, choose_backend, triton_version
+
+    device = _device()
+    try:
+        import cupy
+        cupy_version = cupy.__version__
+    except Exception:  # cupy missing or without a usable CUDA
+        cupy_version = None
+    print(f"fastgen   {__version__}")
+    print(f"python    {platform.python_version()}")
+    print(f"torch     {torch.__version__}")
+    print(f"triton    {triton_version() or 'not installed'}")
+    print(f"cupy      {cupy_version or 'not installed'}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device    {device} ({name})")
+    print(f"native    {_native.status()}")
+    print("backends  (op: dtype -> backend)")
+    for op in ("masked_conv2d", "causal_conv1d"):
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            probe = torch.empty(0, dtype=dtype, device=device)
+            backend = choose_backend(op, probe)
+            _, why = can_run_triton(device, dtype)
+            note = "" if backend == "triton" else f"  ({why})"
+            print(f"  {op:<15} {str(dtype)[6:]:<9} -> {backend}{note}")
+    return 0
+
+
+def cmd_bench(args):
+    from fastgen import bench
+
+    device = _device()
+    if args.what != "conv":
+        print(f"unknown benchmark {args.what!r}; available: conv", file=sys.stderr)
+        return 2
+    quick = args.quick or device.type != "cuda"
+    if device.type != "cuda":
+        print("No GPU here: small sizes on the CPU (Triton interpreter when TRITON_INTERPRET=1); "
+              "these times check the runner and are not speed claims.")
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")] if args.dtypes else None
+    cases = [c for c in bench.conv_cases(device, quick=quick, dtypes=dtypes) if args.filter in c.name]
+    print(f"{'case':<58} {'fastgen speedup':<28} median ms")
+    rows = bench.run_cases(cases, device, progress=lambda row: print(bench.format_row(row), flush=True))
+    if args.json:
+        bench.save(rows, args.json, " ".join(["fastgen"] + sys.argv[1:]), device)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fastgen", description="Fast kernels for deep generative models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions, device and backends")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("bench", help="time fastgen against the alternatives on this machine")
+    p.add_argument("what", choices=["conv"], help="which benchmark")
+    p.add_argument("--quick", action="store_true", help="small sizes (always on without a GPU)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--filter", default="", help="only cases whose name contains this")
+    p.add_argument("--dtypes", default="", help="comma-separated, e.g. bfloat16,float32")
+    p.set_defaults(func=cmd_bench)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

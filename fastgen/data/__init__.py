@@ -1,0 +1,1 @@
+"""Datasets that need no download -- built in the issues after the foundation."""

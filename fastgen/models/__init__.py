@@ -1,0 +1,1 @@
+"""The model zoo built on fastgen.nn -- built in the issues after the foundation."""

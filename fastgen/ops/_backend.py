@@ -1,0 +1,87 @@
+"""Backend choice for every op: which implementation runs, and why.
+
+- CUDA tensors -> the Triton kernel; CPU tensors -> the plain-PyTorch reference.
+- ``FASTGEN_BACKEND=reference|triton`` (or an op's ``backend=`` argument) forces one.
+  With ``TRITON_INTERPRET=1`` the Triton backend runs on CPU tensors: that is how CI,
+  which has no GPU, executes every kernel.
+- A forced backend that cannot run the input raises, naming the reason; an automatic
+  choice falls back to the reference only for the documented cases (float64 inputs, no
+  Triton installed) and logs why at DEBUG (``FASTGEN_LOG_LEVEL=DEBUG``).
+"""
+import functools
+import logging
+import os
+
+import torch
+
+BACKENDS = ("reference", "triton")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_log = logging.getLogger("fastgen")
+
+
+@functools.lru_cache(maxsize=None)
+def _configure_logging(level):
+    if level:
+        logging.basicConfig()
+        _log.setLevel(level.upper())
+
+
+def log_decision(message, *args):
+    _configure_logging(os.environ.get("FASTGEN_LOG_LEVEL", ""))
+    _log.debug(message, *args)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_version():
+    """The installed Triton's version, or None."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def interpreting():
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def can_run_triton(device, dtype):
+    """(ok, reason): whether the Triton kernels can run tensors of this device and dtype."""
+    if triton_version() is None:
+        return False, "triton is not installed"
+    device = torch.device(device)
+    if device.type == "cpu" and not interpreting():
+        return False, "CPU tensor and TRITON_INTERPRET is not set"
+    if device.type not in ("cuda", "cpu"):
+        return False, f"device type {device.type!r} is not supported"
+    if dtype not in TRITON_DTYPES:
+        return False, f"dtype {dtype} is not one of float32/float16/bfloat16 (float64 runs on the reference)"
+    return True, "ok"
+
+
+def requested_backend(backend=None):
+    """The backend the caller or ``FASTGEN_BACKEND`` asks for, or None for automatic."""
+    name = backend if backend is not None else os.environ.get("FASTGEN_BACKEND") or None
+    if name is not None and name not in BACKENDS:
+        source = "backend" if backend is not None else "FASTGEN_BACKEND"
+        raise ValueError(f"{source} must be one of {BACKENDS} or unset, got {name!r}")
+    return name
+
+
+def choose_backend(op, tensor, backend=None):
+    """Pick the backend for ``op`` on inputs like ``tensor``; returns 'reference' or 'triton'."""
+    wanted = requested_backend(backend)
+    ok, why = can_run_triton(tensor.device, tensor.dtype)
+    if wanted == "triton" and not ok:
+        raise RuntimeError(f"{op}: the triton backend was requested but cannot run: {why}")
+    if wanted is None:
+        wanted = "triton" if ok and tensor.device.type == "cuda" else "reference"
+    log_decision("%s: %s backend for %s %s (triton: %s)", op, wanted, tensor.device, tensor.dtype, why)
+    return wanted
+
+
+def empty(*shape, dtype, device):
+    """Allocate an output the kernel will overwrite (the tests poison this with NaN)."""
+    return torch.empty(*shape, dtype=dtype, device=device)

@@ -1,0 +1,278 @@
+"""Masked 2-D and causal 1-D convolutions: checks, dispatch, torch.library registration.
+
+Both ops run on one Triton kernel family (``fastgen.kernels.tap_conv``): an implicit GEMM
+over an explicit list of kernel taps, so masked taps cost nothing.  Internally the Triton
+path works channels-last (``[B, H, W, C]`` / ``[B, T, C]``) because that makes every load a
+contiguous run of channels; its outputs are channels-last tensors of the usual logical
+shape, so a stack of fastgen layers never converts layouts between layers.
+
+Backends (see ``fastgen.ops._backend``): the reference in ``fastgen.ops.reference`` on
+CPU (and for float64), the Triton ops ``torch.ops.fastgen.masked_conv2d`` /
+``torch.ops.fastgen.causal_conv1d`` on CUDA and under ``TRITON_INTERPRET=1``.
+"""
+import functools
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from fastgen.ops import _validate, reference
+from fastgen.ops._backend import choose_backend, empty
+
+
+# --------------------------------------------------------------------------- taps
+
+@functools.lru_cache(maxsize=None)
+def _masked_taps(k, mask_type, color_groups, stack, dilation, device):
+    """Kept taps of a PixelCNN mask: (``Taps``, their flat window index ky*k + kx as an int64
+    tensor [T] on ``device``).  Derived from the reference mask, so there is one definition
+    of which taps exist; every such mask keeps a consecutive run of raster positions."""
+    from fastgen.kernels.tap_conv import Taps
+    mask = reference.pixelcnn_mask(color_groups, color_groups, k, mask_type, color_groups, stack)
+    flat = torch.nonzero(mask.amax(dim=(0, 1)).flatten()).flatten()
+    first = int(flat[0]) if len(flat) else 0
+    if not torch.equal(flat, torch.arange(first, first + len(flat))):  # pragma: no cover
+        raise AssertionError(f"mask taps {flat.tolist()} are not a consecutive raster run")
+    return Taps(first, k, k // 2, k // 2, dilation), flat.to(device)
+
+
+def _causal_taps(k, dilation):
+    """Tap j of a causal 1-D conv reads x[t - (k-1-j)*d]: window position j, centre k-1."""
+    from fastgen.kernels.tap_conv import Taps
+    return Taps(0, k, 0, k - 1, dilation)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _wgrad_splits(m, tiles, device):
+    """How many pixel splits the weight gradient uses: enough programs to fill the GPU."""
+    target = 4 * _num_sms(device) if device.type == "cuda" else 2
+    return max(1, min(-(-m // 512), -(-target // tiles)))
+
+
+# ------------------------------------------------------- shared Triton forward/backward
+
+def _dot_precision(x):
+    """How the kernels multiply fp32: like ``nn.Conv2d`` does -- TF32 on the tensor cores when
+    ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default, ~1e-3 relative error),
+    exact fp32 products ("ieee", ~1e-6) otherwise and always on the CPU interpreter.
+    16-bit inputs always use the tensor cores ("tf32" is Triton's default setting)."""
+    exact = x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cudnn.allow_tf32)
+    return "ieee" if exact else "tf32"
+
+
+def _tap_forward(x_cl, w_packed, taps, bias):
+    """x_cl: [B, H, W, C_in] (any strides), w_packed: [T, C_in, C_out] -> y: [B, H, W, C_out]."""
+    from fastgen.kernels.tap_conv import tap_conv_forward
+    B, H, W, _ = x_cl.shape
+    y = empty(B, H, W, w_packed.shape[2], dtype=x_cl.dtype, device=x_cl.device)
+    return tap_conv_forward(x_cl, w_packed, taps, bias, y, _dot_precision(x_cl))
+
+
+def _tap_backward(gy_cl, x_cl, w_packed, taps):
+    """Gradients of _tap_forward: (gx_cl [B, H, W, C_in], gw_packed fp32 [T, C_in, C_out],
+    gb fp32 [C_out])."""
+    from fastgen.kernels.tap_conv import tap_conv_forward, tap_conv_weight_grad
+    B, H, W, c_in = x_cl.shape
+    T, _, c_out = w_packed.shape
+    # grad x[p] = sum_t gy[p - off_t] @ W_t^T: the forward sum with negated taps and each
+    # tap's weight matrix transposed (a strided view, no copy).
+    precision = _dot_precision(x_cl)
+    gx = empty(B, H, W, c_in, dtype=x_cl.dtype, device=x_cl.device)
+    tap_conv_forward(gy_cl, w_packed.transpose(1, 2), taps, None, gx, precision, mirror=True)
+    tiles = T * -(-c_in // 128) * -(-c_out // 128)
+    splits = _wgrad_splits(B * H * W, tiles, x_cl.device)
+    partial = empty(splits, T, c_in, c_out, dtype=torch.float32, device=x_cl.device)
+    gw = tap_conv_weight_grad(x_cl, gy_cl, taps, partial, precision).sum(0)
+    gb = gy_cl.sum(dim=(0, 1, 2), dtype=torch.float32)
+    return gx, gw, gb
+
+
+def _channels_last_2d(t):
+    """[B, C, H, W] -> a [B, H, W, C] view whose channel stride is 1 (copies only if needed)."""
+    if t.stride(1) != 1:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.permute(0, 2, 3, 1)
+
+
+def _channels_last_1d(t):
+    """[B, C, T] -> a [B, 1, T, C] view whose channel stride is 1 (copies only if needed)."""
+    if t.stride(1) != 1:
+        t = t.transpose(1, 2).contiguous().transpose(1, 2)
+    return t.transpose(1, 2).unsqueeze(1)
+
+
+# ------------------------------------------------------------------ masked_conv2d
+
+def _check_masked_conv2d(x, weight, bias, mask_type, color_groups, dilation, stack):
+    _validate.tensor("x", x, 4, "[B, C_in, H, W]")
+    _validate.tensor("weight", weight, 4, "[C_out, C_in, k, k]")
+    c_out, c_in, kh, kw = weight.shape
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"weight must have an odd square kernel [C_out, C_in, k, k], got k = {kh}x{kw}")
+    if x.shape[1] != c_in:
+        raise ValueError(f"x has {x.shape[1]} channels but weight expects C_in = {c_in}")
+    _validate.bias(bias, c_out)
+    _validate.same_dtype_and_device(x=x, weight=weight, bias=bias)
+    _validate.one_of("mask_type", mask_type, ("A", "B"))
+    _validate.one_of("stack", stack, reference.STACKS)
+    _validate.positive_int("color_groups", color_groups)
+    _validate.positive_int("dilation", dilation)
+    if c_in % color_groups or c_out % color_groups:
+        raise ValueError(f"color_groups = {color_groups} must divide C_in = {c_in} and C_out = {c_out}")
+
+
+def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1, dilation=1, stack="raster",
+                  backend=None):
+    """PixelCNN masked convolution (stride 1, "same" padding), with autograd.
+
+    x: [B, C_in, H, W], weight: [C_out, C_in, k, k] (k odd), bias: [C_out] or None
+    -> [B, C_out, H, W] = conv2d(x, weight * mask, bias, padding=d*(k//2), dilation=d),
+    mask from ``fastgen.ops.reference.pixelcnn_mask``.  Types 'A' and 'B'; ``color_groups=3``
+    gives the RGB ordering; ``stack='vertical'|'horizontal'`` the Gated PixelCNN stacks.
+    dtypes float32/float16/bfloat16 on Triton; float32 uses TF32 exactly when ``nn.Conv2d``
+    would (``torch.backends.cudnn.allow_tf32``); float64 runs on the reference.  ``backend``: None (automatic),
+    'reference' or 'triton'.  The Triton path returns a channels-last tensor.
+    """
+    _check_masked_conv2d(x, weight, bias, mask_type, color_groups, dilation, stack)
+    if choose_backend("masked_conv2d", x, backend) == "reference":
+        return reference.masked_conv2d(x, weight, bias, mask_type, color_groups, dilation, stack)
+    return torch.ops.fastgen.masked_conv2d(x, weight, bias, mask_type, color_groups, dilation, stack)
+
+
+def _pack_masked_weight(weight, mask_type, color_groups, dilation, stack):
+    """weight [C_out, C_in, k, k] -> (w_packed [T, C_in, C_out] of the kept taps (masked),
+    Taps, flat tap index [T])."""
+    c_out, c_in, k, _ = weight.shape
+    taps, flat = _masked_taps(k, mask_type, color_groups, stack, dilation, weight.device)
+    if color_groups > 1:  # the centre tap is partly masked; with one group kept taps are whole
+        weight = weight * reference.pixelcnn_mask(c_out, c_in, k, mask_type, color_groups, stack,
+                                                  weight.dtype, weight.device)
+    w_packed = weight.flatten(2)[:, :, flat].permute(2, 1, 0).contiguous()
+    return w_packed, taps, flat
+
+
+@torch.library.custom_op("fastgen::masked_conv2d", mutates_args=())
+def _masked_conv2d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask_type: str,
+                      color_groups: int, dilation: int, stack: str) -> Tensor:
+    w_packed, taps, _ = _pack_masked_weight(weight, mask_type, color_groups, dilation, stack)
+    return _tap_forward(_channels_last_2d(x), w_packed, taps, bias).permute(0, 3, 1, 2)
+
+
+@_masked_conv2d_op.register_fake
+def _(x, weight, bias, mask_type, color_groups, dilation, stack):
+    B, _, H, W = x.shape
+    return x.new_empty(B, H, W, weight.shape[0]).permute(0, 3, 1, 2)
+
+
+@torch.library.custom_op("fastgen::masked_conv2d_backward", mutates_args=())
+def _masked_conv2d_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, mask_type: str,
+                               color_groups: int, dilation: int, stack: str) -> List[Tensor]:
+    c_out, c_in, k, _ = weight.shape
+    w_packed, taps, flat = _pack_masked_weight(weight, mask_type, color_groups, dilation, stack)
+    gx, gw_packed, gb = _tap_backward(_channels_last_2d(grad_y), _channels_last_2d(x), w_packed, taps)
+    # Scatter the kept taps back; masked taps of the weight gradient stay exactly zero.
+    gw = torch.zeros(c_out, c_in, k * k, dtype=torch.float32, device=weight.device)
+    gw[:, :, flat] = gw_packed.permute(2, 1, 0)
+    gw = gw.view(c_out, c_in, k, k)
+    if color_groups > 1:
+        gw = gw * reference.pixelcnn_mask(c_out, c_in, k, mask_type, color_groups, stack,
+                                          device=weight.device)
+    return [gx.permute(0, 3, 1, 2), gw.to(weight.dtype), gb.to(weight.dtype)]
+
+
+@_masked_conv2d_backward_op.register_fake
+def _(grad_y, x, weight, mask_type, color_groups, dilation, stack):
+    B, c_in, H, W = x.shape
+    return [x.new_empty(B, H, W, c_in).permute(0, 3, 1, 2), torch.empty_like(weight),
+            weight.new_empty(weight.shape[0])]
+
+
+def _masked_conv2d_setup(ctx, inputs, output):
+    x, weight, bias, mask_type, color_groups, dilation, stack = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = (mask_type, color_groups, dilation, stack)
+    ctx.has_bias = bias is not None
+
+
+def _masked_conv2d_grad(ctx, grad_y):
+    x, weight = ctx.saved_tensors
+    gx, gw, gb = torch.ops.fastgen.masked_conv2d_backward(grad_y, x, weight, *ctx.args)
+    return gx, gw, (gb if ctx.has_bias else None), None, None, None, None
+
+
+_masked_conv2d_op.register_autograd(_masked_conv2d_grad, setup_context=_masked_conv2d_setup)
+
+
+# ------------------------------------------------------------------ causal_conv1d
+
+def _check_causal_conv1d(x, weight, bias, dilation):
+    _validate.tensor("x", x, 3, "[B, C_in, T]")
+    _validate.tensor("weight", weight, 3, "[C_out, C_in, k]")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} channels but weight expects C_in = {weight.shape[1]}")
+    if weight.shape[2] < 1:
+        raise ValueError("weight must have kernel size k >= 1")
+    _validate.bias(bias, weight.shape[0])
+    _validate.same_dtype_and_device(x=x, weight=weight, bias=bias)
+    _validate.positive_int("dilation", dilation)
+
+
+def causal_conv1d(x, weight, bias=None, dilation=1, backend=None):
+    """Causal dilated 1-D convolution with autograd: output length equals input length.
+
+    x: [B, C_in, T], weight: [C_out, C_in, k], bias: [C_out] or None
+    -> [B, C_out, T] = conv1d(pad_left(x, d*(k-1)), weight, bias, dilation=d).
+    dtypes and backends as ``masked_conv2d``; the Triton path returns a tensor whose
+    channel stride is 1 (``[B, T, C]`` in memory).
+    """
+    _check_causal_conv1d(x, weight, bias, dilation)
+    if choose_backend("causal_conv1d", x, backend) == "reference":
+        return reference.causal_conv1d(x, weight, bias, dilation)
+    return torch.ops.fastgen.causal_conv1d(x, weight, bias, dilation)
+
+
+@torch.library.custom_op("fastgen::causal_conv1d", mutates_args=())
+def _causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) -> Tensor:
+    taps = _causal_taps(weight.shape[2], dilation)
+    w_packed = weight.permute(2, 1, 0).contiguous()
+    return _tap_forward(_channels_last_1d(x), w_packed, taps, bias)[:, 0].transpose(1, 2)
+
+
+@_causal_conv1d_op.register_fake
+def _(x, weight, bias, dilation):
+    return x.new_empty(x.shape[0], x.shape[2], weight.shape[0]).transpose(1, 2)
+
+
+@torch.library.custom_op("fastgen::causal_conv1d_backward", mutates_args=())
+def _causal_conv1d_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, dilation: int) -> List[Tensor]:
+    taps = _causal_taps(weight.shape[2], dilation)
+    w_packed = weight.permute(2, 1, 0).contiguous()
+    gx, gw_packed, gb = _tap_backward(_channels_last_1d(grad_y), _channels_last_1d(x), w_packed, taps)
+    return [gx[:, 0].transpose(1, 2), gw_packed.permute(2, 1, 0).to(weight.dtype).contiguous(),
+            gb.to(weight.dtype)]
+
+
+@_causal_conv1d_backward_op.register_fake
+def _(grad_y, x, weight, dilation):
+    return [x.new_empty(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2),
+            torch.empty_like(weight), weight.new_empty(weight.shape[0])]
+
+
+def _causal_conv1d_setup(ctx, inputs, output):
+    x, weight, bias, dilation = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.dilation = dilation
+    ctx.has_bias = bias is not None
+
+
+def _causal_conv1d_grad(ctx, grad_y):
+    x, weight = ctx.saved_tensors
+    gx, gw, gb = torch.ops.fastgen.causal_conv1d_backward(grad_y, x, weight, ctx.dilation)
+    return gx, gw, (gb if ctx.has_bias else None), None
+
+
+_causal_conv1d_op.register_autograd(_causal_conv1d_grad, setup_context=_causal_conv1d_setup)

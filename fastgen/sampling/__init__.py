@@ -1,0 +1,1 @@
+"""Incremental samplers (PixelCNN, WaveNet, diffusion loops) -- built in the issues after the foundation."""

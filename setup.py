@@ -1,0 +1,31 @@
+"""Install fastgen; ``kernels/`` is installed as ``fastgen.kernels``.
+
+Works without CUDA: the native kernels in ``csrc/`` are compiled at first use on a GPU
+machine (``fastgen/_native.py``), never at install time, so there is nothing to build here.
+"""
+from setuptools import setup
+
+setup(
+    name="fastgen",
+    version="0.1.0",
+    description="Hand-written GPU kernels for deep generative models, as drop-in PyTorch layers and samplers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["fastgen", "fastgen.ops", "fastgen.nn", "fastgen.sampling", "fastgen.models",
+              "fastgen.data", "fastgen.kernels"],
+    package_dir={"fastgen.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "viz": ["matplotlib", "pillow"],
+        "cuda": ["cupy-cuda12x"],
+        "bench": ["pytest-benchmark"],
+    },
+    entry_points={"console_scripts": ["fastgen = fastgen.cli:main"]},
+)
