@@ -57,7 +57,7 @@ def cmd_bench(args):
               "these times check the runner and are not speed claims.")
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")] if args.dtypes else None
     cases = [c for c in bench.conv_cases(device, quick=quick, dtypes=dtypes) if args.filter in c.name]
-    print(f"{'case':<58} {'fastgen speedup':<28} median ms")
+    print(f"{'case':<58} {'fastgen speedup (cl: channels-last input)':<38} median ms")
     rows = bench.run_cases(cases, device, progress=lambda row: print(bench.format_row(row), flush=True))
     if args.json:
         bench.save(rows, args.json, " ".join(["fastgen"] + sys.argv[1:]), device)

@@ -29,7 +29,9 @@ def _configure_logging(level):
 
 def log_decision(message, *args):
     _configure_logging(os.environ.get("FASTGEN_LOG_LEVEL", ""))
-    _log.debug(message, *args)
+    # torch.compile cannot trace logging calls: the decision is logged in eager mode only.
+    if not torch.compiler.is_compiling() and _log.isEnabledFor(logging.DEBUG):
+        _log.debug(message, *args)
 
 
 @functools.lru_cache(maxsize=None)
