@@ -28,9 +28,11 @@ def _configure_logging(level):
 
 
 def log_decision(message, *args):
+    # torch.compile cannot trace logging calls: decisions are logged in eager mode only.
+    if torch.compiler.is_compiling():
+        return
     _configure_logging(os.environ.get("FASTGEN_LOG_LEVEL", ""))
-    # torch.compile cannot trace logging calls: the decision is logged in eager mode only.
-    if not torch.compiler.is_compiling() and _log.isEnabledFor(logging.DEBUG):
+    if _log.isEnabledFor(logging.DEBUG):
         _log.debug(message, *args)
 
 
