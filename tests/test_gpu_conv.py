@@ -80,4 +80,5 @@ def test_compile_no_graph_break():
     x = torch.randn(2, 16, 8, 8, device="cuda")
     w = torch.randn(16, 16, 3, 3, device="cuda")
     f = torch.compile(lambda x, w: ops.masked_conv2d(x, w, None, "B").relu(), fullgraph=True)
-    torch.testing.assert_close(f(x, w), reference.masked_conv2d(x, w, None, "B").relu(), rtol=1e-3, atol=1e-3)
+    # fp32 with TF32 on (PyTorch's default for convs): within 1e-3 of the float64 reference
+    assert _rel_err(f(x, w), reference.masked_conv2d(x.double(), w.double(), None, "B").relu()) < 1e-3
