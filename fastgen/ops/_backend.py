@@ -36,14 +36,18 @@ def log_decision(message, *args):
         _log.debug(message, *args)
 
 
-@functools.lru_cache(maxsize=None)
+_triton_version = []  # filled on first use: [version or None]
+
+
 def triton_version():
     """The installed Triton's version, or None."""
-    try:
-        import triton
-    except ImportError:
-        return None
-    return triton.__version__
+    if not _triton_version:
+        try:
+            import triton
+            _triton_version.append(triton.__version__)
+        except ImportError:
+            _triton_version.append(None)
+    return _triton_version[0]
 
 
 def interpreting():
