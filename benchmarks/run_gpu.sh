@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call: install, GPU tests, all benchmarks -> JSON in $OUT.
 #   bash benchmarks/run_gpu.sh            # tests + benchmarks
-#   FASTGEN_GPU_STEPS=bench bash benchmarks/run_gpu.sh   # benchmarks only
+#   FASTGEN_GPU_STEPS=bench bash benchmarks/run_gpu.sh   # benchmarks only (also: tests, profile)
 # On the device machine nothing can be downloaded: fastgen installs without build isolation
 # or dependencies (torch, triton and numpy are already there).
 set -uo pipefail
 OUT=${OUT:-$(pwd)/gpu_out}
 mkdir -p "$OUT"
-STEPS=${FASTGEN_GPU_STEPS:-tests,bench}
+STEPS=${FASTGEN_GPU_STEPS:-tests,bench,profile}
 export PYTHONUNBUFFERED=1
 status=0
 
@@ -22,5 +22,8 @@ if [[ $STEPS == *tests* ]]; then
 fi
 if [[ $STEPS == *bench* ]]; then
   fastgen bench conv --json "$OUT/conv.json" 2>&1 | tee "$OUT/bench_conv.log" || status=1
+fi
+if [[ $STEPS == *profile* ]]; then
+  python3 benchmarks/profile_conv.py >"$OUT/profile_conv.txt" 2>&1 || status=1
 fi
 exit $status

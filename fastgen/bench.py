@@ -201,6 +201,9 @@ def environment(device):
         env["triton"] = None
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    env["commit"] = os.environ.get("FASTGEN_COMMIT")  # set where the tree travels without .git
+    if env["commit"]:
+        return env
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
