@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from fastgen.ops import _validate, reference
-from fastgen.ops._backend import choose_backend, empty
+from fastgen.ops import _backend
+from fastgen.ops._backend import choose_backend
 
 
 # --------------------------------------------------------------------------- taps
@@ -72,7 +73,7 @@ def _tap_forward(x_cl, w_packed, taps, bias):
     """x_cl: [B, H, W, C_in] (any strides), w_packed: [T, C_in, C_out] -> y: [B, H, W, C_out]."""
     from fastgen.kernels.tap_conv import tap_conv_forward
     B, H, W, _ = x_cl.shape
-    y = empty(B, H, W, w_packed.shape[2], dtype=x_cl.dtype, device=x_cl.device)
+    y = _backend.empty(B, H, W, w_packed.shape[2], dtype=x_cl.dtype, device=x_cl.device)
     return tap_conv_forward(x_cl, w_packed, taps, bias, y, _dot_precision(x_cl))
 
 
@@ -87,12 +88,12 @@ def _tap_backward(gy_cl, x_cl, w_packed, taps, needs=(True, True, True)):
     precision = _dot_precision(x_cl)
     gx = gw = gb = None
     if needs[0]:
-        gx = empty(B, H, W, c_in, dtype=x_cl.dtype, device=x_cl.device)
+        gx = _backend.empty(B, H, W, c_in, dtype=x_cl.dtype, device=x_cl.device)
         tap_conv_forward(gy_cl, w_packed.transpose(1, 2), taps, None, gx, precision, mirror=True)
     if needs[1]:
         tiles = T * -(-c_in // 128) * -(-c_out // 128)
         splits = _wgrad_splits(B * H * W, tiles, x_cl.device)
-        partial = empty(splits, T, c_in, c_out, dtype=torch.float32, device=x_cl.device)
+        partial = _backend.empty(splits, T, c_in, c_out, dtype=torch.float32, device=x_cl.device)
         gw = tap_conv_weight_grad(x_cl, gy_cl, taps, partial, precision).sum(0)
     if needs[2]:
         gb = gy_cl.sum(dim=(0, 1, 2), dtype=torch.float32)
@@ -108,7 +109,7 @@ def _channels_last(t):
     if not t.is_contiguous():
         return t.permute(order).contiguous()
     from fastgen.kernels.layout import to_channels_last
-    out = empty(*(t.shape[i] for i in order), dtype=t.dtype, device=t.device)
+    out = _backend.empty(*(t.shape[i] for i in order), dtype=t.dtype, device=t.device)
     to_channels_last(t.view(t.shape[0], t.shape[1], -1), out.view(t.shape[0], -1, t.shape[1]))
     return out
 

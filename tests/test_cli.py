@@ -1,0 +1,25 @@
+"""The fastgen command: info and the conv benchmark run on a machine without a GPU."""
+import json
+
+from fastgen import cli
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for word in ("torch", "triton", "device", "masked_conv2d", "causal_conv1d", "native"):
+        assert word in out
+    assert "float64   -> reference" in out
+
+
+def test_bench_conv_quick(capsys, tmp_path):
+    path = tmp_path / "conv.json"
+    assert cli.main(["bench", "conv", "--quick", "--filter", "k3B", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "not speed claims" in out
+    data = json.loads(path.read_text())
+    assert data["env"]["torch"]
+    rows = data["results"]
+    assert {r["case"] for r in rows} == {"masked_conv2d_k3B_B2_C16_8x8_float32_fwd",
+                                         "masked_conv2d_k3B_B2_C16_8x8_float32_fwdbwd"}
+    assert all(r["ms"]["fastgen"] > 0 and r["ms"]["cudnn"] > 0 for r in rows)

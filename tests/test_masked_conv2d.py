@@ -1,0 +1,156 @@
+"""masked_conv2d: the Triton kernels (interpreter on CPU) against the reference specification."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgen import ops
+from fastgen.ops import reference
+from helpers import assert_close_rel, values_and_grads
+
+CASES = [
+    pytest.param(2, 6, 9, 7, 9, 3, "B", 1, 1, "raster", id="B2-Ci6-Co9-H7-W9-k3B"),
+    pytest.param(1, 5, 4, 8, 5, 7, "A", 1, 1, "raster", id="B1-Ci5-Co4-H8-W5-k7A"),
+    pytest.param(2, 6, 9, 6, 7, 5, "A", 3, 2, "raster", id="B2-Ci6-Co9-H6-W7-k5A-rgb-d2"),
+    pytest.param(3, 3, 6, 5, 5, 3, "B", 3, 1, "raster", id="B3-Ci3-Co6-H5-W5-k3B-rgb"),
+    pytest.param(2, 4, 8, 5, 6, 5, "A", 1, 1, "vertical", id="B2-Ci4-Co8-H5-W6-k5A-vertical"),
+    pytest.param(2, 4, 8, 5, 6, 3, "B", 1, 3, "vertical", id="B2-Ci4-Co8-H5-W6-k3B-vertical-d3"),
+    pytest.param(2, 4, 8, 5, 6, 3, "A", 1, 1, "horizontal", id="B2-Ci4-Co8-H5-W6-k3A-horizontal"),
+    pytest.param(1, 70, 33, 3, 4, 3, "B", 1, 1, "raster", id="B1-Ci70-Co33-H3-W4-k3B-chunks"),
+]
+
+
+@pytest.mark.parametrize("B,c_in,c_out,H,W,k,mask_type,groups,dilation,stack", CASES)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+def test_triton_matches_reference(B, c_in, c_out, H, W, k, mask_type, groups, dilation, stack, with_bias):
+    x = torch.randn(B, c_in, H, W, requires_grad=True)
+    w = (torch.randn(c_out, c_in, k, k) / k).requires_grad_()
+    b = torch.randn(c_out, requires_grad=True) if with_bias else None
+    args = (mask_type, groups, dilation, stack)
+    inputs = [x, w] + ([b] if with_bias else [])
+
+    def run(backend):
+        return lambda x, w, *b: ops.masked_conv2d(x, w, b[0] if b else None, *args, backend=backend)
+
+    y_ref, g_ref = values_and_grads(run("reference"), inputs)
+    y, g = values_and_grads(run("triton"), inputs)
+    assert y.shape == y_ref.shape
+    assert_close_rel(y, y_ref, 1e-5, "y")
+    for name, a, e in zip(["grad_x", "grad_w", "grad_b"], g, g_ref):
+        assert_close_rel(a, e, 1e-5, name)
+
+
+def test_masked_taps_of_weight_gradient_are_exactly_zero():
+    x = torch.randn(2, 6, 6, 6)
+    w = torch.randn(6, 6, 5, 5, requires_grad=True)
+    y = ops.masked_conv2d(x, w, None, "A", 3, backend="triton")
+    (gw,) = torch.autograd.grad(y.square().sum(), [w])
+    mask = reference.pixelcnn_mask(6, 6, 5, "A", 3)
+    assert (gw[mask == 0] == 0).all()
+    assert (gw[mask == 1] != 0).all()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_hw"])
+def test_non_contiguous_inputs(layout):
+    base = torch.randn(2, 10, 7, 9)
+    if layout == "channels_last":
+        x = base.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = base[:, ::2]
+    else:
+        x = base.transpose(2, 3).contiguous().transpose(2, 3)
+    c_in = x.shape[1]
+    w = torch.randn(8, c_in, 3, 3)
+    y = ops.masked_conv2d(x, w, None, "B", backend="triton")
+    assert_close_rel(y, reference.masked_conv2d(x, w, None, "B"), 1e-5)
+
+
+def test_half_precision_under_interpreter():
+    """fp16 runs through the same kernel (bf16 is checked on the GPU: numpy has no bf16)."""
+    x = torch.randn(2, 8, 6, 6)
+    w = torch.randn(8, 8, 3, 3) / 3
+    y = ops.masked_conv2d(x.half(), w.half(), None, "B", backend="triton")
+    assert y.dtype == torch.float16
+    assert_close_rel(y.float(), reference.masked_conv2d(x, w, None, "B"), 1e-2)
+
+
+def test_reference_is_conv2d_with_masked_weight():
+    x, w, b = torch.randn(2, 6, 5, 7), torch.randn(9, 6, 5, 5), torch.randn(9)
+    mask = reference.pixelcnn_mask(9, 6, 5, "A", 3)
+    expected = F.conv2d(x, w * mask, b, padding=2)
+    torch.testing.assert_close(reference.masked_conv2d(x, w, b, "A", 3), expected)
+
+
+@pytest.mark.parametrize("mask_type,groups,dilation", [("A", 1, 1), ("B", 1, 2), ("A", 3, 1), ("B", 3, 1)])
+def test_gradcheck_reference_float64(mask_type, groups, dilation):
+    x = torch.randn(1, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: reference.masked_conv2d(x, w, b, mask_type, groups, dilation), (x, w, b))
+
+
+def test_float64_runs_on_reference_and_forced_triton_refuses():
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    w = torch.randn(4, 4, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(ops.masked_conv2d(x, w), reference.masked_conv2d(x, w))
+    with pytest.raises(RuntimeError, match="float64"):
+        ops.masked_conv2d(x, w, backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("mask_type,groups", [("A", 1), ("B", 1), ("A", 3), ("B", 3)])
+def test_causality(backend, mask_type, groups):
+    """Perturbing input (r, c) never changes outputs at earlier raster positions; for type A
+    not at (r, c) itself either.  With colour groups, at (r, c) output group g changes only
+    if it may see the perturbed input group."""
+    C, H, W, r, c = 6, 6, 7, 3, 4
+    x = torch.randn(1, C, H, W)
+    w = torch.randn(C, C, 3, 3)
+    y0 = ops.masked_conv2d(x, w, None, mask_type, groups, backend=backend)
+    for channel in range(C):
+        x1 = x.clone()
+        x1[0, channel, r, c] += 10.0
+        diff = (ops.masked_conv2d(x1, w, None, mask_type, groups, backend=backend) - y0).abs()
+        changed = diff.amax(1)[0] > 1e-4
+        raster = torch.arange(H * W).view(H, W)
+        assert not changed[raster < r * W + c].any()
+        assert changed[raster > r * W + c].any()  # the perturbation does reach later pixels
+        group_in = channel // (C // groups)
+        delta = diff[0, :, r, c]
+        for out_channel in range(C):
+            group_out = out_channel // (C // groups)
+            sees = group_in < group_out if mask_type == "A" else group_in <= group_out
+            assert (delta[out_channel] > 1e-4) == sees, (channel, out_channel)
+
+
+def test_opcheck():
+    x = torch.randn(2, 4, 5, 6, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgen.masked_conv2d.default, (x, w, b, "A", 1, 1, "raster"))
+    torch.library.opcheck(torch.ops.fastgen.masked_conv2d.default, (x, w, None, "B", 1, 2, "vertical"))
+
+
+def test_torch_compile_fullgraph():
+    x = torch.randn(2, 6, 5, 5, requires_grad=True)
+    w = torch.randn(6, 6, 3, 3, requires_grad=True)
+    f = torch.compile(lambda x, w: ops.masked_conv2d(x, w, None, "A", 3, backend="triton").relu(),
+                      fullgraph=True, backend="aot_eager")
+    y = f(x, w)
+    y_ref = reference.masked_conv2d(x, w, None, "A", 3).relu()
+    assert_close_rel(y, y_ref, 1e-5)
+    g = torch.autograd.grad(y.sum(), (x, w))
+    g_ref = torch.autograd.grad(y_ref.sum(), (x, w))
+    for a, e in zip(g, g_ref):
+        assert_close_rel(a, e, 1e-5)
+
+
+def test_default_backend_on_cpu_is_reference(monkeypatch):
+    monkeypatch.delenv("FASTGEN_BACKEND", raising=False)
+    from fastgen.ops._backend import choose_backend
+    assert choose_backend("masked_conv2d", torch.empty(1)) == "reference"
+    monkeypatch.setenv("FASTGEN_BACKEND", "triton")
+    assert choose_backend("masked_conv2d", torch.empty(1)) == "triton"
+    monkeypatch.setenv("FASTGEN_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="FASTGEN_BACKEND"):
+        choose_backend("masked_conv2d", torch.empty(1))
