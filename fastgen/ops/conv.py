@@ -93,8 +93,8 @@ def _tap_backward(gy_cl, x_cl, w_packed, taps, needs=(True, True, True)):
     if needs[1]:
         tiles = T * -(-c_in // 128) * -(-c_out // 128)
         splits = _wgrad_splits(B * H * W, tiles, x_cl.device)
-        partial = _backend.empty(splits, T, c_in, c_out, dtype=torch.float32, device=x_cl.device)
-        gw = tap_conv_weight_grad(x_cl, gy_cl, taps, partial, precision).sum(0)
+        gw = torch.zeros(T, c_in, c_out, dtype=torch.float32, device=x_cl.device)
+        tap_conv_weight_grad(x_cl, gy_cl, taps, gw, splits, precision)
     if needs[2]:
         gb = gy_cl.sum(dim=(0, 1, 2), dtype=torch.float32)
     return gx, gw, gb
