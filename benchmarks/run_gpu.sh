@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 fastgen info | tee -a "$OUT/gpu.txt"
 
 if [[ $STEPS == *tests* ]]; then
-  FASTGEN_AUTOTUNE=0 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25
+  FASTGEN_TEST_GPU=1 FASTGEN_AUTOTUNE=0 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if [[ $STEPS == *bench* ]]; then
