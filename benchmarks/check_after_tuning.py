@@ -1,7 +1,7 @@
 """Gradients right on the very first call, while the autotuner is still trying configs.
 
-The weight-gradient kernel accumulates atomically, so a tuner that forgot to re-zero its
-output between trial runs would return a multiple of the gradient.  Checked at the benchmark
+The autotuner runs every candidate config on the real arguments during the first call; a
+kernel that accumulated into its output would then return a multiple of the gradient.  Checked at the benchmark
 sizes (bf16) against cuDNN with a relative-norm tolerance.  python3 benchmarks/check_after_tuning.py
 """
 import torch

@@ -112,9 +112,7 @@ _WGRAD_SPACE = [
 ]
 
 
-# reset_to_zero: tuning runs the kernel once per config, and it accumulates into gw.
-@triton.autotune(configs=_configs(_WGRAD_SPACE), key=["C_IN", "C_OUT", "T", "M", "W", "M_PER_SPLIT"],
-                 reset_to_zero=["gw_ptr"])
+@triton.autotune(configs=_configs(_WGRAD_SPACE), key=["C_IN", "C_OUT", "T", "M", "W", "M_PER_SPLIT"])
 @triton.jit
 def tap_conv_wgrad_kernel(
     x_ptr, gy_ptr, gw_ptr,
@@ -125,8 +123,7 @@ def tap_conv_wgrad_kernel(
     PRECISION: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """Weight gradient of one split of the pixels, added atomically into gw[t, c, n] (fp32,
-    zeroed by the caller): one pass, no [splits, T, C_IN, C_OUT] buffer to sum afterwards."""
+    """Partial weight gradient of one split of the pixels: gw[split, t, c, n] (fp32)."""
     pid_c = tl.program_id(0)
     pid_n = tl.program_id(1)
     t = tl.program_id(2) % T
@@ -157,8 +154,8 @@ def tap_conv_wgrad_kernel(
                     mask=m_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(xt, g, acc, input_precision=PRECISION)
 
-    out = gw_ptr + (t * C_IN + offs_c[:, None]).to(tl.int64) * C_OUT + offs_n[None, :]
-    tl.atomic_add(out, acc, mask=c_ok[:, None] & n_ok[None, :], sem="relaxed")
+    out = gw_ptr + ((split * T + t) * C_IN + offs_c[:, None]).to(tl.int64) * C_OUT + offs_n[None, :]
+    tl.store(out, acc, mask=c_ok[:, None] & n_ok[None, :])
 
 
 class Taps(NamedTuple):
@@ -192,25 +189,23 @@ def tap_conv_forward(x, w_packed, taps, bias, y, precision, mirror=False):
     return y
 
 
-def tap_conv_weight_grad(x, gy, taps, gw, splits, precision):
-    """Add the weight gradient into ``gw: fp32 [T, C_IN, C_OUT]`` (zeroed by the caller),
-    the pixels cut into ``splits`` parts run by separate programs.
-    x: [B, H, W, C_IN], gy: [B, H, W, C_OUT]."""
+def tap_conv_weight_grad(x, gy, taps, partial, precision):
+    """Launch the weight-gradient sum into ``partial: fp32 [S, T, C_IN, C_OUT]`` (S pixel
+    splits, summed by the caller).  x: [B, H, W, C_IN], gy: [B, H, W, C_OUT]."""
     B, H, W, C_IN = x.shape
-    T, _, C_OUT = gw.shape
-    S = splits
+    S, T, _, C_OUT = partial.shape
     M = B * H * W
-    if gw.numel() == 0:  # no taps (a 1x1 type-A mask): nothing to launch
-        return gw
+    if partial.numel() == 0:  # no taps (a 1x1 type-A mask): nothing to launch
+        return partial
     m_per_split = triton.cdiv(triton.cdiv(M, S), 256) * 256  # a multiple of every BLOCK_M
 
     def grid(meta):
         return (triton.cdiv(C_IN, meta["BLOCK_C"]), triton.cdiv(C_OUT, meta["BLOCK_N"]), T * S)
 
     tap_conv_wgrad_kernel[grid](
-        x, gy, gw,
+        x, gy, partial,
         M, H, W, C_IN, C_OUT, T, m_per_split, *taps,
         *x.stride(), *gy.stride(),
         PRECISION=precision,
     )
-    return gw
+    return partial

@@ -93,8 +93,10 @@ def _tap_backward(gy_cl, x_cl, w_packed, taps, needs=(True, True, True)):
     if needs[1]:
         tiles = T * -(-c_in // 128) * -(-c_out // 128)
         splits = _wgrad_splits(B * H * W, tiles, x_cl.device)
-        gw = torch.zeros(T, c_in, c_out, dtype=torch.float32, device=x_cl.device)
-        tap_conv_weight_grad(x_cl, gy_cl, taps, gw, splits, precision)
+        # Per-split partial sums, then one reduction: measured faster on an H100 than atomic
+        # adds into one buffer (the causal conv's 2 taps make the atomics contend).
+        partial = _backend.empty(splits, T, c_in, c_out, dtype=torch.float32, device=x_cl.device)
+        gw = tap_conv_weight_grad(x_cl, gy_cl, taps, partial, precision).sum(0)
     if needs[2]:
         gb = gy_cl.sum(dim=(0, 1, 2), dtype=torch.float32)
     return gx, gw, gb
