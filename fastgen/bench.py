@@ -55,6 +55,14 @@ def _fwd_bwd(f, inputs, gy):
     return run
 
 
+def _floor_ms(flops, bytes_moved, dtype):
+    """The H100 floor: the larger of flops at the measured bf16 peak and bytes at copy bandwidth.
+    Only stated for 16-bit inputs (no measured fp32/TF32 peak yet): 0 means unknown."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return 0.0
+    return max(flops / 796e12, bytes_moved / 2.99e12) * 1e3
+
+
 def masked_conv_cases(device, dtype, quick=False, compile_baseline=True):
     B, C, H = (64, 128, 32) if not quick else (2, 16, 8)
     cases = []
@@ -92,7 +100,7 @@ def _masked_conv_case(device, dtype, B, C, H, k, mask_type, taps, target, compil
             fwd["torch_compile"] = lambda: compiled(x, w, b)
             fb["torch_compile"] = _fwd_bwd(lambda: compiled(x, w, b), (x, w, b), gy)
     name = f"masked_conv2d_k{k}{mask_type}_B{B}_C{C}_{H}x{H}_{str(dtype)[6:]}"
-    floor = max(flops / 796e12, 2 * x.numel() * x.element_size() / 2.99e12) * 1e3
+    floor = _floor_ms(flops, 2 * x.numel() * x.element_size(), dtype)
     return [Case(name + "_fwd", fwd, flops, floor, target),
             Case(name + "_fwdbwd", fb, 3 * flops, 3 * floor, target)]
 
@@ -108,7 +116,7 @@ def causal_conv_cases(device, dtype, quick=False, dilations=None, compile_baseli
     # The layout a stack of fastgen layers hands on: [B, C, T] with channel stride 1.
     x_cl = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
     flops = 2 * B * T * C * C * k
-    floor = max(flops / 796e12, 2 * x.numel() * x.element_size() / 2.99e12) * 1e3
+    floor = _floor_ms(flops, 2 * x.numel() * x.element_size(), dtype)
     cases = []
     for d in dilations:
         def fastgen_fwd(d=d, x=x):
