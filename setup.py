@@ -20,6 +20,8 @@ setup(
         "numpy",
         "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "tqdm",
+        "scikit-learn",   # the bundled 8x8 digits of `fastgen demo`
+        "pillow",         # samples.png
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],

@@ -1,5 +1,7 @@
 """The ``fastgen`` command.
 
+    fastgen demo [--steps N] [--out DIR]
+                                 train a Gated PixelCNN on the bundled digits and sample it
     fastgen info                 versions, device, the backend each op uses, native extension
     fastgen bench conv [--quick] [--json PATH]
                                  time the conv kernels against cuDNN / torch.compile here
@@ -44,6 +46,16 @@ def cmd_info(args):
     return 0
 
 
+def cmd_demo(args):
+    from fastgen import demo
+
+    if args.steps < 0:
+        print("--steps must be >= 0", file=sys.stderr)
+        return 2
+    demo.run(steps=args.steps, out_dir=args.out, device=args.device)
+    return 0
+
+
 def cmd_bench(args):
     from fastgen import bench
 
@@ -68,6 +80,11 @@ def cmd_bench(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastgen", description="Fast kernels for deep generative models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="train a Gated PixelCNN on the bundled 8x8 digits and sample it")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--out", default=".", help="where samples.png and completion.png go")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("info", help="versions, device and backends")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("bench", help="time fastgen against the alternatives on this machine")

@@ -1,0 +1,261 @@
+"""PixelCNN (van den Oord et al. 2016) and Gated PixelCNN (van den Oord et al., NeurIPS 2016).
+
+Both model p(x) = prod_i p(x_i | x_<i) over pixels in raster order with a softmax over
+``levels`` values per channel, and implement the sampling protocol of
+``fastgen.sampling.autoregressive`` (``incremental`` computes only what a new pixel changes).
+
+Shapes: images x are long ``[B, C, H, W]`` with values in [0, levels); logits are
+``[B, levels, C, H, W]``; ``loss`` is the negative log-likelihood in bits per dimension.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgen.nn import GatedMaskedConv2d, MaskedConv2d
+from fastgen.nn.functional import gated_activation
+
+
+class _PixelModel(nn.Module):
+    """What both models share: input checks, the input scaling, conditioning and the loss."""
+
+    def _setup(self, image_shape, levels, num_classes, cond_channels, cond_dim):
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}")
+        if not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"levels must be an int >= 2, got {levels!r}")
+        if num_classes is not None and cond_channels is not None:
+            raise ValueError("give num_classes (class ids) or cond_channels (vectors), not both")
+        self.image_shape = tuple(image_shape)
+        self.levels = levels
+        self.num_classes = num_classes
+        self.cond_channels = cond_channels
+        self.cond_dim = None
+        if num_classes is not None:
+            self.class_embedding = nn.Embedding(num_classes, cond_dim)
+            self.cond_dim = cond_dim
+        elif cond_channels is not None:
+            self.cond_dim = cond_channels
+
+    def check_images(self, x):
+        if not isinstance(x, torch.Tensor) or x.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"x must be an integer tensor [B, C, H, W], got {getattr(x, 'dtype', type(x))}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.image_shape))}] for this model, "
+                             f"got {tuple(x.shape)}")
+        if x.numel() and (x.min() < 0 or x.max() >= self.levels):
+            raise ValueError(f"x values must lie in [0, {self.levels}) (levels={self.levels}), "
+                             f"got [{int(x.min())}, {int(x.max())}]")
+
+    def embed_cond(self, cond, batch):
+        """cond -> [B, cond_dim] float, or None; checks that it matches the model."""
+        if self.cond_dim is None:
+            if cond is not None:
+                raise ValueError("this model is unconditional; cond must be None")
+            return None
+        if cond is None:
+            raise ValueError("this model is conditional: pass cond "
+                             + ("(class ids [B])" if self.num_classes else f"([B, {self.cond_channels}])"))
+        if self.num_classes is not None:
+            if cond.dim() != 1 or cond.shape[0] != batch or cond.dtype != torch.long:
+                raise ValueError(f"cond must be long class ids of shape [{batch}], got {cond.dtype} {tuple(cond.shape)}")
+            if (cond < 0).any() or (cond >= self.num_classes).any():
+                raise ValueError(f"class ids must lie in [0, {self.num_classes})")
+            return self.class_embedding(cond)
+        if cond.dim() != 2 or tuple(cond.shape) != (batch, self.cond_channels):
+            raise ValueError(f"cond must have shape [{batch}, {self.cond_channels}], got {tuple(cond.shape)}")
+        return cond.float()
+
+    def scale(self, x):
+        """Integer pixels -> floats in [-1, 1]."""
+        return x.float() * (2.0 / (self.levels - 1)) - 1.0
+
+    def to_logits(self, out):
+        """[B, C*levels, H, W] (channel-major) -> [B, levels, C, H, W]."""
+        B, _, H, W = out.shape
+        return out.view(B, self.image_shape[0], self.levels, H, W).transpose(1, 2)
+
+    def loss(self, x, cond=None):
+        """Negative log-likelihood in bits per dimension (mean over the batch)."""
+        return F.cross_entropy(self(x, cond), x.long()) / math.log(2)
+
+
+def _window(buf, r, c, pad):
+    """The (2*pad+1)^2 window centred on (r, c) of a buffer padded by ``pad`` on each side."""
+    return buf[:, :, r:r + 2 * pad + 1, c:c + 2 * pad + 1]
+
+
+def _centre(conv, window):
+    """A same-padded conv evaluated at the centre of a window: [B, C_out]."""
+    pad = window.shape[-1] // 2
+    return conv(window)[:, :, pad, pad]
+
+
+def _pointwise(conv, t):
+    """A 1x1 conv applied to per-pixel features [B, C] -> [B, C_out]."""
+    return conv(t[:, :, None, None])[:, :, 0, 0]
+
+
+class GatedPixelCNN(_PixelModel):
+    """Gated PixelCNN: ``layers`` gated layers with vertical and horizontal stacks (no blind
+    spot), optional class (``num_classes``) or vector (``cond_channels``) conditioning.
+
+    The channels of one pixel are modelled as independent given the pixels before it
+    (``channel_groups = [[0, ..., C-1]]``); for grey images (C = 1) that is no restriction.
+    """
+
+    def __init__(self, image_shape=(1, 28, 28), levels=256, channels=64, layers=8, kernel_size=3,
+                 num_classes=None, cond_channels=None, head_channels=None):
+        super().__init__()
+        self._setup(image_shape, levels, num_classes, cond_channels, cond_dim=channels)
+        C = self.image_shape[0]
+        self.channel_groups = [list(range(C))]
+        # A per-pixel embedding; the type-A first layer keeps the current pixel out of view.
+        self.embed = nn.Conv2d(C, channels, 1)
+        self.layers = nn.ModuleList(
+            GatedMaskedConv2d(channels, kernel_size, "A" if i == 0 else "B", self.cond_dim)
+            for i in range(layers))
+        head_channels = head_channels or channels
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_channels, 1), nn.ReLU(),
+                                  nn.Conv2d(head_channels, C * levels, 1))
+
+    def forward(self, x, cond=None):
+        self.check_images(x)
+        c = self.embed_cond(cond, x.shape[0])
+        v = h = self.embed(self.scale(x))
+        for layer in self.layers:
+            v, h = layer(v, h, c)
+        return self.to_logits(self.head(h))
+
+    def incremental(self, x, cond=None):
+        return _GatedCache(self, x, cond)
+
+
+class _GatedCache:
+    """Incremental state of a GatedPixelCNN while sampling: per layer, the vertical stack is
+    computed once per row and the horizontal stack once per pixel, from padded buffers of each
+    layer's inputs (position (r, c) lives at (r + pad, c + pad))."""
+
+    def __init__(self, model, x, cond):
+        self.model = model
+        B, ch = x.shape[0], model.embed.out_channels
+        _, H, W = model.image_shape
+        self.pad = model.layers[0].vertical.kernel_size[0] // 2
+        self.cond = model.embed_cond(cond, B)
+        p = self.pad
+        new = lambda channels: torch.zeros(B, channels, H + 2 * p, W + 2 * p, device=x.device)
+        self.v_in = [new(ch) for _ in model.layers]       # v_in[0] = h_in[0] = embedded image
+        self.h_in = [self.v_in[0]] + [new(ch) for _ in model.layers[1:]]
+        self.v_pre = [torch.zeros(B, 2 * ch, W, device=x.device) for _ in model.layers]
+        self.W = W
+
+    def write(self, r, c, values):
+        p = self.pad
+        self.v_in[0][:, :, r + p, c + p] = _pointwise(self.model.embed, self.model.scale(values))
+
+    def begin_row(self, r):
+        p, W = self.pad, self.W
+        for l, layer in enumerate(self.model.layers):
+            rows = self.v_in[l][:, :, r:r + 2 * p + 1, :]          # padded rows r-p .. r+p
+            v_pre = layer.vertical(rows)[:, :, p, p:p + W]          # [B, 2ch, W] at row r
+            self.v_pre[l] = v_pre
+            if l + 1 < len(self.model.layers):
+                gate_in = v_pre if self.cond is None else v_pre + layer.cond_vertical(self.cond)[:, :, None]
+                self.v_in[l + 1][:, :, r + p, p:p + W] = gated_activation(gate_in)
+
+    def logits(self, r, c):
+        p = self.pad
+        h = None
+        for l, layer in enumerate(self.model.layers):
+            h_pre = _centre(layer.horizontal, _window(self.h_in[l], r, c, p))
+            h_pre = h_pre + _pointwise(layer.vertical_to_horizontal, self.v_pre[l][:, :, c])
+            if self.cond is not None:
+                h_pre = h_pre + layer.cond_horizontal(self.cond)
+            h = _pointwise(layer.horizontal_out, gated_activation(h_pre))
+            if layer.mask_type == "B":
+                h = h + self.h_in[l][:, :, r + p, c + p]
+            if l + 1 < len(self.model.layers):
+                self.h_in[l + 1][:, :, r + p, c + p] = h
+        out = self.model.head(h[:, :, None, None])[:, :, 0, 0]     # [B, C*levels]
+        return out.view(out.shape[0], self.model.image_shape[0], self.model.levels).transpose(1, 2)
+
+
+class PixelCNN(_PixelModel):
+    """PixelCNN: a 7x7 type-A masked conv, ``residual_blocks`` type-B residual blocks
+    (1x1 -> 3x3 -> 1x1, 2h -> h -> h -> 2h channels), and a two-layer 1x1 head, all masked
+    with ``color_groups = C`` so channel j of a pixel sees channels < j of that pixel
+    (R, then G given R, then B given R and G)."""
+
+    def __init__(self, image_shape=(1, 28, 28), levels=256, channels=64, residual_blocks=7,
+                 kernel_size=7, num_classes=None, cond_channels=None):
+        super().__init__()
+        self._setup(image_shape, levels, num_classes, cond_channels, cond_dim=2 * channels)
+        C = self.image_shape[0]
+        if channels % C:
+            raise ValueError(f"channels = {channels} must be divisible by the image's C = {C}")
+        g = C
+        self.channel_groups = [[i] for i in range(C)]
+        self.input = MaskedConv2d(C, 2 * channels, kernel_size, "A", color_groups=g)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "reduce": MaskedConv2d(2 * channels, channels, 1, "B", color_groups=g),
+            "conv": MaskedConv2d(channels, channels, 3, "B", color_groups=g),
+            "expand": MaskedConv2d(channels, 2 * channels, 1, "B", color_groups=g),
+        }) for _ in range(residual_blocks))
+        self.head1 = MaskedConv2d(2 * channels, 2 * channels, 1, "B", color_groups=g)
+        self.head2 = MaskedConv2d(2 * channels, C * levels, 1, "B", color_groups=g)
+        if self.cond_dim is not None:
+            self.cond_proj = nn.Linear(self.cond_dim, 2 * channels, bias=False)
+
+    def _block(self, block, a, conv3x3):
+        """a + expand(relu(conv3x3(relu(reduce(relu(a)))))), with conv3x3 supplied by the caller."""
+        return a + block["expand"](F.relu(conv3x3(F.relu(block["reduce"](F.relu(a))))))
+
+    def forward(self, x, cond=None):
+        self.check_images(x)
+        c = self.embed_cond(cond, x.shape[0])
+        a = self.input(self.scale(x))
+        if c is not None:
+            a = a + self.cond_proj(c)[:, :, None, None]
+        for block in self.blocks:
+            a = self._block(block, a, block["conv"])
+        return self.to_logits(self.head2(F.relu(self.head1(F.relu(a)))))
+
+    def incremental(self, x, cond=None):
+        return _PixelCNNCache(self, x, cond)
+
+
+class _PixelCNNCache:
+    """Incremental state of a PixelCNN: padded buffers of the image and of each block's 3x3
+    input; every layer is evaluated only at the current pixel."""
+
+    def __init__(self, model, x, cond):
+        self.model = model
+        B = x.shape[0]
+        C, H, W = model.image_shape
+        self.pad_in = model.input.kernel_size[0] // 2
+        self.cond = model.embed_cond(cond, B)
+        p = self.pad_in
+        self.image = torch.zeros(B, C, H + 2 * p, W + 2 * p, device=x.device)
+        mid = model.blocks[0]["conv"].in_channels if len(model.blocks) else 0
+        self.block_in = [torch.zeros(B, mid, H + 2, W + 2, device=x.device) for _ in model.blocks]
+
+    def begin_row(self, r):
+        pass  # every layer is evaluated per pixel: nothing is shared across a row
+
+    def write(self, r, c, values):
+        p = self.pad_in
+        self.image[:, :, r + p, c + p] = self.model.scale(values)
+
+    def logits(self, r, c):
+        m = self.model
+        a = _centre(m.input, _window(self.image, r, c, self.pad_in))
+        if self.cond is not None:
+            a = a + m.cond_proj(self.cond)
+        for block, buf in zip(m.blocks, self.block_in):
+            t = F.relu(_pointwise(block["reduce"], F.relu(a)))
+            buf[:, :, r + 1, c + 1] = t
+            t = _centre(block["conv"], _window(buf, r, c, 1))
+            a = a + _pointwise(block["expand"], F.relu(t))
+        out = _pointwise(m.head2, F.relu(_pointwise(m.head1, F.relu(a))))
+        return out.view(out.shape[0], m.image_shape[0], m.levels).transpose(1, 2)
