@@ -1,5 +1,6 @@
-"""The model zoo built on fastgen.nn.  So far: PixelCNN and GatedPixelCNN (with incremental
-sampling through ``fastgen.sampling.sample``)."""
+"""The model zoo built on fastgen.nn.  So far: PixelCNN, GatedPixelCNN and MADE (with incremental
+sampling through ``fastgen.sampling``)."""
+from fastgen.models.made import MADE
 from fastgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 
-__all__ = ["GatedPixelCNN", "PixelCNN"]
+__all__ = ["GatedPixelCNN", "MADE", "PixelCNN"]

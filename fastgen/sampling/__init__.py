@@ -1,6 +1,7 @@
 """Samplers.  ``fastgen.sampling.sample`` draws images from autoregressive image models with
-the naive (full recompute) or the incremental ('fast') method; the protocol a model
+the naive (full recompute) or the incremental ('fast') method, ``sample_sequence``
+vectors from vector models such as MADE; the protocol a model
 implements is in ``fastgen.sampling.autoregressive``.  Sampling never imports models."""
-from fastgen.sampling.autoregressive import gumbel_noise, sample
+from fastgen.sampling.autoregressive import gumbel_noise, sample, sample_sequence
 
-__all__ = ["gumbel_noise", "sample"]
+__all__ = ["gumbel_noise", "sample", "sample_sequence"]

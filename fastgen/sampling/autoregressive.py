@@ -29,13 +29,17 @@ def gumbel_noise(shape, generator=None, device=None):
     return (-torch.log(-torch.log(u))).float()
 
 
-def _check(model, n, known, known_mask, temperature, method):
+def _check_common(n, temperature, method):
     if method not in ("fast", "naive"):
         raise ValueError(f"method must be 'fast' or 'naive', got {method!r}")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if temperature <= 0 or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+
+
+def _check(model, n, known, known_mask, temperature, method):
+    _check_common(n, temperature, method)
     shape = (n, *model.image_shape)
     if (known is None) != (known_mask is None):
         raise ValueError("known and known_mask must be given together")
@@ -86,4 +90,27 @@ def sample(model, n, cond=None, method="fast", generator=None, temperature=1.0, 
                     cache.write(r, c, x[:, :, r, c])
         if progress is not None:
             progress(r)
+    return x
+
+
+@torch.no_grad()
+def sample_sequence(model, n, method="fast", generator=None, temperature=1.0):
+    """Draw ``n`` vectors ``[n, D]`` from a vector autoregressive model (e.g. ``MADE``), one
+    dimension at a time in ``model.order``.
+
+    The model provides ``dim``, ``levels``, ``order``, ``model(x) -> logits [B, levels, D]``
+    (the naive sampler's full recompute) and ``model.incremental(x)`` with ``logits(d) ->
+    [B, levels]`` and ``write(d, values [B])``.  Gumbel noise is drawn up front, so both
+    methods give the same vectors for the same generator.
+    """
+    _check_common(n, temperature, method)
+    device = next(model.parameters()).device
+    noise = gumbel_noise((n, model.dim, model.levels), generator).to(device)
+    x = torch.zeros(n, model.dim, dtype=torch.long, device=device)
+    cache = model.incremental(x) if method == "fast" else None
+    for d in model.order:
+        logits = cache.logits(d) if cache is not None else model(x)[:, :, d]
+        x[:, d] = (logits.float() / temperature + noise[:, d]).argmax(dim=1)
+        if cache is not None:
+            cache.write(d, x[:, d])
     return x
