@@ -74,7 +74,7 @@ def run(steps=1000, out_dir=".", device=None, seed=0, batch=64, channels=32, lay
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(bits_per_dim=f"{loss.item():.3f}")
+        bar.set_postfix(bits_per_dim=f"{loss.item():.3f}", refresh=False)  # redraws at mininterval
 
     test_bits = evaluate_bits(model, test.images.to(device), test.labels.to(device))
     base_bits = independent_baseline_bits(train.images, test.images, levels)
