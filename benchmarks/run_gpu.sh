@@ -22,6 +22,7 @@ if [[ $STEPS == *tests* ]]; then
 fi
 if [[ $STEPS == *bench* ]]; then
   fastgen bench conv --json "$OUT/conv.json" 2>&1 | tee "$OUT/bench_conv.log" || status=1
+  fastgen bench sampling --json "$OUT/sampling.json" 2>&1 | tee "$OUT/bench_sampling.log" || status=1
 fi
 if [[ $STEPS == *profile* ]]; then
   python3 benchmarks/profile_conv.py >"$OUT/profile_conv.txt" 2>&1 || status=1

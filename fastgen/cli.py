@@ -3,8 +3,9 @@
     fastgen demo [--steps N] [--out DIR]
                                  train a Gated PixelCNN on the bundled digits and sample it
     fastgen info                 versions, device, the backend each op uses, native extension
-    fastgen bench conv [--quick] [--json PATH]
-                                 time the conv kernels against cuDNN / torch.compile here
+    fastgen bench conv|sampling [--quick] [--json PATH]
+                                 time the conv kernels against cuDNN / torch.compile, or the
+                                 naive vs incremental PixelCNN samplers, here
 """
 import argparse
 import platform
@@ -60,10 +61,12 @@ def cmd_bench(args):
     from fastgen import bench
 
     device = _device()
-    if args.what != "conv":
-        print(f"unknown benchmark {args.what!r}; available: conv", file=sys.stderr)
-        return 2
     quick = args.quick or device.type != "cuda"
+    if args.what == "sampling":
+        rows = bench.sampling_rows(device, quick=quick)
+        if args.json:
+            bench.save(rows, args.json, " ".join(["fastgen"] + sys.argv[1:]), device)
+        return 0
     if device.type != "cuda":
         print("No GPU here: small sizes on the CPU (Triton interpreter when TRITON_INTERPRET=1); "
               "these times check the runner and are not speed claims.")
@@ -88,7 +91,7 @@ def main(argv=None):
     p = sub.add_parser("info", help="versions, device and backends")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("bench", help="time fastgen against the alternatives on this machine")
-    p.add_argument("what", choices=["conv"], help="which benchmark")
+    p.add_argument("what", choices=["conv", "sampling"], help="which benchmark")
     p.add_argument("--quick", action="store_true", help="small sizes (always on without a GPU)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--filter", default="", help="only cases whose name contains this")
