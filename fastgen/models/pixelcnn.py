@@ -131,6 +131,26 @@ class GatedPixelCNN(_PixelModel):
     def incremental(self, x, cond=None):
         return _GatedCache(self, x, cond)
 
+    def packed_step_weights(self):
+        """The weights of ``fastgen.ops.gated_pixel_step`` (fp32), or None where the fused step
+        does not apply (it needs grey images and 3x3 kernels)."""
+        if self.image_shape[0] != 1 or self.layers[0].horizontal.kernel_size[0] != 3:
+            return None
+        f32 = lambda t: t.detach().float()
+        taps = lambda layer: torch.stack([layer.horizontal.weight[:, :, 1, 0].T,
+                                          layer.horizontal.weight[:, :, 1, 1].T * (layer.mask_type == "B")])
+        one_by_one = lambda conv: conv.weight[:, :, 0, 0].T
+        head1, head2 = self.head[1], self.head[3]
+        return tuple(f32(t).contiguous() for t in (
+            torch.stack([taps(layer) for layer in self.layers]),
+            torch.stack([layer.horizontal.bias for layer in self.layers]),
+            torch.stack([one_by_one(layer.vertical_to_horizontal) for layer in self.layers]),
+            torch.stack([layer.vertical_to_horizontal.bias for layer in self.layers]),
+            torch.stack([one_by_one(layer.horizontal_out) for layer in self.layers]),
+            torch.stack([layer.horizontal_out.bias for layer in self.layers]),
+            one_by_one(head1), head1.bias, one_by_one(head2), head2.bias,
+            self.embed.weight[:, 0, 0, 0], self.embed.bias))
+
 
 class _GatedCache:
     """Incremental state of a GatedPixelCNN while sampling: per layer, the vertical stack is
@@ -149,6 +169,19 @@ class _GatedCache:
         self.h_in = [self.v_in[0]] + [new(ch) for _ in model.layers[1:]]
         self.v_pre = [torch.zeros(B, 2 * ch, W, device=x.device) for _ in model.layers]
         self.W = W
+        # Fused per-pixel step (one launch per pixel): packed weights and double-buffered
+        # layer inputs at (r, c-1) / (r, c); None where the model's shape does not allow it.
+        self.step_weights = model.packed_step_weights()
+        if self.step_weights is not None:
+            L = len(model.layers)
+            self.p = [torch.zeros(L, B, ch, device=x.device) for _ in range(2)]
+            self.e_row = torch.zeros(B, W, ch, device=x.device)
+            self.x_col = torch.zeros(B, dtype=torch.long, device=x.device)
+            cond_h = [layer.cond_horizontal(self.cond) if self.cond is not None
+                      else torch.zeros(B, 2 * ch, device=x.device) for layer in model.layers]
+            self.cond_h = torch.stack(cond_h).float().contiguous()
+            self.v_rows = None
+            self.stepped = False    # whether pixels were drawn by ``step`` (not ``write``)
 
     def write(self, r, c, values):
         p = self.pad
@@ -156,6 +189,11 @@ class _GatedCache:
 
     def begin_row(self, r):
         p, W = self.pad, self.W
+        if self.step_weights is not None:
+            if r > 0 and self.stepped:  # the fused steps left the previous row's embeddings in e_row
+                self.v_in[0][:, :, r - 1 + p, p:p + W] = self.e_row.permute(0, 2, 1)
+            for buf in self.p:
+                buf.zero_()     # column -1 is zero padding
         for l, layer in enumerate(self.model.layers):
             rows = self.v_in[l][:, :, r:r + 2 * p + 1, :]          # padded rows r-p .. r+p
             v_pre = layer.vertical(rows)[:, :, p, p:p + W]          # [B, 2ch, W] at row r
@@ -163,6 +201,17 @@ class _GatedCache:
             if l + 1 < len(self.model.layers):
                 gate_in = v_pre if self.cond is None else v_pre + layer.cond_vertical(self.cond)[:, :, None]
                 self.v_in[l + 1][:, :, r + p, p:p + W] = gated_activation(gate_in)
+
+    def step(self, r, c, gumbel, temperature):
+        """Draw pixel (r, c) with one fused launch: gumbel [B, levels] -> values [B, 1]."""
+        from fastgen.ops.sampling_steps import gated_pixel_step
+        if c == 0:
+            self.v_rows = torch.stack(self.v_pre).permute(0, 1, 3, 2).float().contiguous()  # [L, B, W, 2CH]
+        self.stepped = True
+        p_in, p_out = self.p[c % 2], self.p[(c + 1) % 2]
+        gated_pixel_step(p_in, p_out, self.v_rows, self.cond_h, self.step_weights, gumbel, self.x_col,
+                         self.e_row, c, 1.0 / temperature, 2.0 / (self.model.levels - 1))
+        return self.x_col[:, None]
 
     def logits(self, r, c):
         p = self.pad

@@ -11,6 +11,8 @@ The protocol a model implements (``fastgen.models.PixelCNN`` and ``GatedPixelCNN
 - ``model.incremental(x, cond)`` -> a cache object with ``begin_row(r)``,
   ``logits(r, c) -> [B, levels, C]`` (the logits at pixel (r, c) given everything written so
   far) and ``write(r, c, values [B, C])``.  It computes only what a new pixel changes.
+  A cache whose ``step_weights`` is not None also has ``step(r, c, gumbel [B, levels],
+  temperature) -> values [B, 1]``, which draws a whole (grey) pixel in one fused launch.
 
 Both samplers draw all their randomness up front -- Gumbel noise ``[n, C, H, W, levels]``
 from ``generator`` -- and pick ``argmax(logits / temperature + gumbel)``, so for the same
@@ -72,10 +74,15 @@ def sample(model, n, cond=None, method="fast", generator=None, temperature=1.0, 
     if known is not None:
         known, known_mask = known.to(device), known_mask.to(device)
     cache = model.incremental(x, cond) if method == "fast" else None
+    # A cache with a fused ``step`` draws a whole pixel in one launch (no completion masks).
+    fused = cache is not None and known is None and getattr(cache, "step_weights", None) is not None
     for r in range(H):
         if cache is not None:
             cache.begin_row(r)
         for c in range(W):
+            if fused:
+                x[:, :, r, c] = cache.step(r, c, noise[:, 0, r, c], temperature)
+                continue
             for group in model.channel_groups:
                 if cache is not None:
                     logits = cache.logits(r, c)                 # [n, levels, C]
