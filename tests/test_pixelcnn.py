@@ -6,7 +6,7 @@ import torch
 
 from fastgen import cli
 from fastgen.data import load_array, load_digits
-from fastgen.models import GatedPixelCNN, PixelCNN
+from fastgen.models import GatedPixelCNN, PixelCNN, PixelCNNpp
 from fastgen.sampling import sample
 
 MODELS = {
@@ -15,6 +15,9 @@ MODELS = {
     "gated-vector-cond": lambda: GatedPixelCNN((1, 5, 5), levels=4, channels=8, layers=2, cond_channels=6),
     "pixelcnn-rgb": lambda: PixelCNN((3, 5, 6), levels=6, channels=12, residual_blocks=2),
     "pixelcnn-grey-classes": lambda: PixelCNN((1, 6, 5), levels=7, channels=8, residual_blocks=2, num_classes=4),
+    "pixelcnnpp-rgb": lambda: PixelCNNpp((3, 4, 4), levels=8, channels=8, nr_resnet=1, nr_mix=2),
+    "pixelcnnpp-grey-classes": lambda: PixelCNNpp((1, 4, 8), levels=6, channels=8, nr_resnet=1, nr_mix=3,
+                                                  num_classes=2),
 }
 
 
@@ -84,7 +87,7 @@ def test_completion_keeps_known_pixels_and_samplers_agree(name):
     assert torch.equal(outs[0][mask], known[mask])
 
 
-@pytest.mark.parametrize("name", ["gated-grey", "pixelcnn-rgb"])
+@pytest.mark.parametrize("name", ["gated-grey", "pixelcnn-rgb", "pixelcnnpp-rgb"])
 def test_causality(name):
     """Perturbing pixel (r, c), channel j never changes the logits of earlier pixels, nor (for
     PixelCNN's channel ordering) of channels <= j at (r, c)."""
@@ -227,3 +230,50 @@ def test_fast_sampler_with_fused_triton_step_matches_naive(monkeypatch, levels, 
     naive = sample(model, 2, cond, "naive", torch.Generator().manual_seed(4))
     fast = sample(model, 2, cond, "fast", torch.Generator().manual_seed(4))
     assert torch.equal(naive, fast)
+
+
+def test_pixelcnnpp_likelihood_is_normalized_and_loss_matches_logits():
+    torch.manual_seed(0)
+    model = PixelCNNpp((3, 4, 8), levels=16, channels=8, nr_resnet=1, nr_mix=3).eval()
+    x = torch.randint(16, (2, 3, 4, 8))
+    log_p = model(x)
+    torch.testing.assert_close(log_p.logsumexp(dim=1), torch.zeros(2, 3, 4, 8), atol=1e-5, rtol=0)
+    expected = torch.nn.functional.cross_entropy(log_p, x) / np.log(2)
+    torch.testing.assert_close(model.loss(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pixelcnnpp_has_no_blind_spot():
+    torch.manual_seed(0)
+    model = PixelCNNpp((1, 8, 8), levels=8, channels=8, nr_resnet=1, nr_mix=2).eval()
+    x = torch.randint(8, (1, 1, 8, 8))
+    r, c = 5, 3
+    base = model(x)[0, :, 0, r, c]
+    for rr, cc in [(r - 1, c + 1), (r - 1, c + 4), (r - 3, c + 4), (r, c - 1), (r, c - 3)]:
+        x1 = x.clone()
+        x1[0, 0, rr, cc] = (x1[0, 0, rr, cc] + 3) % 8
+        assert (model(x1)[0, :, 0, r, c] - base).abs().max() > 1e-6, f"blind spot at ({rr}, {cc})"
+
+
+def test_pixelcnnpp_shape_errors():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PixelCNNpp((3, 6, 8))
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        PixelCNNpp((2, 8, 8))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PixelCNN((1, 8, 8), levels=17, channels=16, residual_blocks=2),
+    lambda: PixelCNNpp((1, 8, 8), levels=17, channels=16, nr_resnet=1, nr_mix=3, dropout=0.0),
+], ids=["pixelcnn", "pixelcnnpp"])
+def test_training_reduces_loss(make):
+    torch.manual_seed(0)
+    model = make()
+    x = load_digits("train").images[:64]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = model.loss(x).item()
+    for _ in range(25):
+        loss = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 0.3

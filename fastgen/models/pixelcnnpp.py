@@ -1,0 +1,231 @@
+"""PixelCNN++ (Salimans et al. 2017): a discretized mixture of logistics over pixels, down-
+and up-sampling streams with shortcut connections, gated ResNet blocks and dropout.
+
+Images x: long [B, C, H, W] with values in [0, levels), C in {1, 3}; H and W divisible by 4.
+``forward(x)`` returns the exact per-channel log-probabilities of every level, [B, levels, C,
+H, W] (channel j given the pixels before and channels < j of the same pixel, through the
+mixture's linear channel coefficients), so the samplers of ``fastgen.sampling`` treat it like
+any categorical model; ``loss(x)`` evaluates the likelihood of x directly (bits/dim).
+
+Two streams keep the receptive field causal without a blind spot: ``u`` sees the rows above
+(down-shifted convs), ``ul`` the rows above and the pixels to the left (down-right-shifted).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgen.models.pixelcnn import _PixelModel
+
+
+def concat_elu(x):
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+def down_shift(x):
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def right_shift(x):
+    return F.pad(x, (1, 0))[:, :, :, :-1]
+
+
+class DownShiftedConv(nn.Conv2d):
+    """Output (r, c) sees rows r - kh + 1 .. r, columns c - kw//2 .. c + kw//2 (kh x kw filter)."""
+
+    def __init__(self, cin, cout, size=(2, 3), stride=1):
+        super().__init__(cin, cout, size, stride=stride)
+        self.pads = ((size[1] - 1) // 2, (size[1] - 1) // 2, size[0] - 1, 0)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.pads))
+
+
+class DownRightShiftedConv(nn.Conv2d):
+    """Output (r, c) sees rows r - kh + 1 .. r, columns c - kw + 1 .. c."""
+
+    def __init__(self, cin, cout, size=(2, 2), stride=1):
+        super().__init__(cin, cout, size, stride=stride)
+        self.pads = (size[1] - 1, 0, size[0] - 1, 0)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.pads))
+
+
+class DownShiftedDeconv(nn.ConvTranspose2d):
+    def __init__(self, cin, cout, size=(2, 3)):
+        super().__init__(cin, cout, size, stride=2, output_padding=1)
+        self.size = size
+
+    def forward(self, x):
+        y = super().forward(x)
+        kh, kw = self.size
+        return y[:, :, :y.shape[2] - kh + 1, (kw - 1) // 2:y.shape[3] - (kw - 1) // 2]
+
+
+class DownRightShiftedDeconv(nn.ConvTranspose2d):
+    def __init__(self, cin, cout, size=(2, 2)):
+        super().__init__(cin, cout, size, stride=2, output_padding=1)
+        self.size = size
+
+    def forward(self, x):
+        y = super().forward(x)
+        kh, kw = self.size
+        return y[:, :, :y.shape[2] - kh + 1, :y.shape[3] - kw + 1]
+
+
+class GatedResnet(nn.Module):
+    """x + a * sigmoid(b), [a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(aux)))))."""
+
+    def __init__(self, channels, conv, aux_channels=0, dropout=0.5, cond_dim=None):
+        super().__init__()
+        self.conv1 = conv(2 * channels, channels)
+        self.aux = nn.Conv2d(2 * aux_channels, channels, 1) if aux_channels else None
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = conv(2 * channels, 2 * channels)
+        self.cond = nn.Linear(cond_dim, 2 * channels, bias=False) if cond_dim else None
+
+    def forward(self, x, aux=None, cond=None):
+        c = self.conv1(concat_elu(x))
+        if aux is not None:
+            c = c + self.aux(concat_elu(aux))
+        c = self.conv2(self.dropout(concat_elu(c)))
+        if cond is not None:
+            c = c + self.cond(cond)[:, :, None, None]
+        a, b = c.chunk(2, dim=1)
+        return x + a * torch.sigmoid(b)
+
+
+class PixelCNNpp(_PixelModel):
+    """PixelCNN++.  The paper's CIFAR-10 model: channels=160, nr_resnet=5, nr_mix=10, dropout=0.5."""
+
+    def __init__(self, image_shape=(3, 32, 32), levels=256, channels=160, nr_resnet=5, nr_mix=10,
+                 dropout=0.5, num_classes=None, cond_channels=None):
+        super().__init__()
+        self._setup(image_shape, levels, num_classes, cond_channels, cond_dim=channels)
+        C, H, W = self.image_shape
+        if C not in (1, 3):
+            raise ValueError(f"PixelCNN++ models images with 1 or 3 channels, got C = {C}")
+        if H % 4 or W % 4:
+            raise ValueError(f"PixelCNN++ downsamples twice: H and W must be divisible by 4, got {H}x{W}")
+        self.nr_mix = nr_mix
+        self.channel_groups = [[j] for j in range(C)]
+        nf, cd = channels, self.cond_dim
+        u_res = lambda aux: GatedResnet(nf, DownShiftedConv, aux, dropout, cd)
+        ul_res = lambda aux: GatedResnet(nf, DownRightShiftedConv, aux, dropout, cd)
+        self.u_init = DownShiftedConv(C + 1, nf, (2, 3))
+        self.ul_init_up = DownShiftedConv(C + 1, nf, (1, 3))
+        self.ul_init_left = DownRightShiftedConv(C + 1, nf, (2, 1))
+        self.up_u = nn.ModuleList(nn.ModuleList(u_res(0) for _ in range(nr_resnet)) for _ in range(3))
+        self.up_ul = nn.ModuleList(nn.ModuleList(ul_res(nf) for _ in range(nr_resnet)) for _ in range(3))
+        self.down_u_res = nn.ModuleList(nn.ModuleList(u_res(nf) for _ in range(n)) for n in
+                                        (nr_resnet, nr_resnet + 1, nr_resnet + 1))
+        self.down_ul_res = nn.ModuleList(nn.ModuleList(ul_res(2 * nf) for _ in range(n)) for n in
+                                         (nr_resnet, nr_resnet + 1, nr_resnet + 1))
+        self.u_down = nn.ModuleList(DownShiftedConv(nf, nf, (2, 3), stride=2) for _ in range(2))
+        self.ul_down = nn.ModuleList(DownRightShiftedConv(nf, nf, (2, 2), stride=2) for _ in range(2))
+        self.u_up = nn.ModuleList(DownShiftedDeconv(nf, nf) for _ in range(2))
+        self.ul_up = nn.ModuleList(DownRightShiftedDeconv(nf, nf) for _ in range(2))
+        per_channel = 3 if C == 1 else 10   # logit, mean, log-scale (+ 3 means, scales, coeffs for RGB)
+        self.out = nn.Conv2d(nf, per_channel * nr_mix if C == 1 else 10 * nr_mix, 1)
+
+    def network(self, x, cond=None):
+        """The mixture parameters [B, P, H, W] of every pixel (no pixel sees itself)."""
+        c = self.embed_cond(cond, x.shape[0])
+        xs = self.scale(x)
+        xs = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)
+        us = [down_shift(self.u_init(xs))]
+        uls = [down_shift(self.ul_init_up(xs)) + right_shift(self.ul_init_left(xs))]
+        for level in range(3):
+            for ures, ulres in zip(self.up_u[level], self.up_ul[level]):
+                us.append(ures(us[-1], cond=c))
+                uls.append(ulres(uls[-1], aux=us[-1], cond=c))
+            if level < 2:
+                us.append(self.u_down[level](us[-1]))
+                uls.append(self.ul_down[level](uls[-1]))
+        u, ul = us.pop(), uls.pop()
+        for level in range(3):
+            for ures, ulres in zip(self.down_u_res[level], self.down_ul_res[level]):
+                u = ures(u, aux=us.pop(), cond=c)
+                ul = ulres(ul, aux=torch.cat([u, uls.pop()], dim=1), cond=c)
+            if level < 2:
+                u, ul = self.u_up[level](u), self.ul_up[level](ul)
+        return self.out(F.elu(ul))
+
+    def _mixture(self, params, xs):
+        """Per-channel mixture (log-weights [B, M, C, H, W], means, log-scales) with the RGB
+        channel coefficients applied to the given scaled image xs [B, C, H, W]."""
+        B, _, H, W = params.shape
+        C, M = self.image_shape[0], self.nr_mix
+        logit_w = params[:, :M]
+        rest = params[:, M:].view(B, -1, C, M, H, W)     # means, log-scales (, coefficients)
+        means, log_scales = rest[:, 0], rest[:, 1].clamp(min=-7.0)
+        if C == 3:
+            coeffs = torch.tanh(rest[:, 2])
+            means = torch.stack([
+                means[:, 0],
+                means[:, 1] + coeffs[:, 0] * xs[:, 0, None],
+                means[:, 2] + coeffs[:, 1] * xs[:, 0, None] + coeffs[:, 2] * xs[:, 1, None]], dim=1)
+        log_w = F.log_softmax(logit_w, dim=1)[:, :, None].expand(B, M, C, H, W)
+        return log_w, means.transpose(1, 2), log_scales.transpose(1, 2)     # [B, M, C, H, W] each
+
+    def _bin_log_probs(self, values, log_w, means, log_scales):
+        """log p(level = values) under the discretized mixture; values [..., C, H, W] broadcast
+        against the mixture's [B, M, C, H, W]: returns log-probs without the M axis."""
+        half = 1.0 / (self.levels - 1)
+        centred = self.scale(values) - means
+        inv_s = torch.exp(-log_scales)
+        cdf_plus = torch.sigmoid(inv_s * (centred + half))
+        cdf_minus = torch.sigmoid(inv_s * (centred - half))
+        log_cdf_plus = (inv_s * (centred + half)) - F.softplus(inv_s * (centred + half))   # log sigmoid
+        log_one_minus_cdf_min = -F.softplus(inv_s * (centred - half))
+        mid = inv_s * centred
+        log_pdf_mid = mid - log_scales - 2.0 * F.softplus(mid)
+        log_mass = torch.where(cdf_plus - cdf_minus > 1e-5, torch.log((cdf_plus - cdf_minus).clamp(min=1e-12)),
+                               log_pdf_mid - math.log((self.levels - 1) / 2))
+        log_p = torch.where(values == 0, log_cdf_plus,
+                            torch.where(values == self.levels - 1, log_one_minus_cdf_min, log_mass))
+        return torch.logsumexp(log_w + log_p, dim=-4)
+
+    def forward(self, x, cond=None):
+        """Exact log-probabilities of every level: [B, levels, C, H, W]."""
+        self.check_images(x)
+        log_w, means, log_scales = self._mixture(self.network(x, cond), self.scale(x))
+        levels = torch.arange(self.levels, device=x.device).view(-1, 1, 1, 1, 1, 1)
+        return self._bin_log_probs(levels, log_w[None], means[None], log_scales[None]).transpose(0, 1)
+
+    def loss(self, x, cond=None):
+        """Discretized mixture-of-logistics NLL in bits/dim, at the observed values only."""
+        self.check_images(x)
+        log_w, means, log_scales = self._mixture(self.network(x, cond), self.scale(x))
+        return -self._bin_log_probs(x[:, None], log_w, means, log_scales).mean() / math.log(2)
+
+    def incremental(self, x, cond=None):
+        return _RowCropCache(self, x, cond)
+
+
+class _RowCropCache:
+    """PixelCNN++'s sampling state: the network evaluated once per pixel on the rows that can
+    matter -- rows 0 .. r, padded to a multiple of 4 -- instead of the whole image.  Exact
+    (rows below r never reach row r through down-shifted convs), about 2x less work than the
+    naive sampler; the per-layer caches of Ramachandran et al. (2017) are the next step."""
+
+    def __init__(self, model, x, cond):
+        self.model, self.cond, self.x = model, cond, x.clone()
+        self.params = None
+
+    def begin_row(self, r):
+        self.rows = min(self.model.image_shape[1], (r // 4 + 1) * 4)
+
+    def write(self, r, c, values):
+        self.x[:, :, r, c] = values
+
+    def logits(self, r, c):
+        m = self.model
+        crop = self.x[:, :, :self.rows]
+        log_w, means, log_scales = m._mixture(m.network(crop, self.cond), m.scale(crop))
+        levels = torch.arange(m.levels, device=crop.device).view(-1, 1, 1, 1, 1, 1)
+        pick = lambda t: t[:, :, :, r:r + 1, c:c + 1][None]              # [1, B, M, C, 1, 1]
+        log_p = m._bin_log_probs(levels, pick(log_w), pick(means), pick(log_scales))   # [levels, B, C, 1, 1]
+        return log_p[..., 0, 0].permute(1, 0, 2)
