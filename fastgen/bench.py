@@ -233,42 +233,57 @@ def save(rows, path, command, device):
         json.dump({"env": environment(device), "command": command, "results": rows}, f, indent=1)
 
 
-def sampling_rows(device, quick=False, batches=None, progress=print):
-    """Time the naive and the incremental ('fast') sampler of a GatedPixelCNN.
+def sampling_rows(device, quick=False, batches=None, progress=print, pixelcnnpp=True):
+    """Time the naive and the incremental ('fast') samplers, one full image set each.
 
-    The configuration of the PixelCNN issue's anchor (15 layers, 128 channels, 28x28, 256
-    levels; plain PyTorch full recompute: 3.46 s per image at batch 1 on an H100).  Each
-    sampler runs once per batch size after a warm-up on one row; wall clock with a device
+    Gated PixelCNN in the PixelCNN issue's anchor configuration (15 layers, 128 channels,
+    28x28, 256 levels; plain PyTorch full recompute: 3.46 s per image at batch 1 on an H100)
+    at batch 1, 64 and 256, and PixelCNN++ in the paper's CIFAR-10 configuration (random
+    weights) at batch 16.  Each sampler runs once after a warm-up; wall clock with a device
     sync.  ``quick`` shrinks everything for a CPU smoke run.
     """
-    from fastgen.models import GatedPixelCNN
-    from fastgen.sampling import sample
+    from fastgen.models import GatedPixelCNN, PixelCNNpp
 
     device = torch.device(device)
-    shape, layers, channels, levels = ((1, 28, 28), 15, 128, 256) if not quick else ((1, 5, 5), 3, 16, 16)
-    batches = batches or ([1, 64] if not quick else [1, 4])
     torch.manual_seed(0)
-    model = GatedPixelCNN(shape, levels=levels, channels=channels, layers=layers).to(device).eval()
+    if quick:
+        configs = [("gated", GatedPixelCNN((1, 5, 5), levels=16, channels=16, layers=3), batches or [1, 4])]
+        if pixelcnnpp:
+            configs.append(("pixelcnnpp", PixelCNNpp((3, 4, 4), levels=16, channels=8, nr_resnet=1, nr_mix=2), [2]))
+    else:
+        configs = [("gated", GatedPixelCNN((1, 28, 28), levels=256, channels=128, layers=15), batches or [1, 64, 256])]
+        if pixelcnnpp:
+            configs.append(("pixelcnnpp", PixelCNNpp((3, 32, 32), levels=256, channels=160, nr_resnet=5, nr_mix=10),
+                            [16]))
     rows = []
-    for batch in batches:
-        times = {}
-        for method in ("fast", "naive"):
-            sample(model, batch, method=method, generator=torch.Generator().manual_seed(0),
-                   known=torch.zeros(batch, *shape, dtype=torch.long),
-                   known_mask=torch.arange(shape[1] * shape[2]).view(1, 1, shape[1], shape[2])
-                   .expand(batch, *shape) >= shape[2])              # warm-up: only the first row drawn
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            sample(model, batch, method=method, generator=torch.Generator().manual_seed(1))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[method] = time.perf_counter() - start
-        row = {"case": f"gated_pixelcnn_L{layers}_C{channels}_{shape[1]}x{shape[2]}_levels{levels}_B{batch}",
-               "seconds": times, "speedup_fast_vs_naive": times["naive"] / times["fast"],
-               "images_per_s_fast": batch / times["fast"]}
-        rows.append(row)
-        if progress:
-            progress(f"{row['case']:<52} fast {times['fast']:.3f} s  naive {times['naive']:.3f} s  "
-                     f"({row['speedup_fast_vs_naive']:.1f}x, {row['images_per_s_fast']:.2f} images/s fast)")
+    for name, model, sizes in configs:
+        model = model.to(device).eval()
+        for batch in sizes:
+            rows.append(_time_samplers(name, model, batch, device, progress))
     return rows
+
+
+def _time_samplers(name, model, batch, device, progress):
+    from fastgen.sampling import sample
+
+    C, H, W = model.image_shape
+    times = {}
+    for method in ("fast", "naive"):
+        warm_mask = torch.ones(batch, C, H, W, dtype=torch.bool)
+        warm_mask[:, :, 0, :2] = False                 # warm-up: draw two pixels, copy the rest
+        sample(model, batch, method=method, generator=torch.Generator().manual_seed(0),
+               known=torch.zeros(batch, C, H, W, dtype=torch.long), known_mask=warm_mask)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        sample(model, batch, method=method, generator=torch.Generator().manual_seed(1))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times[method] = time.perf_counter() - start
+    row = {"case": f"{name}_{C}x{H}x{W}_levels{model.levels}_B{batch}", "seconds": times,
+           "speedup_fast_vs_naive": times["naive"] / times["fast"],
+           "images_per_s_fast": batch / times["fast"], "images_per_s_naive": batch / times["naive"]}
+    if progress:
+        progress(f"{row['case']:<40} fast {times['fast']:.3f} s  naive {times['naive']:.3f} s  "
+                 f"({row['speedup_fast_vs_naive']:.1f}x; {row['images_per_s_fast']:.2f} images/s fast)")
+    return row

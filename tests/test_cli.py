@@ -23,3 +23,11 @@ def test_bench_conv_quick(capsys, tmp_path):
     assert {r["case"] for r in rows} == {"masked_conv2d_k3B_B2_C16_8x8_float32_fwd",
                                          "masked_conv2d_k3B_B2_C16_8x8_float32_fwdbwd"}
     assert all(r["ms"]["fastgen"] > 0 and r["ms"]["cudnn"] > 0 for r in rows)
+
+
+def test_bench_sampling_quick(capsys, tmp_path):
+    path = tmp_path / "sampling.json"
+    assert cli.main(["bench", "sampling", "--quick", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert [r["case"].split("_")[0] for r in rows] == ["gated", "gated", "pixelcnnpp"]
+    assert all(r["seconds"]["fast"] > 0 and r["seconds"]["naive"] > 0 for r in rows)
