@@ -2,6 +2,8 @@
 
     fastgen demo [--steps N] [--out DIR]
                                  train a Gated PixelCNN on the bundled digits and sample it
+    fastgen sample wavenet --checkpoint CKPT --seconds S --out out.wav
+                                 generate audio (progress bar with samples/s)
     fastgen info                 versions, device, the backend each op uses, native extension
     fastgen bench conv|sampling [--quick] [--json PATH]
                                  time the conv kernels against cuDNN / torch.compile, or the
@@ -57,6 +59,40 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_sample(args):
+    import time
+
+    from tqdm import tqdm
+
+    from fastgen.data import save_wav
+    from fastgen.models import WaveNet
+
+    if args.seconds <= 0:
+        print("--seconds must be > 0", file=sys.stderr)
+        return 2
+    if not args.checkpoint:
+        print("pass --checkpoint (a file written by WaveNet.save)", file=sys.stderr)
+        return 2
+    device = torch.device(args.device) if args.device else _device()
+    model, checkpoint = WaveNet.load(args.checkpoint)
+    model = model.to(device).eval()
+    rate = checkpoint.get("sample_rate", 16000)
+    n = int(round(args.seconds * rate))
+    if model.local_channels:
+        print("this model needs local conditioning; sample it from Python with model.stream(...)", file=sys.stderr)
+        return 2
+    gc = torch.full((args.batch,), args.speaker, dtype=torch.long, device=device) if model.global_classes else None
+    bar = tqdm(total=n, unit="sample", unit_scale=True, desc=f"wavenet ({args.method})")
+    start = time.perf_counter()
+    audio = model.generate(n, args.batch, None, gc, args.method, torch.Generator().manual_seed(args.seed),
+                           args.temperature, progress=lambda done: bar.update(done - bar.n))
+    bar.close()
+    seconds = time.perf_counter() - start
+    save_wav(args.out, audio[0], rate)
+    print(f"{n * args.batch / seconds:,.0f} samples/s ({args.batch} x {n} samples in {seconds:.1f} s); wrote {args.out}")
+    return 0
+
+
 def cmd_bench(args):
     from fastgen import bench
 
@@ -88,6 +124,18 @@ def main(argv=None):
     p.add_argument("--out", default=".", help="where samples.png and completion.png go")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("sample", help="generate from a trained model")
+    p.add_argument("model", choices=["wavenet"])
+    p.add_argument("--checkpoint", required=False, help="a file written by WaveNet.save")
+    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--out", default="out.wav")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--method", choices=["fast", "naive"], default="fast")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--speaker", type=int, default=0, help="global-conditioning id, for models that have one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_sample)
     p = sub.add_parser("info", help="versions, device and backends")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("bench", help="time fastgen against the alternatives on this machine")

@@ -1,0 +1,228 @@
+"""WaveNet (van den Oord et al. 2016): dilated causal convolutions over mu-law audio codes.
+
+codes x: long [B, T] in [0, quantization); ``model(x, local, global_cond)`` -> logits
+[B, quantization, T], where logits[:, :, t] is the distribution of x[:, t] given x[:, :t]
+(the input at t is the embedding of x[:, t-1]; before the start, silence).
+
+Layer l (dilation d = 2^(l mod cycle), kernel k):
+    z = CausalConv1d(h, d) + W_local l(c_up) + W_global g
+    u = tanh(z_a) * sigmoid(z_b);  skip += 1x1(u);  h = h + 1x1(u)
+Output: 1x1(relu(1x1(relu(skip)))) -> mu-law softmax over ``quantization`` levels, or a
+discretized mixture of logistics (``output='mol'``) evaluated as per-level log-probabilities.
+
+Local conditioning ``local [B, local_channels, frames]`` is upsampled by a transposed conv
+with kernel = stride = ``hop`` (each frame maps to its own ``hop`` samples, so conditioning
+can arrive in pieces); global conditioning is an id ``[B]`` (e.g. a speaker).
+Generation lives in ``fastgen.sampling.audio``; ``generate`` and ``stream`` call it.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgen.nn import CausalConv1d
+from fastgen.nn.functional import gated_activation, mu_law_decode, mu_law_encode
+
+
+class WaveNet(nn.Module):
+    def __init__(self, layers=30, cycle=10, residual_channels=64, skip_channels=256, quantization=256,
+                 kernel_size=2, output="mulaw", nr_mix=10, local_channels=None, hop=256,
+                 global_classes=None, global_dim=32):
+        super().__init__()
+        self.config = dict(layers=layers, cycle=cycle, residual_channels=residual_channels,
+                           skip_channels=skip_channels, quantization=quantization, kernel_size=kernel_size,
+                           output=output, nr_mix=nr_mix, local_channels=local_channels, hop=hop,
+                           global_classes=global_classes, global_dim=global_dim)
+        if output not in ("mulaw", "mol"):
+            raise ValueError(f"output must be 'mulaw' or 'mol', got {output!r}")
+        if kernel_size < 2:
+            raise ValueError(f"kernel_size must be >= 2, got {kernel_size}")
+        self.quantization, self.kernel_size, self.cycle, self.output = quantization, kernel_size, cycle, output
+        self.local_channels, self.hop, self.global_classes = local_channels, hop, global_classes
+        R, S = residual_channels, skip_channels
+        self.dilations = [2 ** (i % cycle) for i in range(layers)]
+        self.embed = nn.Embedding(quantization, R)
+        self.convs = nn.ModuleList(CausalConv1d(R, 2 * R, kernel_size, d) for d in self.dilations)
+        self.res = nn.ModuleList(nn.Conv1d(R, R, 1) for _ in range(layers))
+        self.skip = nn.ModuleList(nn.Conv1d(R, S, 1) for _ in range(layers))
+        if local_channels:
+            self.upsample = nn.ConvTranspose1d(local_channels, local_channels, hop, stride=hop)
+            self.local = nn.ModuleList(nn.Conv1d(local_channels, 2 * R, 1, bias=False) for _ in range(layers))
+        if global_classes:
+            self.global_embed = nn.Embedding(global_classes, global_dim)
+            self.global_proj = nn.ModuleList(nn.Linear(global_dim, 2 * R, bias=False) for _ in range(layers))
+        self.nr_mix = nr_mix
+        out_channels = quantization if output == "mulaw" else 3 * nr_mix
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(S, S, 1), nn.ReLU(), nn.Conv1d(S, out_channels, 1))
+
+    def save(self, path, **extra):
+        """Write a checkpoint (config + weights + ``extra``, e.g. sample_rate) for ``load``."""
+        torch.save({"config": self.config, "state_dict": self.state_dict(), **extra}, path)
+
+    @classmethod
+    def load(cls, path, map_location="cpu"):
+        """-> (model, the checkpoint dict)."""
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        model = cls(**checkpoint["config"])
+        model.load_state_dict(checkpoint["state_dict"])
+        return model, checkpoint
+
+    @property
+    def receptive_field(self):
+        """Samples of the past one prediction can see (including the shifted input)."""
+        return sum(d * (self.kernel_size - 1) for d in self.dilations) + 1
+
+    # ----------------------------------------------------------------- checks
+    def check_codes(self, x):
+        if not isinstance(x, torch.Tensor) or x.dtype not in (torch.long, torch.int32, torch.int16):
+            raise TypeError(f"codes must be an integer tensor [B, T], got {getattr(x, 'dtype', type(x))}")
+        if x.dim() != 2:
+            raise ValueError(f"codes must have shape [B, T], got {tuple(x.shape)}")
+        if x.numel() and (x.min() < 0 or x.max() >= self.quantization):
+            raise ValueError(f"codes must lie in [0, {self.quantization})")
+
+    def check_cond(self, local, global_cond, batch, length=None):
+        """Returns (upsampled local [B, Lc, T'] or None, global embedding [B, G] or None)."""
+        if (local is None) != (not self.local_channels):
+            raise ValueError("local conditioning must be given exactly when the model has local_channels "
+                             f"(local_channels={self.local_channels})")
+        g = self.check_global(global_cond, batch)
+        up = None
+        if local is not None:
+            if local.dim() != 3 or local.shape[0] != batch or local.shape[1] != self.local_channels:
+                raise ValueError(f"local conditioning must have shape [{batch}, {self.local_channels}, frames], "
+                                 f"got {tuple(local.shape)}")
+            if length is not None and local.shape[2] * self.hop < length:
+                raise ValueError(f"local conditioning covers {local.shape[2]} frames x hop {self.hop} = "
+                                 f"{local.shape[2] * self.hop} samples, fewer than the {length} needed")
+            up = self.upsample(local.float())
+        return up, g
+
+    def check_global(self, global_cond, batch):
+        """-> the global embedding [B, G] or None; checks the ids."""
+        if (global_cond is None) != (not self.global_classes):
+            raise ValueError("global_cond must be given exactly when the model has global_classes "
+                             f"(global_classes={self.global_classes})")
+        if global_cond is None:
+            return None
+        if global_cond.dim() != 1 or global_cond.shape[0] != batch or global_cond.dtype != torch.long:
+            raise ValueError(f"global_cond must be long ids of shape [{batch}], got {tuple(global_cond.shape)}")
+        if (global_cond < 0).any() or (global_cond >= self.global_classes).any():
+            raise ValueError(f"global_cond ids must lie in [0, {self.global_classes})")
+        return self.global_embed(global_cond)
+
+    # ----------------------------------------------------------------- model
+    def shifted_input(self, x, previous=None):
+        """Embedding of the previous sample at every position: [B, R, T].  ``previous`` is the
+        code before x[:, 0] (silence when None)."""
+        silence = self.quantization // 2
+        first = torch.full_like(x[:, :1], silence) if previous is None else previous[:, None]
+        return self.embed(torch.cat([first, x[:, :-1]], dim=1)).transpose(1, 2)
+
+    def forward(self, x, local=None, global_cond=None):
+        self.check_codes(x)
+        up, g = self.check_cond(local, global_cond, x.shape[0], x.shape[1])
+        return self.window_logits(x, None if up is None else up[:, :, :x.shape[1]], g)
+
+    def window_logits(self, x, local_up=None, g=None, previous=None):
+        """Logits [B, quantization, T] for codes x [B, T] (no checks).  local_up: upsampled
+        local conditioning aligned with x; g: global embedding [B, G]; previous: the code
+        before x[:, 0] (silence when None) -- how the naive generator runs on a window."""
+        h = self.shifted_input(x, previous)
+        skip = 0
+        for i, (conv, res, sk) in enumerate(zip(self.convs, self.res, self.skip)):
+            z = conv(h)
+            if local_up is not None:
+                z = z + self.local[i](local_up)
+            if g is not None:
+                z = z + self.global_proj[i](g)[:, :, None]
+            u = gated_activation(z)
+            skip = skip + sk(u)
+            h = h + res(u)
+        return self.levels_log_probs(self.head(skip))
+
+    def levels_log_probs(self, out):
+        """Head output [B, P, T] -> per-level logits [B, quantization, T]."""
+        if self.output == "mulaw":
+            return out
+        M, A = self.nr_mix, self.quantization
+        logit_w, means, log_scales = out[:, :M], out[:, M:2 * M], out[:, 2 * M:].clamp(min=-7.0)
+        centres = torch.linspace(-1, 1, A, device=out.device).view(1, A, 1, 1)     # [1, A, 1, 1]
+        half = 1.0 / (A - 1)
+        inv_s = torch.exp(-log_scales)[:, None]                                    # [B, 1, M, T]
+        upper = torch.where(centres < 1, torch.sigmoid(inv_s * (centres + half - means[:, None])),
+                            torch.ones(()))
+        lower = torch.where(centres > -1, torch.sigmoid(inv_s * (centres - half - means[:, None])),
+                            torch.zeros(()))
+        log_mass = torch.log((upper - lower).clamp(min=1e-12))
+        return torch.logsumexp(F.log_softmax(logit_w, dim=1)[:, None] + log_mass, dim=2)
+
+    def loss(self, audio, local=None, global_cond=None):
+        """NLL of the mu-law codes of ``audio`` ([B, T] in [-1, 1]) in bits per sample."""
+        if not torch.is_tensor(audio) or not audio.is_floating_point() or audio.dim() != 2:
+            raise ValueError("audio must be a float tensor [B, T] with values in [-1, 1]")
+        codes = mu_law_encode(audio, self.quantization)
+        return F.cross_entropy(self(codes, local, global_cond), codes) / math.log(2)
+
+    def generate(self, n_samples, batch=1, local=None, global_cond=None, method="fast", generator=None,
+                 temperature=1.0, return_codes=False, progress=None):
+        """Generate ``n_samples`` per batch row: audio [batch, n_samples] in [-1, 1] (or codes)."""
+        from fastgen.sampling.audio import generate
+        codes = generate(self, n_samples, batch, local, global_cond, method, generator, temperature, progress)
+        return codes if return_codes else mu_law_decode(codes, self.quantization)
+
+    def stream(self, n_samples, batch=1, local_chunks=None, global_cond=None, chunk=4096, generator=None,
+               temperature=1.0, return_codes=False):
+        """Yield audio chunks ``[batch, <= chunk]`` as they are produced.  ``local_chunks`` is an
+        iterable of local-conditioning pieces [batch, local_channels, frames] that may arrive
+        while generating; each piece is consumed when the samples need it."""
+        from fastgen.sampling.audio import stream
+        for codes in stream(self, n_samples, batch, local_chunks, global_cond, chunk, generator, temperature):
+            yield codes if return_codes else mu_law_decode(codes, self.quantization)
+
+    def incremental(self, batch, global_cond=None):
+        return _QueueCache(self, batch, global_cond)
+
+
+class _QueueCache:
+    """Fast generation state (Paine et al. 2016): per layer, a queue of its last
+    d * (k - 1) inputs, so one step costs one matrix-vector product per layer."""
+
+    def __init__(self, model, batch, global_cond):
+        self.model = model
+        R = model.embed.embedding_dim
+        k = model.kernel_size
+        device = model.embed.weight.device
+        self.queues = [torch.zeros(batch, R, d * (k - 1), device=device) for d in model.dilations]
+        self.t = 0
+        self.global_terms = None
+        if global_cond is not None:
+            g = model.global_embed(global_cond)
+            self.global_terms = [proj(g) for proj in model.global_proj]
+        # weights as matrices: conv tap j multiplies the input from (k - 1 - j) * d steps ago
+        self.taps = [conv.weight.permute(2, 0, 1) for conv in model.convs]          # [k, 2R, R]
+
+    def step(self, previous, local_t=None):
+        """previous: codes [B] of the last sample (silence at the start); local_t: upsampled
+        local conditioning at this step [B, Lc] or None -> logits [B, quantization]."""
+        m, k = self.model, self.model.kernel_size
+        h = m.embed(previous)                                           # [B, R]
+        skip = 0
+        for i, d in enumerate(m.dilations):
+            queue = self.queues[i]
+            span = d * (k - 1)
+            z = m.convs[i].bias + h @ self.taps[i][k - 1].T
+            for j in range(k - 1):           # tap j reads the input (k-1-j)*d steps ago
+                z = z + queue[:, :, (self.t - (k - 1 - j) * d) % span] @ self.taps[i][j].T
+            if local_t is not None:
+                z = z + local_t @ m.local[i].weight[:, :, 0].T
+            if self.global_terms is not None:
+                z = z + self.global_terms[i]
+            queue[:, :, self.t % span] = h
+            u = gated_activation(z)
+            skip = skip + u @ m.skip[i].weight[:, :, 0].T + m.skip[i].bias
+            h = h + u @ m.res[i].weight[:, :, 0].T + m.res[i].bias
+        self.t += 1
+        out = m.head(skip[:, :, None])                                   # [B, P, 1]
+        return m.levels_log_probs(out)[:, :, 0]

@@ -1,0 +1,142 @@
+"""Sample-by-sample audio generation for WaveNet-style models.
+
+The protocol a model implements (``fastgen.models.WaveNet`` does): ``quantization``,
+``receptive_field``, ``hop`` and ``local_channels``, ``check_cond``, ``check_global``, ``global_embed``,
+``window_logits(codes, local_up, g, previous) -> logits [B, quantization, T]`` (the naive
+generator re-runs it over the last ``receptive_field`` samples at every step), and
+``incremental(batch, global_cond)`` -> a cache
+with ``step(previous_codes [B], local_t [B, Lc] | None) -> logits [B, quantization]`` (the
+fast generator: per-layer queues, one step per sample).
+
+Randomness: Gumbel noise is drawn from ``generator`` in fixed blocks of ``NOISE_BLOCK`` time
+steps ([steps, B, quantization], time-major), so ``generate`` and any chunking of ``stream``
+consume the same numbers and produce the same audio.
+"""
+import math
+
+import torch
+
+from fastgen.sampling.autoregressive import gumbel_noise
+
+NOISE_BLOCK = 256
+
+
+class _Noise:
+    """Gumbel noise served one time step at a time, drawn in fixed blocks."""
+
+    def __init__(self, batch, levels, generator, device):
+        self.shape, self.generator, self.device = (NOISE_BLOCK, batch, levels), generator, device
+        self.block, self.pos = None, NOISE_BLOCK
+
+    def next(self):
+        if self.pos == NOISE_BLOCK:
+            self.block, self.pos = gumbel_noise(self.shape, self.generator).to(self.device), 0
+        self.pos += 1
+        return self.block[self.pos - 1]
+
+
+def _check(n_samples, temperature, method, chunk=1):
+    if method not in ("fast", "naive"):
+        raise ValueError(f"method must be 'fast' or 'naive', got {method!r}")
+    if not isinstance(n_samples, int) or n_samples <= 0:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    if temperature <= 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+
+
+class _Generator:
+    """The generation loop shared by ``generate`` and ``stream``."""
+
+    def __init__(self, model, batch, global_cond, method, generator, temperature):
+        self.model, self.method, self.temperature = model, method, temperature
+        self.device = next(model.parameters()).device
+        self.noise = _Noise(batch, model.quantization, generator, self.device)
+        self.codes = torch.empty(batch, 0, dtype=torch.long, device=self.device)
+        self.previous = torch.full((batch,), model.quantization // 2, dtype=torch.long, device=self.device)
+        self.global_cond = global_cond
+        self.local_up = None    # upsampled local conditioning received so far [B, Lc, T]
+        self.cache = model.incremental(batch, global_cond) if method == "fast" else None
+
+    def add_local(self, piece):
+        up, _ = self.model.check_cond(piece, self.global_cond, self.previous.shape[0])
+        self.local_up = up if self.local_up is None else torch.cat([self.local_up, up], dim=2)
+
+    def available(self):
+        """How many more samples the conditioning received so far allows."""
+        if not self.model.local_channels:
+            return math.inf
+        have = 0 if self.local_up is None else self.local_up.shape[2]
+        return have - self.codes.shape[1]
+
+    @torch.no_grad()
+    def run(self, steps):
+        out = []
+        for _ in range(steps):
+            t = self.codes.shape[1] + len(out)
+            local_t = self.local_up[:, :, t] if self.local_up is not None else None
+            if self.cache is not None:
+                logits = self.cache.step(self.previous, local_t)
+            else:
+                logits = self._naive_logits(out, t)
+            drawn = (logits.float() / self.temperature + self.noise.next()).argmax(dim=1)
+            out.append(drawn)
+            self.previous = drawn
+        new = torch.stack(out, dim=1) if out else self.codes[:, :0]
+        self.codes = torch.cat([self.codes, new], dim=1)
+        return new
+
+    def _naive_logits(self, out, t):
+        """Re-run the model over the last receptive_field samples (the reference)."""
+        m = self.model
+        history = torch.cat([self.codes] + [o[:, None] for o in out], dim=1)        # [B, t]
+        start = max(0, t - m.receptive_field + 1)
+        placeholder = torch.zeros(history.shape[0], 1, dtype=torch.long, device=history.device)  # x[t]: unknown
+        window = torch.cat([history[:, start:], placeholder], dim=1)
+        local = self.local_up[:, :, start:t + 1] if self.local_up is not None else None
+        g = m.global_embed(self.global_cond) if self.global_cond is not None else None
+        previous = history[:, start - 1] if start > 0 else None
+        return m.window_logits(window, local, g, previous)[:, :, -1]
+
+
+def generate(model, n_samples, batch=1, local=None, global_cond=None, method="fast", generator=None,
+             temperature=1.0, progress=None):
+    """Codes [batch, n_samples].  local: [batch, local_channels, frames] covering n_samples."""
+    _check(n_samples, temperature, method)
+    model.check_cond(local, global_cond, batch, n_samples)
+    gen = _Generator(model, batch, global_cond, method, generator, temperature)
+    if local is not None:
+        gen.add_local(local)
+    done = 0
+    while done < n_samples:
+        step = min(NOISE_BLOCK, n_samples - done)
+        gen.run(step)
+        done += step
+        if progress is not None:
+            progress(done)
+    return gen.codes
+
+
+def stream(model, n_samples, batch=1, local_chunks=None, global_cond=None, chunk=4096, generator=None,
+           temperature=1.0, method="fast"):
+    """Yield codes [batch, <= chunk] as they are produced; local conditioning may arrive in
+    pieces (``local_chunks``: an iterable of [batch, local_channels, frames])."""
+    _check(n_samples, temperature, method, chunk)
+    if bool(model.local_channels) != (local_chunks is not None):
+        raise ValueError("local_chunks must be given exactly when the model has local_channels")
+    model.check_global(global_cond, batch)
+    gen = _Generator(model, batch, global_cond, method, generator, temperature)
+    pieces = iter(local_chunks) if local_chunks is not None else None
+    produced = 0
+    while produced < n_samples:
+        want = min(chunk, n_samples - produced)
+        while gen.available() < want:
+            piece = next(pieces, None)
+            if piece is None:
+                raise ValueError(f"local conditioning ran out after {gen.codes.shape[1] + gen.available()} "
+                                 f"samples; {n_samples} were asked for")
+            gen.add_local(piece)
+        out = gen.run(want)
+        produced += want
+        yield out
