@@ -2,7 +2,7 @@
 # Everything that needs a GPU, in one call: install, GPU tests, all benchmarks -> JSON in $OUT.
 #   bash benchmarks/run_gpu.sh            # tests + benchmarks
 #   FASTGEN_GPU_STEPS=bench bash benchmarks/run_gpu.sh   # conv benchmarks only
-#   FASTGEN_GPU_STEPS=tests,sampling bash benchmarks/run_gpu.sh   # steps: tests, bench, sampling, profile
+#   FASTGEN_GPU_STEPS=tests,sampling bash benchmarks/run_gpu.sh   # steps: tests, bench, sampling, wavenet, profile
 # (the default, tests,bench,profile, fits one 10-minute call; sampling needs a call of its own)
 # On the device machine nothing can be downloaded: fastgen installs without build isolation
 # or dependencies (torch, triton and numpy are already there).
@@ -27,6 +27,9 @@ if [[ $STEPS == *bench* ]]; then
 fi
 if [[ $STEPS == *sampling* ]]; then   # minutes: the naive samplers are the slow anchors
   fastgen bench sampling --json "$OUT/sampling.json" 2>&1 | tee "$OUT/bench_sampling.log" || status=1
+fi
+if [[ $STEPS == *wavenet* ]]; then
+  fastgen bench wavenet --json "$OUT/wavenet.json" 2>&1 | tee "$OUT/bench_wavenet.log" || status=1
 fi
 if [[ $STEPS == *profile* ]]; then
   python3 benchmarks/profile_conv.py >"$OUT/profile_conv.txt" 2>&1 || status=1

@@ -287,3 +287,58 @@ def _time_samplers(name, model, batch, device, progress):
         progress(f"{row['case']:<40} fast {times['fast']:.3f} s  naive {times['naive']:.3f} s  "
                  f"({row['speedup_fast_vs_naive']:.1f}x; {row['images_per_s_fast']:.2f} images/s fast)")
     return row
+
+
+def wavenet_rows(device, quick=False, progress=print):
+    """WaveNet generation throughput: the fused one-launch-per-sample step against the eager
+    per-layer queue step (Paine et al.; what a careful PyTorch user writes) and the naive
+    receptive-field recompute, in samples/s (batch x samples / seconds).
+
+    The WaveNet issue's configuration: R=64, S=256, A=256, 30 layers (cycle 10), kernel 2,
+    plus kernel 3 and R=128; batches 1, 16, 256.  Anchors (H100, eager queue): 176 / 2,527 /
+    38,870 samples/s; the same step as a CUDA graph: 1,224 / 15,837 / 167,147.
+    """
+    from fastgen.models import WaveNet
+    from fastgen.models.wavenet import _QueueCache
+    from fastgen.sampling.audio import generate
+
+    device = torch.device(device)
+    configs = [dict(layers=30, cycle=10, residual_channels=64, skip_channels=256, kernel_size=2),
+               dict(layers=30, cycle=10, residual_channels=64, skip_channels=256, kernel_size=3),
+               dict(layers=30, cycle=10, residual_channels=128, skip_channels=256, kernel_size=2)]
+    batches, n_fast, n_slow = [1, 16, 256], 4096, 256
+    if quick:
+        configs = [dict(layers=4, cycle=2, residual_channels=16, skip_channels=32, kernel_size=2)]
+        batches, n_fast, n_slow = [1, 4], 64, 16
+    rows = []
+    for config in configs:
+        torch.manual_seed(0)
+        model = WaveNet(quantization=256, **config).to(device).eval()
+        for batch in batches:
+            rates = {}
+            for name, n in (("fused", n_fast), ("eager_queue", n_slow), ("naive", n_slow)):
+                if name == "naive" and batch > 16:
+                    continue      # minutes per run; the naive recompute is the reference, not a contender
+                original = model.incremental
+                if name == "eager_queue":
+                    model.incremental = lambda b, g=None: _QueueCache(model, b, g)
+                try:
+                    method = "naive" if name == "naive" else "fast"
+                    generate(model, 8, batch, method=method, generator=torch.Generator().manual_seed(0))
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    generate(model, n, batch, method=method, generator=torch.Generator().manual_seed(1))
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    rates[name] = batch * n / (time.perf_counter() - start)
+                finally:
+                    model.incremental = original
+            row = {"case": "wavenet_R{residual_channels}_S{skip_channels}_L{layers}_k{kernel_size}".format(**config)
+                   + f"_B{batch}", "samples_per_s": rates,
+                   "speedup_vs_eager_queue": rates["fused"] / rates["eager_queue"]}
+            rows.append(row)
+            if progress:
+                progress(f"{row['case']:<36} " + "  ".join(f"{k} {v:,.0f}/s" for k, v in rates.items())
+                         + f"  ({row['speedup_vs_eager_queue']:.1f}x vs eager queue)")
+    return rows

@@ -65,10 +65,13 @@ def gated_pixel_step_kernel(
         v_base = v_ptr + (l * B * W + c) * 2 * CH
         v_a = _row_block(v_base, rows, W * 2 * CH, ch, row_ok)
         v_b = _row_block(v_base, rows, W * 2 * CH, ch2, row_ok)
-        args = (prev, cur, v_a, v_b, wh_ptr + l * 2 * CH * 2 * CH, wl_ptr + l * 2 * CH * 2 * CH,
-                bh_ptr + l * 2 * CH, bl_ptr + l * 2 * CH, cond_ptr + l * B * 2 * CH, rows, row_ok)
-        a = _pre_activation(*args, ch, CH, PRECISION)
-        g = _pre_activation(*args, ch2, CH, PRECISION)
+        wh = wh_ptr + l * 2 * CH * 2 * CH
+        wl = wl_ptr + l * 2 * CH * 2 * CH
+        bh = bh_ptr + l * 2 * CH
+        bl = bl_ptr + l * 2 * CH
+        cond = cond_ptr + l * B * 2 * CH
+        a = _pre_activation(prev, cur, v_a, v_b, wh, wl, bh, bl, cond, rows, row_ok, ch, CH, PRECISION)
+        g = _pre_activation(prev, cur, v_a, v_b, wh, wl, bh, bl, cond, rows, row_ok, ch2, CH, PRECISION)
         gated = (2 * tl.sigmoid(2 * a) - 1) * tl.sigmoid(g)     # tanh(a) * sigmoid(g)
         out = tl.dot(gated, _matrix(wo_ptr + l * CH * CH, CH, ch, ch), input_precision=PRECISION)
         out += tl.load(bo_ptr + l * CH + ch)[None, :]

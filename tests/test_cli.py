@@ -31,3 +31,10 @@ def test_bench_sampling_quick(capsys, tmp_path):
     rows = json.loads(path.read_text())["results"]
     assert [r["case"].split("_")[0] for r in rows] == ["gated", "gated", "pixelcnnpp"]
     assert all(r["seconds"]["fast"] > 0 and r["seconds"]["naive"] > 0 for r in rows)
+
+
+def test_bench_wavenet_quick(tmp_path):
+    path = tmp_path / "wavenet.json"
+    assert cli.main(["bench", "wavenet", "--quick", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert len(rows) == 2 and all(set(r["samples_per_s"]) == {"fused", "eager_queue", "naive"} for r in rows)

@@ -19,3 +19,18 @@ def test_fused_fast_sampler_matches_naive_on_gpu(levels, channels):
         assert (naive == fast).float().mean() > 0.999  # ties decided by rounding are possible, not expected
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_fused_wavenet_generation_matches_naive_on_gpu(kernel_size):
+    from fastgen.models import WaveNet
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        model = WaveNet(layers=8, cycle=4, residual_channels=32, skip_channels=64, quantization=256,
+                        kernel_size=kernel_size).cuda().eval()
+        naive = model.generate(300, 4, method="naive", generator=torch.Generator().manual_seed(1), return_codes=True)
+        fast = model.generate(300, 4, method="fast", generator=torch.Generator().manual_seed(1), return_codes=True)
+        assert (naive == fast).float().mean() > 0.99
+    finally:
+        torch.backends.cudnn.allow_tf32 = True

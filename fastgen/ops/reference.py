@@ -92,3 +92,35 @@ def gated_pixel_step(p_in, v, cond_h, weights, gumbel, c, inv_temperature, scale
     e = (x.to(p_in.dtype) * scale - 1.0)[:, None] * embed_w + embed_b
     p_out[0] = e
     return x, p_out, e
+
+
+def wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights, gterm, local_t, gumbel,
+                 inv_temperature):
+    """One WaveNet generation step (the math of kernels/wavenet_step.py).
+
+    prev: codes [B] of the previous sample; queue [slots, B, R] holds layer l's past inputs
+    in rows queue_offsets[l] .. + d_l (k-1) (slot = time mod span); gterm [L, B, 2R];
+    local_t [B, LC] or None; weights = (embed [A, R], wtap [L, k, R, 2R], bconv [L, 2R],
+    wlc [L, LC, 2R], wres [L, R, R], bres, wskip [L, R, S], bskip, w1 [S, S], b1, w2 [S, A], b2).
+    -> (codes [B], pushed [L, B, R]: each layer's input at t, for slot t mod span).
+    """
+    embed, wtap, bconv, wlc, wres, bres, wskip, bskip, w1, b1, w2, b2 = weights
+    L, k, R, _ = wtap.shape
+    h = embed[prev]
+    skip = 0
+    pushed = []
+    for layer in range(L):
+        d = 2 ** (layer % cycle)
+        span = d * (k - 1)
+        offset = int(queue_offsets[layer])
+        z = h @ wtap[layer, k - 1] + bconv[layer] + gterm[layer]
+        for j in range(k - 1):
+            z = z + queue[offset + (t - (k - 1 - j) * d) % span] @ wtap[layer, j]
+        if local_t is not None:
+            z = z + local_t @ wlc[layer]
+        u = torch.tanh(z[:, :R]) * torch.sigmoid(z[:, R:])
+        skip = skip + u @ wskip[layer] + bskip[layer]
+        pushed.append(h)
+        h = h + u @ wres[layer] + bres[layer]
+    logits = torch.relu(torch.relu(skip) @ w1 + b1) @ w2 + b2
+    return (logits * inv_temperature + gumbel).argmax(dim=1), torch.stack(pushed)

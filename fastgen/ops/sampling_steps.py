@@ -1,13 +1,14 @@
-"""Fused sampling steps: one launch per generated pixel.
+"""Fused sampling steps: one launch per generated pixel or audio sample.
 
-``gated_pixel_step`` runs every layer's horizontal stack, the head, the Gumbel-max draw and
-the embedding of the drawn value for one pixel of a Gated PixelCNN (grey images, 3x3
-kernels).  Reference: ``fastgen.ops.reference.gated_pixel_step``; Triton kernel:
-``fastgen.kernels.gated_pixel_step``.  Shapes are in the reference's docstring.  This is a
-sampling-only op (no autograd); on the Triton path it writes ``p_out``, ``x_out`` and column
-c of ``e_row`` in place (declared in ``mutates_args``).
+- ``gated_pixel_step``: every layer's horizontal stack, the head, the Gumbel-max draw and the
+  embedding of the drawn value for one pixel of a Gated PixelCNN (grey images, 3x3 kernels).
+- ``wavenet_step``: every WaveNet layer (with its queue), the head and the draw for one sample.
+
+References in ``fastgen.ops.reference``, Triton kernels in ``fastgen.kernels``; shapes are in
+the references' docstrings.  Sampling-only ops (no autograd) that write their outputs and
+state in place (declared in ``mutates_args``).
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -48,3 +49,37 @@ def gated_pixel_step(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, i
         return
     torch.ops.fastgen.gated_pixel_step(p_in, p_out, v, cond_h, list(weights), gumbel, x_out, e_row, c,
                                        float(inv_temperature), float(scale))
+
+
+@torch.library.custom_op("fastgen::wavenet_step", mutates_args=("code_out", "queue", "scratch"))
+def _wavenet_step_op(prev: torch.Tensor, code_out: torch.Tensor, queue: torch.Tensor, queue_offsets: torch.Tensor,
+                     weights: List[torch.Tensor], gterm: torch.Tensor, local_t: Optional[torch.Tensor],
+                     gumbel: torch.Tensor, scratch: torch.Tensor, t: int, cycle: int, kernel_size: int,
+                     inv_temperature: float) -> None:
+    from fastgen.kernels.wavenet_step import wavenet_step as launch
+    exact = not (prev.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+    launch(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
+           kernel_size, inv_temperature, precision="ieee" if exact else "tf32")
+
+
+def wavenet_step(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
+                 kernel_size, inv_temperature, backend=None):
+    """Draw sample t for every batch row: writes code_out [B] and pushes every layer's input
+    into its queue slot t mod span.  See ``fastgen.ops.reference.wavenet_step``."""
+    R, S = weights[1].shape[2], weights[8].shape[0]
+    LC = 0 if local_t is None else local_t.shape[1]
+    if not (_power_of_two(R) and _power_of_two(S) and (LC == 0 or _power_of_two(LC))):
+        if requested_backend(backend) == "triton":
+            raise ValueError(f"wavenet_step on Triton needs residual, skip and local channels that are "
+                             f"powers of two >= 16, got {R}, {S}, {LC}")
+        backend = "reference"
+    if choose_backend("wavenet_step", queue, backend) == "reference":
+        codes, pushed = reference.wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights,
+                                               gterm, local_t, gumbel, inv_temperature)
+        code_out.copy_(codes)
+        for layer in range(pushed.shape[0]):
+            span = 2 ** (layer % cycle) * (kernel_size - 1)
+            queue[int(queue_offsets[layer]) + t % span] = pushed[layer]
+        return
+    torch.ops.fastgen.wavenet_step(prev, code_out, queue, queue_offsets, list(weights), gterm, local_t, gumbel,
+                                   scratch, t, cycle, kernel_size, float(inv_temperature))

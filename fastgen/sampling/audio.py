@@ -76,6 +76,11 @@ class _Generator:
         for _ in range(steps):
             t = self.codes.shape[1] + len(out)
             local_t = self.local_up[:, :, t] if self.local_up is not None else None
+            if hasattr(self.cache, "draw"):           # one fused launch per sample
+                drawn = self.cache.draw(self.previous, local_t, self.noise.next(), self.temperature).clone()
+                out.append(drawn)
+                self.previous = drawn
+                continue
             if self.cache is not None:
                 logits = self.cache.step(self.previous, local_t)
             else:
