@@ -316,7 +316,10 @@ def wavenet_rows(device, quick=False, progress=print):
         model = WaveNet(quantization=256, **config).to(device).eval()
         for batch in batches:
             rates = {}
-            for name, n in (("fused", n_fast), ("eager_queue", n_slow), ("naive", n_slow)):
+            variants = [("fused", n_fast, False), ("eager_queue", n_slow, False), ("naive", n_slow, False)]
+            if device.type == "cuda":
+                variants.insert(0, ("fused_cuda_graph", n_fast, True))
+            for name, n, graph in variants:
                 if name == "naive" and batch > 16:
                     continue      # minutes per run; the naive recompute is the reference, not a contender
                 original = model.incremental
@@ -328,17 +331,18 @@ def wavenet_rows(device, quick=False, progress=print):
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    generate(model, n, batch, method=method, generator=torch.Generator().manual_seed(1))
+                    generate(model, n, batch, method=method, generator=torch.Generator().manual_seed(1),
+                             cuda_graph=graph)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     rates[name] = batch * n / (time.perf_counter() - start)
                 finally:
                     model.incremental = original
+            best = max(v for k, v in rates.items() if k.startswith("fused"))
             row = {"case": "wavenet_R{residual_channels}_S{skip_channels}_L{layers}_k{kernel_size}".format(**config)
-                   + f"_B{batch}", "samples_per_s": rates,
-                   "speedup_vs_eager_queue": rates["fused"] / rates["eager_queue"]}
+                   + f"_B{batch}", "samples_per_s": rates, "speedup_vs_eager_queue": best / rates["eager_queue"]}
             rows.append(row)
             if progress:
                 progress(f"{row['case']:<36} " + "  ".join(f"{k} {v:,.0f}/s" for k, v in rates.items())
-                         + f"  ({row['speedup_vs_eager_queue']:.1f}x vs eager queue)")
+                         + f"  (best fused {row['speedup_vs_eager_queue']:.1f}x vs eager queue)")
     return rows

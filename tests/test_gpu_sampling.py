@@ -34,3 +34,12 @@ def test_fused_wavenet_generation_matches_naive_on_gpu(kernel_size):
         assert (naive == fast).float().mean() > 0.99
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+def test_wavenet_cuda_graph_generation_matches_eager_on_gpu():
+    from fastgen.models import WaveNet
+    torch.manual_seed(0)
+    model = WaveNet(layers=10, cycle=5, residual_channels=32, skip_channels=64, quantization=256).cuda().eval()
+    eager = model.generate(700, 3, generator=torch.Generator().manual_seed(2), return_codes=True)
+    graphed = model.generate(700, 3, generator=torch.Generator().manual_seed(2), return_codes=True, cuda_graph=True)
+    assert torch.equal(eager, graphed)

@@ -180,3 +180,21 @@ def test_generation_with_fused_triton_step_matches_naive(monkeypatch, kernel_siz
     naive = model.generate(13, 2, local, gc, "naive", torch.Generator().manual_seed(2), return_codes=True)
     fast = model.generate(13, 2, local, gc, "fast", torch.Generator().manual_seed(2), return_codes=True)
     assert torch.equal(naive, fast)
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_block_generation_matches_step_by_step(monkeypatch, conditioned):
+    """The block path (static buffers; what a CUDA graph replays on a GPU) draws the same codes."""
+    from fastgen.models.wavenet import _FusedQueueCache
+    torch.manual_seed(0)
+    model = WaveNet(layers=3, cycle=2, residual_channels=8, skip_channels=8, quantization=16,
+                    local_channels=4 if conditioned else None, hop=10,
+                    global_classes=2 if conditioned else None).eval()
+    local = torch.randn(2, 4, 31) if conditioned else None
+    gc = torch.tensor([0, 1]) if conditioned else None
+    stepwise = model.generate(300, 2, local, gc, "fast", torch.Generator().manual_seed(5), return_codes=True)
+    monkeypatch.setattr(_FusedQueueCache, "blocks", True)
+    blocked = model.generate(300, 2, local, gc, "fast", torch.Generator().manual_seed(5), return_codes=True)
+    assert torch.equal(blocked, stepwise)
+    naive = model.generate(300, 2, local, gc, "naive", torch.Generator().manual_seed(5), return_codes=True)
+    assert torch.equal(naive, stepwise)

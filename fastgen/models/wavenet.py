@@ -166,10 +166,12 @@ class WaveNet(nn.Module):
         return F.cross_entropy(self(codes, local, global_cond), codes) / math.log(2)
 
     def generate(self, n_samples, batch=1, local=None, global_cond=None, method="fast", generator=None,
-                 temperature=1.0, return_codes=False, progress=None):
-        """Generate ``n_samples`` per batch row: audio [batch, n_samples] in [-1, 1] (or codes)."""
+                 temperature=1.0, return_codes=False, progress=None, cuda_graph=False):
+        """Generate ``n_samples`` per batch row: audio [batch, n_samples] in [-1, 1] (or codes).
+        ``cuda_graph``: on a GPU, replay blocks of fused steps as a CUDA graph."""
         from fastgen.sampling.audio import generate
-        codes = generate(self, n_samples, batch, local, global_cond, method, generator, temperature, progress)
+        codes = generate(self, n_samples, batch, local, global_cond, method, generator, temperature, progress,
+                         cuda_graph)
         return codes if return_codes else mu_law_decode(codes, self.quantization)
 
     def stream(self, n_samples, batch=1, local_chunks=None, global_cond=None, chunk=4096, generator=None,
@@ -206,6 +208,8 @@ class _FusedQueueCache:
     """Fast generation with one fused launch per sample (``fastgen.ops.wavenet_step``): all
     layers' queues in one tensor [slots, B, R], layer l owning d_l (k-1) rows."""
 
+    blocks = False   # run generate's block path (static buffers) even without a CUDA graph
+
     def __init__(self, model, batch, global_cond):
         self.model = model
         device = model.embed.weight.device
@@ -220,18 +224,17 @@ class _FusedQueueCache:
             torch.zeros(batch, 2 * R, device=device) for _ in spans]
         self.gterm = torch.stack(gterm).detach().float().contiguous()
         self.scratch = torch.empty(batch, self.weights[8].shape[0], device=device)
-        self.codes = torch.zeros(batch, dtype=torch.long, device=device)
-        self.t = 0
+        # the queues' slot pattern repeats every `period` steps (all spans are powers of two)
+        self.period = max(max(spans), 256)
+        # (class attribute ``blocks``: tests set it to run the block path eagerly on the CPU)
 
-    def draw(self, previous, local_t, gumbel, temperature):
-        """Draw sample t: codes [B] (a buffer reused by the next call: copy it to keep it)."""
+    def draw_at(self, previous, codes_out, local_t, gumbel, temperature, t):
+        """Draw sample t into codes_out [B] (t matters only modulo ``period``)."""
         from fastgen.ops.sampling_steps import wavenet_step
         m = self.model
         local = None if local_t is None else local_t.float().contiguous()
-        wavenet_step(previous, self.codes, self.queue, self.queue_offsets, self.weights, self.gterm, local,
-                     gumbel, self.scratch, self.t, m.cycle, m.kernel_size, 1.0 / temperature)
-        self.t += 1
-        return self.codes
+        wavenet_step(previous, codes_out, self.queue, self.queue_offsets, self.weights, self.gterm, local,
+                     gumbel, self.scratch, t % self.period, m.cycle, m.kernel_size, 1.0 / temperature)
 
 
 class _QueueCache:

@@ -1,12 +1,16 @@
 """Sample-by-sample audio generation for WaveNet-style models.
 
 The protocol a model implements (``fastgen.models.WaveNet`` does): ``quantization``,
-``receptive_field``, ``hop`` and ``local_channels``, ``check_cond``, ``check_global``, ``global_embed``,
-``window_logits(codes, local_up, g, previous) -> logits [B, quantization, T]`` (the naive
-generator re-runs it over the last ``receptive_field`` samples at every step), and
-``incremental(batch, global_cond)`` -> a cache
-with ``step(previous_codes [B], local_t [B, Lc] | None) -> logits [B, quantization]`` (the
-fast generator: per-layer queues, one step per sample).
+``receptive_field``, ``hop`` and ``local_channels``, ``check_cond``, ``check_global``,
+``global_embed``, ``window_logits(codes, local_up, g, previous) -> logits [B, quantization, T]``
+(the naive generator re-runs it over the last ``receptive_field`` samples at every step), and
+``incremental(batch, global_cond)`` -> a cache (the fast generator, per-layer queues) with
+either ``step(previous_codes [B], local_t [B, Lc] | None) -> logits [B, quantization]``, or
+``draw_at(previous, codes_out, local_t, gumbel [B, quantization], temperature, t)``: the whole
+step including the draw as one fused launch, writing ``codes_out``; its state depends on t
+only modulo ``cache.period``, so ``generate`` can run it in blocks of ``period`` steps over
+static buffers and, on a GPU (``cuda_graph=True``), capture one block as a CUDA graph and
+replay it.
 
 Randomness: Gumbel noise is drawn from ``generator`` in fixed blocks of ``NOISE_BLOCK`` time
 steps ([steps, B, quantization], time-major), so ``generate`` and any chunking of ``stream``
@@ -76,8 +80,9 @@ class _Generator:
         for _ in range(steps):
             t = self.codes.shape[1] + len(out)
             local_t = self.local_up[:, :, t] if self.local_up is not None else None
-            if hasattr(self.cache, "draw"):           # one fused launch per sample
-                drawn = self.cache.draw(self.previous, local_t, self.noise.next(), self.temperature).clone()
+            if hasattr(self.cache, "draw_at"):        # one fused launch per sample
+                drawn = torch.empty_like(self.previous)
+                self.cache.draw_at(self.previous, drawn, local_t, self.noise.next(), self.temperature, t)
                 out.append(drawn)
                 self.previous = drawn
                 continue
@@ -105,15 +110,67 @@ class _Generator:
         return m.window_logits(window, local, g, previous)[:, :, -1]
 
 
+class _Blocks:
+    """Runs ``period`` fused steps at a time over static buffers (codes, noise, conditioning);
+    with ``cuda_graph`` the block is captured once as a CUDA graph and replayed -- no host work
+    per sample.  Valid because the cache's state depends on t only modulo ``period``."""
+
+    def __init__(self, gen, cuda_graph):
+        cache, period = gen.cache, gen.cache.period
+        batch, levels = gen.previous.shape[0], gen.model.quantization
+        self.gen, self.period = gen, period
+        self.codes = torch.zeros(period + 1, batch, dtype=torch.long, device=gen.device)
+        self.noise = torch.zeros(period, batch, levels, device=gen.device)
+        self.local = (torch.zeros(period, batch, gen.model.local_channels, device=gen.device)
+                      if gen.model.local_channels else None)
+        self.graph = None
+        if cuda_graph:
+            self._run_block()                           # compile and warm up outside the capture
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._run_block()
+
+    def _run_block(self):
+        cache, temperature = self.gen.cache, self.gen.temperature
+        for i in range(self.period):
+            local_t = self.local[i] if self.local is not None else None
+            cache.draw_at(self.codes[i], self.codes[i + 1], local_t, self.noise[i], temperature, i)
+
+    def run(self):
+        """Draw the next ``period`` samples: [B, period]."""
+        gen, t0 = self.gen, self.gen.codes.shape[1]
+        self.codes[0] = gen.previous
+        for i in range(self.period):
+            self.noise[i] = gen.noise.next()
+        if self.local is not None:
+            self.local.copy_(gen.local_up[:, :, t0:t0 + self.period].permute(2, 0, 1))
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._run_block()
+        new = self.codes[1:].T.clone()
+        gen.codes = torch.cat([gen.codes, new], dim=1)
+        gen.previous = new[:, -1]
+        return new
+
+
 def generate(model, n_samples, batch=1, local=None, global_cond=None, method="fast", generator=None,
-             temperature=1.0, progress=None):
-    """Codes [batch, n_samples].  local: [batch, local_channels, frames] covering n_samples."""
+             temperature=1.0, progress=None, cuda_graph=False):
+    """Codes [batch, n_samples].  local: [batch, local_channels, frames] covering n_samples.
+    ``cuda_graph`` (fast method, fused step, CUDA): replay whole blocks of steps as a graph."""
     _check(n_samples, temperature, method)
     model.check_cond(local, global_cond, batch, n_samples)
     gen = _Generator(model, batch, global_cond, method, generator, temperature)
     if local is not None:
         gen.add_local(local)
-    done = 0
+    if hasattr(gen.cache, "draw_at") and (cuda_graph or getattr(gen.cache, "blocks", False)):
+        blocks = _Blocks(gen, cuda_graph and gen.device.type == "cuda")
+        while n_samples - gen.codes.shape[1] >= blocks.period:
+            blocks.run()
+            if progress is not None:
+                progress(gen.codes.shape[1])
+    done = gen.codes.shape[1]
     while done < n_samples:
         step = min(NOISE_BLOCK, n_samples - done)
         gen.run(step)
