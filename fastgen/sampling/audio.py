@@ -125,7 +125,9 @@ class _Blocks:
                       if gen.model.local_channels else None)
         self.graph = None
         if cuda_graph:
-            self._run_block()                           # compile and warm up outside the capture
+            state = cache.queue.clone()
+            self._run_block()                           # compile and warm up outside the capture,
+            cache.queue.copy_(state)                    # then forget what the warm-up pushed
             torch.cuda.synchronize()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
