@@ -19,29 +19,21 @@ x_out [B] (int64), e_row [B, W, CH].  Grey images (one channel), 3x3 kernels.
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _row_block(ptr, rows, row_stride, cols, row_ok):
-    """Load ptr[rows, cols] as a [len(rows), len(cols)] tile (rows masked)."""
-    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=row_ok[:, None], other=0.0)
-
-
-@triton.jit
-def _matrix(ptr, row_stride, ks, ns):
-    """Load a [len(ks), len(ns)] weight tile ptr[ks, ns]."""
-    return tl.load(ptr + ks[:, None] * row_stride + ns[None, :])
+from fastgen.kernels._tiles import gumbel_argmax_update, load_matrix, load_rows
 
 
 @triton.jit
 def _pre_activation(prev, cur, v_a, v_b, wh, wl, bh, bl, cond, rows, row_ok, cols, CH: tl.constexpr,
                     PRECISION: tl.constexpr):
     """Columns ``cols`` of one layer's horizontal pre-activation [BLOCK_B, CH]."""
-    acc = tl.dot(prev, _matrix(wh, 2 * CH, tl.arange(0, CH), cols), input_precision=PRECISION)
-    acc = tl.dot(cur, _matrix(wh + CH * 2 * CH, 2 * CH, tl.arange(0, CH), cols), acc, input_precision=PRECISION)
-    acc = tl.dot(v_a, _matrix(wl, 2 * CH, tl.arange(0, CH), cols), acc, input_precision=PRECISION)
-    acc = tl.dot(v_b, _matrix(wl + CH * 2 * CH, 2 * CH, tl.arange(0, CH), cols), acc, input_precision=PRECISION)
+    k = tl.arange(0, CH)
+    second = CH * 2 * CH       # offset of the second [CH, 2CH] block (tap (r, c) / v's gate half)
+    acc = tl.dot(prev, load_matrix(wh, 2 * CH, k, cols), input_precision=PRECISION)
+    acc = tl.dot(cur, load_matrix(wh + second, 2 * CH, k, cols), acc, input_precision=PRECISION)
+    acc = tl.dot(v_a, load_matrix(wl, 2 * CH, k, cols), acc, input_precision=PRECISION)
+    acc = tl.dot(v_b, load_matrix(wl + second, 2 * CH, k, cols), acc, input_precision=PRECISION)
     acc += (tl.load(bh + cols) + tl.load(bl + cols))[None, :]
-    return acc + _row_block(cond, rows, 2 * CH, cols, row_ok)
+    return acc + load_rows(cond, rows, 2 * CH, cols, row_ok)
 
 
 @triton.jit
@@ -61,10 +53,10 @@ def gated_pixel_step_kernel(
     ch2 = CH + ch                      # the gate half of a 2CH vector
     cur = tl.zeros((BLOCK_B, CH), dtype=tl.float32)
     for l in range(L):
-        prev = _row_block(p_in + l * B * CH, rows, CH, ch, row_ok)
+        prev = load_rows(p_in + l * B * CH, rows, CH, ch, row_ok)
         v_base = v_ptr + (l * B * W + c) * 2 * CH
-        v_a = _row_block(v_base, rows, W * 2 * CH, ch, row_ok)
-        v_b = _row_block(v_base, rows, W * 2 * CH, ch2, row_ok)
+        v_a = load_rows(v_base, rows, W * 2 * CH, ch, row_ok)
+        v_b = load_rows(v_base, rows, W * 2 * CH, ch2, row_ok)
         wh = wh_ptr + l * 2 * CH * 2 * CH
         wl = wl_ptr + l * 2 * CH * 2 * CH
         bh = bh_ptr + l * 2 * CH
@@ -73,7 +65,7 @@ def gated_pixel_step_kernel(
         a = _pre_activation(prev, cur, v_a, v_b, wh, wl, bh, bl, cond, rows, row_ok, ch, CH, PRECISION)
         g = _pre_activation(prev, cur, v_a, v_b, wh, wl, bh, bl, cond, rows, row_ok, ch2, CH, PRECISION)
         gated = (2 * tl.sigmoid(2 * a) - 1) * tl.sigmoid(g)     # tanh(a) * sigmoid(g)
-        out = tl.dot(gated, _matrix(wo_ptr + l * CH * CH, CH, ch, ch), input_precision=PRECISION)
+        out = tl.dot(gated, load_matrix(wo_ptr + l * CH * CH, CH, ch, ch), input_precision=PRECISION)
         out += tl.load(bo_ptr + l * CH + ch)[None, :]
         if l > 0:
             out += cur
@@ -81,7 +73,7 @@ def gated_pixel_step_kernel(
         cur = out
 
     hc = tl.arange(0, HC)
-    hidden = tl.dot(tl.maximum(cur, 0.0), _matrix(w1_ptr, HC, ch, hc), input_precision=PRECISION)
+    hidden = tl.dot(tl.maximum(cur, 0.0), load_matrix(w1_ptr, HC, ch, hc), input_precision=PRECISION)
     hidden = tl.maximum(hidden + tl.load(b1_ptr + hc)[None, :], 0.0)
     best = tl.full((BLOCK_B,), float("-inf"), dtype=tl.float32)
     best_idx = tl.zeros((BLOCK_B,), dtype=tl.int32)
@@ -92,12 +84,7 @@ def gated_pixel_step_kernel(
         logits = tl.dot(hidden, w2, input_precision=PRECISION) + tl.load(b2_ptr + lv, mask=lv_ok, other=0.0)[None, :]
         noise = tl.load(g_ptr + rows[:, None] * sgb + lv[None, :] * sgl, mask=row_ok[:, None] & lv_ok[None, :],
                         other=0.0)
-        scores = tl.where(lv_ok[None, :], logits * inv_temperature + noise, float("-inf"))
-        chunk_best = tl.max(scores, axis=1)
-        chunk_idx = tl.argmax(scores, axis=1) + n0
-        take = chunk_best > best
-        best_idx = tl.where(take, chunk_idx, best_idx)
-        best = tl.where(take, chunk_best, best)
+        best, best_idx = gumbel_argmax_update(logits, noise, lv, lv_ok, inv_temperature, best, best_idx)
     tl.store(x_out + rows, best_idx.to(tl.int64), mask=row_ok)
     value = best_idx.to(tl.float32) * scale - 1.0
     embedded = value[:, None] * tl.load(ew_ptr + ch)[None, :] + tl.load(eb_ptr + ch)[None, :]

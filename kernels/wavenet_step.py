@@ -16,15 +16,7 @@ w1 [S, S], b1 [S], w2 [S, A], b2 [A], gumbel [B, A] (any strides), scratch [B, S
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _tile(ptr, rows, row_stride, cols, row_ok):
-    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=row_ok[:, None], other=0.0)
-
-
-@triton.jit
-def _weights(ptr, row_stride, ks, ns):
-    return tl.load(ptr + ks[:, None] * row_stride + ns[None, :])
+from fastgen.kernels._tiles import gumbel_argmax_update, load_matrix, load_rows
 
 
 @triton.jit
@@ -32,15 +24,15 @@ def _gate_half(h, queue_ptr, qoff, span, t, d, wtap, bconv, gterm, local, wlc, r
                R: tl.constexpr, K: tl.constexpr, LC: tl.constexpr, PRECISION: tl.constexpr):
     """Columns ``cols`` of one layer's dilated-conv pre-activation [BLOCK_B, R]."""
     r = tl.arange(0, R)
-    acc = tl.dot(h, _weights(wtap + (K - 1) * R * 2 * R, 2 * R, r, cols), input_precision=PRECISION)
+    acc = tl.dot(h, load_matrix(wtap + (K - 1) * R * 2 * R, 2 * R, r, cols), input_precision=PRECISION)
     for j in tl.static_range(K - 1):
         slot = ((t - (K - 1 - j) * d) % span + span) % span
-        past = _tile(queue_ptr + (qoff + slot) * B * R, rows, R, r, row_ok)
-        acc = tl.dot(past, _weights(wtap + j * R * 2 * R, 2 * R, r, cols), acc, input_precision=PRECISION)
+        past = load_rows(queue_ptr + (qoff + slot) * B * R, rows, R, r, row_ok)
+        acc = tl.dot(past, load_matrix(wtap + j * R * 2 * R, 2 * R, r, cols), acc, input_precision=PRECISION)
     if LC > 0:
-        acc = tl.dot(local, _weights(wlc, 2 * R, tl.arange(0, LC), cols), acc, input_precision=PRECISION)
+        acc = tl.dot(local, load_matrix(wlc, 2 * R, tl.arange(0, LC), cols), acc, input_precision=PRECISION)
     acc += tl.load(bconv + cols)[None, :]
-    return acc + _tile(gterm, rows, 2 * R, cols, row_ok)
+    return acc + load_rows(gterm, rows, 2 * R, cols, row_ok)
 
 
 @triton.jit
@@ -61,7 +53,7 @@ def wavenet_step_kernel(
     h = tl.load(embed_ptr + prev[:, None] * R + r[None, :], mask=row_ok[:, None], other=0.0)
     local = tl.zeros((BLOCK_B, 16), dtype=tl.float32)
     if LC > 0:
-        local = _tile(local_ptr, rows, LC, tl.arange(0, LC), row_ok)
+        local = load_rows(local_ptr, rows, LC, tl.arange(0, LC), row_ok)
     skip = tl.zeros((BLOCK_B, S), dtype=tl.float32)
     for l in range(L):
         d = 1 << (l % CYCLE)
@@ -77,11 +69,11 @@ def wavenet_step_kernel(
         g = _gate_half(h, queue_ptr, qoff, span, t, d, wtap, bconv, gterm, local, wlc, rows, row_ok, B,
                        R + r, R, K, LC, PRECISION)
         u = (2 * tl.sigmoid(2 * a) - 1) * tl.sigmoid(g)                 # tanh(a) * sigmoid(g)
-        skip = tl.dot(u, _weights(wskip_ptr + l * R * S, S, r, s), skip, input_precision=PRECISION)
+        skip = tl.dot(u, load_matrix(wskip_ptr + l * R * S, S, r, s), skip, input_precision=PRECISION)
         skip += tl.load(bskip_ptr + l * S + s)[None, :]
         tl.debug_barrier()          # every thread has read this layer's queue before h overwrites a slot
         tl.store(queue_ptr + (qoff + t % span) * B * R + rows[:, None] * R + r[None, :], h, mask=row_ok[:, None])
-        h = h + tl.dot(u, _weights(wres_ptr + l * R * R, R, r, r), input_precision=PRECISION)
+        h = h + tl.dot(u, load_matrix(wres_ptr + l * R * R, R, r, r), input_precision=PRECISION)
         h += tl.load(bres_ptr + l * R + r)[None, :]
 
     # head: hidden = relu(relu(skip) @ W1 + b1) goes through scratch memory so that the logits
@@ -89,7 +81,7 @@ def wavenet_step_kernel(
     skip = tl.maximum(skip, 0.0)
     for n0 in range(0, S, S_BLOCK):
         cols = n0 + tl.arange(0, S_BLOCK)
-        hidden = tl.dot(skip, _weights(w1_ptr, S, s, cols), input_precision=PRECISION)
+        hidden = tl.dot(skip, load_matrix(w1_ptr, S, s, cols), input_precision=PRECISION)
         hidden = tl.maximum(hidden + tl.load(b1_ptr + cols)[None, :], 0.0)
         tl.store(scratch_ptr + rows[:, None] * S + cols[None, :], hidden, mask=row_ok[:, None])
     tl.debug_barrier()
@@ -101,18 +93,13 @@ def wavenet_step_kernel(
         logits = tl.zeros((BLOCK_B, LEVEL_BLOCK), dtype=tl.float32)
         for k0 in range(0, S, S_BLOCK):
             ks = k0 + tl.arange(0, S_BLOCK)
-            hidden = _tile(scratch_ptr, rows, S, ks, row_ok)
+            hidden = load_rows(scratch_ptr, rows, S, ks, row_ok)
             w2 = tl.load(w2_ptr + ks[:, None] * A + lv[None, :], mask=lv_ok[None, :], other=0.0)
             logits = tl.dot(hidden, w2, logits, input_precision=PRECISION)
         logits += tl.load(b2_ptr + lv, mask=lv_ok, other=0.0)[None, :]
         noise = tl.load(g_ptr + rows[:, None] * sgb + lv[None, :] * sga, mask=row_ok[:, None] & lv_ok[None, :],
                         other=0.0)
-        scores = tl.where(lv_ok[None, :], logits * inv_temperature + noise, float("-inf"))
-        chunk_best = tl.max(scores, axis=1)
-        chunk_idx = tl.argmax(scores, axis=1) + a0
-        take = chunk_best > best
-        best_idx = tl.where(take, chunk_idx, best_idx)
-        best = tl.where(take, chunk_best, best)
+        best, best_idx = gumbel_argmax_update(logits, noise, lv, lv_ok, inv_temperature, best, best_idx)
     tl.store(code_out + rows, best_idx.to(tl.int64), mask=row_ok)
 
 
