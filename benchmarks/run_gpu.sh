@@ -24,6 +24,7 @@ if [[ $STEPS == *tests* ]]; then
 fi
 if [[ $STEPS == *bench* ]]; then
   fastgen bench conv --json "$OUT/conv.json" 2>&1 | tee "$OUT/bench_conv.log" || status=1
+  fastgen bench diffusion --json "$OUT/diffusion.json" 2>&1 | tee "$OUT/bench_diffusion.log" || status=1
 fi
 if [[ $STEPS == *sampling* ]]; then   # minutes: the naive samplers are the slow anchors
   fastgen bench sampling --json "$OUT/sampling.json" 2>&1 | tee "$OUT/bench_sampling.log" || status=1

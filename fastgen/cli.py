@@ -5,7 +5,7 @@
     fastgen sample wavenet --checkpoint CKPT --seconds S --out out.wav
                                  generate audio (progress bar with samples/s)
     fastgen info                 versions, device, the backend each op uses, native extension
-    fastgen bench conv|sampling|wavenet [--quick] [--json PATH]
+    fastgen bench conv|sampling|wavenet|diffusion [--quick] [--json PATH]
                                  time the conv kernels against cuDNN / torch.compile, the
                                  PixelCNN samplers, or WaveNet generation, here
 """
@@ -98,8 +98,9 @@ def cmd_bench(args):
 
     device = _device()
     quick = args.quick or device.type != "cuda"
-    if args.what in ("sampling", "wavenet"):
-        rows = (bench.sampling_rows if args.what == "sampling" else bench.wavenet_rows)(device, quick=quick)
+    if args.what in ("sampling", "wavenet", "diffusion"):
+        runner = {"sampling": bench.sampling_rows, "wavenet": bench.wavenet_rows, "diffusion": bench.diffusion_rows}
+        rows = runner[args.what](device, quick=quick)
         if args.json:
             bench.save(rows, args.json, " ".join(["fastgen"] + sys.argv[1:]), device)
         return 0
@@ -139,7 +140,7 @@ def main(argv=None):
     p = sub.add_parser("info", help="versions, device and backends")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("bench", help="time fastgen against the alternatives on this machine")
-    p.add_argument("what", choices=["conv", "sampling", "wavenet"], help="which benchmark")
+    p.add_argument("what", choices=["conv", "sampling", "wavenet", "diffusion"], help="which benchmark")
     p.add_argument("--quick", action="store_true", help="small sizes (always on without a GPU)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--filter", default="", help="only cases whose name contains this")

@@ -43,3 +43,17 @@ def test_wavenet_cuda_graph_generation_matches_eager_on_gpu():
     eager = model.generate(700, 3, generator=torch.Generator().manual_seed(2), return_codes=True)
     graphed = model.generate(700, 3, generator=torch.Generator().manual_seed(2), return_codes=True, cuda_graph=True)
     assert torch.equal(eager, graphed)
+
+
+def test_diffusion_fused_step_and_cuda_graph_loop_on_gpu():
+    from fastgen.ops.diffusion import diffusion_step
+    from fastgen.sampling import diffusion
+    x, out, noise = (torch.randn(64, 3, 64, 64, device="cuda") for _ in range(3))
+    coefficients = diffusion.ddpm_coefficients(0.4, 0.7)
+    torch.testing.assert_close(diffusion_step(x, out, coefficients, noise=noise),
+                               diffusion_step(x, out, coefficients, noise=noise, backend="reference"),
+                               rtol=1e-5, atol=1e-5)
+    den = lambda x, t: 0.1 * x
+    eager = diffusion.sample(den, (8, 3, 16, 16), "ddpm", 20, seed=3)
+    graphed = diffusion.sample(den, (8, 3, 16, 16), "ddpm", 20, seed=3, cuda_graph=True)
+    torch.testing.assert_close(graphed, eager)

@@ -124,3 +124,33 @@ def wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights, gte
         h = h + u @ wres[layer] + bres[layer]
     logits = torch.relu(torch.relu(skip) @ w1 + b1) @ w2 + b2
     return (logits * inv_temperature + gumbel).argmax(dim=1), torch.stack(pushed)
+
+
+def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, guidance=None):
+    """One diffusion sampler step (the math of kernels/diffusion_step.py).
+
+    x: [B, ...]; out: the denoiser output [B, ...] ([2B, ...] = [cond; uncond] with
+    ``guidance`` w: out = (1 + w) cond - w uncond); prediction 'eps' | 'x0' | 'v';
+    coefficients = (s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t), c_x0, c_eps, c_x, sigma);
+    noise: like x (used when sigma > 0).
+    -> c_x0 x0 + c_eps eps + c_x x + sigma noise, with x0 clipped to [-1, 1] if ``clip`` and
+    eps recomputed from the (clipped) x0.
+    """
+    s0, s1, c_x0, c_eps, c_x, sigma = coefficients
+    x32, out = x.float(), out.float()
+    if guidance is not None:
+        cond, uncond = out.chunk(2)
+        out = (1.0 + guidance) * cond - guidance * uncond
+    if prediction == "eps":
+        x0 = (x32 - s1 * out) / s0
+    elif prediction == "x0":
+        x0 = out
+    else:
+        x0 = s0 * x32 - s1 * out
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    eps = (x32 - s0 * x0) / s1
+    y = c_x0 * x0 + c_eps * eps + c_x * x32
+    if sigma != 0:
+        y = y + sigma * noise.float()
+    return y.to(x.dtype)

@@ -1,0 +1,148 @@
+"""Diffusion sampling loops: schedules, DDPM / DDIM with one fused kernel per step, and
+Euler / Heun on Karras sigmas.
+
+The denoiser protocol: ``denoiser(x, t, cond=None)`` returns the model output for x [B, ...]
+at timesteps t [B] (integer DDPM steps; sigmas for the Karras samplers), read as
+``prediction='eps'|'x0'|'v'``.  With ``guidance=w`` the loop calls the denoiser once per step
+on [x; x] with [cond; uncond] and combines (1 + w) cond - w uncond inside the fused step.
+
+Noise: with ``generator`` every step's noise is drawn from it on the host (reproducible, and
+what the tests use to match the reference exactly); with ``seed`` (Triton backend) it is
+drawn inside the kernel with Philox from (seed, step) -- no host work per step, which is what
+``cuda_graph=True`` (capture the whole loop, denoiser included, as one CUDA graph) needs.
+"""
+import math
+
+import numpy as np
+import torch
+
+from fastgen.ops.diffusion import diffusion_step
+
+SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+
+
+def linear_betas(timesteps=1000, start=1e-4, end=0.02):
+    """Ho et al. 2020: betas evenly spaced from ``start`` to ``end``."""
+    return torch.linspace(start, end, timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps=1000, s=0.008, max_beta=0.999):
+    """Nichol & Dhariwal 2021: abar(t) = cos^2(((t/T) + s) / (1 + s) * pi/2)."""
+    f = lambda t: math.cos((t / timesteps + s) / (1 + s) * math.pi / 2) ** 2
+    return torch.tensor([min(1 - f(t + 1) / f(t), max_beta) for t in range(timesteps)], dtype=torch.float64)
+
+
+def karras_sigmas(steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """Karras et al. 2022: sigma_i = (max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho, then 0."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+def respaced_timesteps(timesteps, steps):
+    """``steps`` of the ``timesteps`` training steps, evenly spaced, descending (Nichol & Dhariwal)."""
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must lie in [1, {timesteps}] (the training timesteps), got {steps}")
+    return [int(t) for t in np.linspace(0, timesteps - 1, steps).round()[::-1]]
+
+
+def ddpm_coefficients(abar_t, abar_prev, variance="small"):
+    """Ancestral step from t to the previous kept step (respaced: beta = 1 - abar_t / abar_prev).
+    variance 'small' = posterior beta~ (1 - abar_prev)/(1 - abar_t) beta, 'large' = beta."""
+    beta = 1 - abar_t / abar_prev
+    c_x0 = math.sqrt(abar_prev) * beta / (1 - abar_t)
+    c_x = math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar_t)
+    var = beta * (1 - abar_prev) / (1 - abar_t) if variance == "small" else beta
+    return (math.sqrt(abar_t), math.sqrt(1 - abar_t), c_x0, 0.0, c_x, math.sqrt(var) if abar_prev < 1 else 0.0)
+
+
+def ddim_coefficients(abar_t, abar_prev, eta=0.0):
+    """Song et al. 2021: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps + s z,
+    s = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)."""
+    sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
+    return (math.sqrt(abar_t), math.sqrt(1 - abar_t), math.sqrt(abar_prev), math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)),
+            0.0, sigma)
+
+
+def _call(denoiser, x, t, cond, uncond, guidance):
+    if guidance is None:
+        return denoiser(x, t, cond) if cond is not None else denoiser(x, t)
+    both = torch.cat([cond, uncond]) if cond is not None else None
+    xx, tt = torch.cat([x, x]), torch.cat([t, t])
+    return denoiser(xx, tt, both) if both is not None else denoiser(xx, tt)
+
+
+@torch.no_grad()
+def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, variance="small", prediction="eps",
+           clip=False, guidance=None, cond=None, uncond=None, generator=None, seed=None, device=None,
+           progress=None, cuda_graph=False, sigmas=None, backend=None):
+    """Sample images of ``shape`` [B, ...] from ``denoiser``; returns the final x.
+
+    sampler: 'ddpm' (ancestral; ``variance`` 'small'|'large') or 'ddim' (``eta``) over
+    ``steps`` respaced steps of ``betas`` (default: 1000 linear), or 'euler' / 'heun' over
+    Karras ``sigmas`` (default: ``karras_sigmas(steps)``; the denoiser gets sigma as t and
+    must predict x0).  progress(i, x) is called after each step (not under cuda_graph).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if guidance is not None and (cond is None) != (uncond is None):
+        raise ValueError("classifier-free guidance needs both cond and uncond (or neither)")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if sampler in ("euler", "heun"):
+        return _karras(denoiser, shape, sampler, steps, sigmas, generator, device, progress)
+    betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0).tolist()
+    ts = respaced_timesteps(len(abar), steps)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    plan = []
+    for i, t in enumerate(ts):
+        abar_prev = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
+        coefficients = (ddpm_coefficients(abar[t], abar_prev, variance) if sampler == "ddpm"
+                        else ddim_coefficients(abar[t], abar_prev, eta))
+        plan.append((t, coefficients))
+    t_tensors = [torch.full((shape[0],), t, dtype=torch.long, device=device) for t, _ in plan]
+
+    def loop(x):
+        for i, ((t, coefficients), t_tensor) in enumerate(zip(plan, t_tensors)):
+            out = _call(denoiser, x, t_tensor, cond, uncond, guidance)
+            if tuple(out.shape[1:]) != tuple(x.shape[1:]):
+                raise ValueError(f"denoiser output has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
+            noise = None
+            if coefficients[5] != 0 and seed is None:
+                noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+            x = diffusion_step(x, out, coefficients, prediction, clip, guidance, noise=noise, seed=seed,
+                               offset=i * x.numel(), backend=backend)
+            if progress is not None and not cuda_graph:
+                progress(i, x)
+        return x
+
+    if not (cuda_graph and device.type == "cuda"):
+        return loop(x)
+    if seed is None:
+        raise ValueError("cuda_graph=True draws noise in the kernel: pass seed= (not generator=)")
+    static_x = x.clone()
+    loop(static_x.clone())                      # warm up: compile, autotune, allocate
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = loop(static_x)
+    graph.replay()
+    return static_out.clone()
+
+
+def _karras(denoiser, shape, sampler, steps, sigmas, generator, device, progress):
+    """Euler / Heun (Karras et al. 2022, Algorithm 1 without churn) on x0-predicting denoisers."""
+    sigmas = karras_sigmas(steps) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * float(sigmas[0])
+    sig = lambda s: torch.full((shape[0],), float(s), device=device)
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = (x - denoiser(x, sig(s))) / s
+        x_next = x + (s_next - s) * d
+        if sampler == "heun" and s_next > 0:
+            d_next = (x_next - denoiser(x_next, sig(s_next))) / s_next
+            x_next = x + (s_next - s) * (d + d_next) / 2
+        x = x_next
+        if progress is not None:
+            progress(i, x)
+    return x

@@ -1,0 +1,106 @@
+"""Diffusion sampling: the fused step against its reference, DDIM determinism, and a known-
+Gaussian check -- with the exact denoiser of Gaussian data every sampler must reproduce the
+data's mean and standard deviation."""
+import math
+
+import pytest
+import torch
+
+from fastgen.ops.diffusion import diffusion_step
+from fastgen.sampling import diffusion
+
+MU, STD = 0.3, 0.5     # data: x0 ~ N(MU, STD^2) in every dimension
+
+
+def gaussian_eps(x, t, abar):
+    """E[eps | x_t] for Gaussian data: x_t ~ N(sqrt(a) MU, a STD^2 + 1 - a)."""
+    a = abar[t].view(-1, *[1] * (x.dim() - 1)).float()
+    return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * STD ** 2 + 1 - a)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("guided", [False, True])
+def test_fused_step_matches_reference(prediction, clip, guided):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 5, 7, generator=g)
+    out = torch.randn(6 if guided else 3, 2, 5, 7, generator=g)
+    noise = torch.randn(3, 2, 5, 7, generator=g)
+    coefficients = diffusion.ddpm_coefficients(0.4, 0.7)
+    kw = dict(prediction=prediction, clip=clip, guidance=1.5 if guided else None, noise=noise)
+    expected = diffusion_step(x, out, coefficients, backend="reference", **kw)
+    got = diffusion_step(x, out, coefficients, backend="triton", **kw)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_in_kernel_philox_noise_is_standard_normal_and_reproducible():
+    x = torch.zeros(64, 64)
+    out = torch.zeros(64, 64)
+    coefficients = (1.0, 1.0, 0.0, 0.0, 0.0, 1.0)                 # y = z
+    z1 = diffusion_step(x, out, coefficients, seed=7, backend="triton")
+    z2 = diffusion_step(x, out, coefficients, seed=7, backend="triton")
+    z3 = diffusion_step(x, out, coefficients, seed=7, offset=x.numel(), backend="triton")
+    assert torch.equal(z1, z2) and not torch.equal(z1, z3)
+    assert abs(z1.mean().item()) < 0.05 and abs(z1.std().item() - 1) < 0.05
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_ddim_eta0_is_deterministic_and_backends_agree(backend):
+    abar = torch.cumprod(1 - diffusion.linear_betas(), 0)
+    den = lambda x, t: gaussian_eps(x, t, abar)
+    a = diffusion.sample(den, (4, 3, 4, 4), "ddim", 10, generator=torch.Generator().manual_seed(1), device="cpu",
+                         backend=backend)
+    b = diffusion.sample(den, (4, 3, 4, 4), "ddim", 10, generator=torch.Generator().manual_seed(1), device="cpu",
+                         backend="reference")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,steps,kw", [
+    ("ddpm", 200, dict(variance="small")),
+    ("ddpm", 200, dict(variance="large")),
+    ("ddim", 50, dict(eta=0.0)),
+    ("ddim", 50, dict(eta=1.0)),
+    ("euler", 60, {}),
+    ("heun", 30, {}),
+], ids=["ddpm-small", "ddpm-large", "ddim", "ddim-eta1", "euler", "heun"])
+def test_known_gaussian_moments(sampler, steps, kw):
+    betas = diffusion.cosine_betas(1000)
+    abar = torch.cumprod(1 - betas, 0)
+    if sampler in ("euler", "heun"):
+        den = lambda x, s: MU + STD ** 2 / (STD ** 2 + s.view(-1, 1) ** 2) * (x - MU)     # exact E[x0 | x]
+    else:
+        den = lambda x, t: gaussian_eps(x, t, abar)
+    x = diffusion.sample(den, (4000, 4), sampler, steps, betas=betas, generator=torch.Generator().manual_seed(0),
+                         device="cpu", **kw)
+    standard_error = STD / math.sqrt(x.numel())
+    assert abs(x.mean().item() - MU) < 4 * standard_error + 0.01
+    assert abs(x.std().item() - STD) < 0.05 * STD + 0.01, (x.mean().item(), x.std().item())
+
+
+def test_classifier_free_guidance_calls_the_denoiser_once_per_step():
+    calls = []
+
+    def den(x, t, cond):
+        calls.append(x.shape[0])
+        return x * 0 + cond.view(-1, 1)
+
+    cond, uncond = torch.ones(2), torch.zeros(2)
+    diffusion.sample(den, (2, 3), "ddim", 5, guidance=2.0, cond=cond, uncond=uncond,
+                     generator=torch.Generator().manual_seed(0), device="cpu")
+    assert calls == [4] * 5
+
+
+def test_errors():
+    den = lambda x, t: x
+    with pytest.raises(ValueError, match=r"steps must lie in \[1, 1000\]"):
+        diffusion.sample(den, (2, 3), "ddim", 1001, device="cpu")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        diffusion.sample(den, (2, 3), "plms", 10, device="cpu")
+    with pytest.raises(ValueError, match="denoiser output has shape"):
+        diffusion.sample(lambda x, t: x[:, :2], (2, 3), "ddim", 10, device="cpu")
+    with pytest.raises(ValueError, match="needs both cond and uncond"):
+        diffusion.sample(den, (2, 3), "ddim", 10, guidance=1.0, cond=torch.ones(2), device="cpu")
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        diffusion_step(torch.zeros(2), torch.zeros(2), (1, 1, 1, 0, 0, 0), prediction="score")
+    with pytest.raises(ValueError, match="pass noise= or seed="):
+        diffusion_step(torch.zeros(2), torch.zeros(2), (1, 1, 1, 0, 0, 0.5))
