@@ -104,3 +104,42 @@ def test_errors():
         diffusion_step(torch.zeros(2), torch.zeros(2), (1, 1, 1, 0, 0, 0), prediction="score")
     with pytest.raises(ValueError, match="pass noise= or seed="):
         diffusion_step(torch.zeros(2), torch.zeros(2), (1, 1, 1, 0, 0, 0.5))
+
+
+def test_unet_ddpm_training_on_digits_and_guided_sampling():
+    from fastgen.data import load_digits
+    from fastgen.models import DDPM, UNet
+    torch.manual_seed(0)
+    data = load_digits("train")
+    x0 = data.images[:256].float() / 8 - 1                       # 17 levels -> [-1, 1]
+    labels = data.labels[:256]
+    unet = UNet(in_channels=1, channels=16, channel_mult=(1, 2), blocks=1, attention_at=(4,), image_size=8,
+                dropout=0.0, num_classes=10)
+    ddpm = DDPM(unet, cond_drop=0.1)
+    opt = torch.optim.Adam(unet.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(60):
+        pick = torch.randint(256, (64,), generator=g)
+        loss = ddpm.loss(x0[pick], labels[pick], generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+    unet.eval()
+    cond = torch.arange(4)
+    images = diffusion.sample(unet, (4, 1, 8, 8), "ddim", 10, guidance=2.0, cond=cond, uncond=torch.full_like(cond, 10),
+                              generator=torch.Generator().manual_seed(1), device="cpu", clip=True)
+    assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
+
+
+def test_unet_errors():
+    from fastgen.models import DDPM, UNet
+    unet = UNet(in_channels=1, channels=8, channel_mult=(1,), blocks=1, attention_at=(), image_size=8)
+    with pytest.raises(ValueError, match=r"t must have shape \[2\]"):
+        unet(torch.zeros(2, 1, 8, 8), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="unconditional"):
+        unet(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="prediction must be"):
+        DDPM(unet, prediction="score")

@@ -1,0 +1,150 @@
+"""A DDPM-style UNet (Ho et al. 2020) and DDPM training with L_simple and classifier-free
+guidance dropout (Ho & Salimans 2021).
+
+``UNet(x, t, cond=None)``: x [B, C, H, W], t [B] (integer timesteps), cond [B] class ids or
+None -> [B, C, H, W] (the eps / x0 / v prediction).  Residual blocks with a sinusoidal time
+embedding, self-attention at the resolutions in ``attention_at``, skip connections between
+the down and up paths.  Class id ``num_classes`` is the "no class" token that conditional
+models are trained with (``DDPM(cond_drop=...)``) so one network gives both halves of
+classifier-free guidance.  Sample with ``fastgen.sampling.diffusion.sample(model, ...)``.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgen.sampling.diffusion import linear_betas
+
+
+def timestep_embedding(t, dim):
+    """Sinusoidal embedding [B, dim] of timesteps t [B] (Vaswani et al. frequencies)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin, cout, temb, dropout, groups):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.temb = nn.Linear(temb, cout)
+        self.norm2, self.conv2 = nn.GroupNorm(groups, cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, temb):
+        h = self.conv1(F.silu(self.norm1(x))) + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    def __init__(self, channels, groups, heads=1):
+        super().__init__()
+        self.norm, self.qkv = nn.GroupNorm(groups, channels), nn.Conv2d(channels, 3 * channels, 1)
+        self.proj, self.heads = nn.Conv2d(channels, channels, 1), heads
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    def __init__(self, in_channels=3, channels=64, channel_mult=(1, 2, 2), blocks=2, attention_at=(16,),
+                 image_size=32, dropout=0.1, num_classes=None, groups=8, out_channels=None):
+        super().__init__()
+        self.num_classes, self.channels = num_classes, channels
+        temb = 4 * channels
+        self.time = nn.Sequential(nn.Linear(channels, temb), nn.SiLU(), nn.Linear(temb, temb))
+        if num_classes:
+            self.classes = nn.Embedding(num_classes + 1, temb)       # + the "no class" token
+        self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.down, skips, c, size = nn.ModuleList(), [channels], channels, image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(blocks):
+                layer = nn.ModuleList([ResBlock(c, channels * mult, temb, dropout, groups)])
+                c = channels * mult
+                if size in attention_at:
+                    layer.append(Attention(c, groups))
+                self.down.append(layer)
+                skips.append(c)
+            if level + 1 < len(channel_mult):
+                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
+                skips.append(c)
+                size //= 2
+        self.mid = nn.ModuleList([ResBlock(c, c, temb, dropout, groups), Attention(c, groups),
+                                  ResBlock(c, c, temb, dropout, groups)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(blocks + 1):
+                layer = nn.ModuleList([ResBlock(c + skips.pop(), channels * mult, temb, dropout, groups)])
+                c = channels * mult
+                if size in attention_at:
+                    layer.append(Attention(c, groups))
+                self.up.append(layer)
+            if level > 0:
+                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
+                                              nn.Conv2d(c, c, 3, padding=1)]))
+                size *= 2
+        self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(),
+                                 nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
+
+    def forward(self, x, t, cond=None):
+        if t.dim() != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"t must have shape [{x.shape[0]}] (one timestep per image), got {tuple(t.shape)}")
+        temb = self.time(timestep_embedding(t, self.channels))
+        if self.num_classes:
+            if cond is None:
+                cond = torch.full_like(t, self.num_classes)          # unconditional
+            temb = temb + self.classes(cond)
+        elif cond is not None:
+            raise ValueError("this UNet is unconditional (num_classes=None); cond must be None")
+        h = self.stem(x)
+        hs = [h]
+        for layer in self.down:
+            if isinstance(layer[0], ResBlock):
+                h = layer[0](h, temb)
+                for extra in layer[1:]:
+                    h = extra(h)
+            else:
+                h = layer[0](h)
+            hs.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, temb)), temb)
+        for layer in self.up:
+            if isinstance(layer[0], ResBlock):
+                h = layer[0](torch.cat([h, hs.pop()], dim=1), temb)
+                for extra in layer[1:]:
+                    h = extra(h)
+            else:
+                h = layer[1](layer[0](h))
+        return self.out(h)
+
+
+class DDPM(nn.Module):
+    """DDPM training around a denoiser: L_simple = E ||eps - model(x_t, t)||^2 (or the x0 / v
+    target), with condition dropout for classifier-free guidance."""
+
+    def __init__(self, model, betas=None, prediction="eps", cond_drop=0.0):
+        super().__init__()
+        if prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+        self.model, self.prediction, self.cond_drop = model, prediction, cond_drop
+        betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
+        self.register_buffer("abar", torch.cumprod(1 - betas, 0).float())
+
+    def loss(self, x0, cond=None, generator=None):
+        """x0: images [B, C, H, W] in [-1, 1] -> the mean squared error of the prediction."""
+        B = x0.shape[0]
+        t = torch.randint(len(self.abar), (B,), generator=generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        a = self.abar[t].view(B, *[1] * (x0.dim() - 1))
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        if cond is not None and self.cond_drop > 0:
+            drop = torch.rand(B, generator=generator).to(x0.device) < self.cond_drop
+            cond = torch.where(drop, torch.full_like(cond, self.model.num_classes), cond)
+        target = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[self.prediction]
+        return F.mse_loss(self.model(xt, t, cond), target)
