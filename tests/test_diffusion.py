@@ -62,12 +62,16 @@ def test_ddim_eta0_is_deterministic_and_backends_agree(backend):
     ("ddim", 50, dict(eta=1.0)),
     ("euler", 60, {}),
     ("heun", 30, {}),
-], ids=["ddpm-small", "ddpm-large", "ddim", "ddim-eta1", "euler", "heun"])
+    ("dpmpp2m", 60, {}),
+    ("langevin", 100, dict(sigmas=torch.logspace(0, -2, 8))),
+], ids=["ddpm-small", "ddpm-large", "ddim", "ddim-eta1", "euler", "heun", "dpmpp2m", "langevin"])
 def test_known_gaussian_moments(sampler, steps, kw):
     betas = diffusion.cosine_betas(1000)
     abar = torch.cumprod(1 - betas, 0)
     if sampler in ("euler", "heun"):
         den = lambda x, s: MU + STD ** 2 / (STD ** 2 + s.view(-1, 1) ** 2) * (x - MU)     # exact E[x0 | x]
+    elif sampler == "langevin":
+        den = lambda x, s: -(x - MU) / (STD ** 2 + s.view(-1, 1) ** 2)                  # exact score
     else:
         den = lambda x, t: gaussian_eps(x, t, abar)
     x = diffusion.sample(den, (4000, 4), sampler, steps, betas=betas, generator=torch.Generator().manual_seed(0),
@@ -143,3 +147,18 @@ def test_unet_errors():
         unet(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="prediction must be"):
         DDPM(unet, prediction="score")
+
+
+def test_dpmpp2m_is_second_order_and_ddim_first_order():
+    """Halving the step size cuts the std error of the Gaussian check ~4x (2M) vs ~2x (DDIM)."""
+    betas = diffusion.cosine_betas(1000)
+    abar = torch.cumprod(1 - betas, 0)
+    den = lambda x, t: gaussian_eps(x, t, abar)
+    err = {}
+    for sampler in ("dpmpp2m", "ddim"):
+        for steps in (25, 50):
+            x = diffusion.sample(den, (2000, 4), sampler, steps, betas=betas,
+                                 generator=torch.Generator().manual_seed(0), device="cpu")
+            err[sampler, steps] = abs(x.std().item() - STD)
+    assert err["dpmpp2m", 25] / err["dpmpp2m", 50] > 3.0
+    assert 1.5 < err["ddim", 25] / err["ddim", 50] < 3.0

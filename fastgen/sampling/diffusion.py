@@ -18,7 +18,7 @@ import torch
 
 from fastgen.ops.diffusion import diffusion_step
 
-SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "euler", "heun", "langevin")
 
 
 def linear_betas(timesteps=1000, start=1e-4, end=0.02):
@@ -79,9 +79,12 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
     """Sample images of ``shape`` [B, ...] from ``denoiser``; returns the final x.
 
     sampler: 'ddpm' (ancestral; ``variance`` 'small'|'large') or 'ddim' (``eta``) over
-    ``steps`` respaced steps of ``betas`` (default: 1000 linear), or 'euler' / 'heun' over
+    ``steps`` respaced steps of ``betas`` (default: 1000 linear) -- one fused kernel per step;
+    'dpmpp2m' (DPM-Solver++(2M), Lu et al. 2022) on the same schedule; 'euler' / 'heun' over
     Karras ``sigmas`` (default: ``karras_sigmas(steps)``; the denoiser gets sigma as t and
-    must predict x0).  progress(i, x) is called after each step (not under cuda_graph).
+    must predict x0); 'langevin' (annealed Langevin dynamics, Song & Ermon 2019: the
+    denoiser is a score model s(x, sigma), ``sigmas`` descending, ``steps`` per sigma).
+    progress(i, x) is called after each step (not under cuda_graph).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -90,6 +93,10 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if sampler in ("euler", "heun"):
         return _karras(denoiser, shape, sampler, steps, sigmas, generator, device, progress)
+    if sampler == "langevin":
+        return _annealed_langevin(denoiser, shape, steps, sigmas, generator, device, progress)
+    if sampler == "dpmpp2m":
+        return _dpmpp2m(denoiser, shape, steps, betas, prediction, generator, device, progress)
     betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0).tolist()
     ts = respaced_timesteps(len(abar), steps)
@@ -154,6 +161,60 @@ def _karras(denoiser, shape, sampler, steps, sigmas, generator, device, progress
             d_next = (x_next - denoiser(x_next, sig(s_next))) / s_next
             x_next = x + (s_next - s) * (d + d_next) / 2
         x = x_next
+        if progress is not None:
+            progress(i, x)
+    return x
+
+
+def _x0_from(out, x, a, prediction):
+    """The x0 estimate of a denoiser output at abar = a."""
+    if prediction == "eps":
+        return (x - math.sqrt(1 - a) * out) / math.sqrt(a)
+    if prediction == "x0":
+        return out
+    return math.sqrt(a) * x - math.sqrt(1 - a) * out
+
+
+def _dpmpp2m(denoiser, shape, steps, betas, prediction, generator, device, progress):
+    """DPM-Solver++(2M): a second-order multistep solver of the probability-flow ODE in
+    lambda = log(alpha / sigma), using the x0 predictions of the last two steps."""
+    betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0).tolist()
+    ts = respaced_timesteps(len(abar), steps)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    lam = lambda a: 0.5 * math.log(a / (1 - a))
+    previous_x0, previous_h = None, None
+    for i, t in enumerate(ts):
+        a = abar[t]
+        x0 = _x0_from(denoiser(x, torch.full((shape[0],), t, dtype=torch.long, device=device)), x, a, prediction)
+        if i + 1 == len(ts):
+            x = x0                                   # the last step lands on the denoised image
+        else:
+            a_next = abar[ts[i + 1]]
+            h = lam(a_next) - lam(a)
+            d = x0
+            if previous_x0 is not None:
+                r = previous_h / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
+            x = math.sqrt((1 - a_next) / (1 - a)) * x - math.sqrt(a_next) * math.expm1(-h) * d
+            previous_x0, previous_h = x0, h
+        if progress is not None:
+            progress(i, x)
+    return x
+
+
+def _annealed_langevin(score, shape, steps, sigmas, generator, device, progress, step_size=2e-5):
+    """x += (a_i / 2) s(x, sigma_i) + sqrt(a_i) z, ``steps`` times per sigma_i, with
+    a_i = step_size * sigma_i^2 / sigma_L^2 (NCSN).  Default sigmas: 10 geometric, 1 .. 0.01."""
+    sigmas = (torch.logspace(0, -2, 10, dtype=torch.float64) if sigmas is None
+              else torch.as_tensor(sigmas, dtype=torch.float64))
+    x = torch.rand(shape, generator=generator, dtype=torch.float32).to(device) * 2 - 1
+    for i, sigma in enumerate(sigmas.tolist()):
+        a = step_size * sigma ** 2 / float(sigmas[-1]) ** 2
+        s = torch.full((shape[0],), sigma, device=device)
+        for _ in range(steps):
+            z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+            x = x + a / 2 * score(x, s) + math.sqrt(a) * z
         if progress is not None:
             progress(i, x)
     return x
