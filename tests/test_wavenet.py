@@ -198,3 +198,20 @@ def test_block_generation_matches_step_by_step(monkeypatch, conditioned):
     assert torch.equal(blocked, stepwise)
     naive = model.generate(300, 2, local, gc, "naive", torch.Generator().manual_seed(5), return_codes=True)
     assert torch.equal(naive, stepwise)
+
+
+def test_eager_queue_baseline_block_path_matches(monkeypatch):
+    """The benchmark's CUDA-graph baseline (eager queue step behind draw_at) draws the same codes."""
+    from fastgen.bench import EagerQueueDraw
+    torch.manual_seed(0)
+    model = WaveNet(layers=3, cycle=2, residual_channels=8, skip_channels=8, quantization=16).eval()
+    reference = model.generate(300, 2, generator=torch.Generator().manual_seed(4), return_codes=True)
+
+    def baseline(batch, global_cond=None):
+        cache = EagerQueueDraw(model, batch, global_cond)
+        cache.blocks = True                       # run the block path eagerly on the CPU
+        return cache
+
+    monkeypatch.setattr(model, "incremental", baseline)
+    blocked = model.generate(300, 2, generator=torch.Generator().manual_seed(4), return_codes=True)
+    assert torch.equal(blocked, reference)

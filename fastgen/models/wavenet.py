@@ -228,6 +228,9 @@ class _FusedQueueCache:
         self.period = max(max(spans), 256)
         # (class attribute ``blocks``: tests set it to run the block path eagerly on the CPU)
 
+    def state(self):
+        return [self.queue]
+
     def draw_at(self, previous, codes_out, local_t, gumbel, temperature, t):
         """Draw sample t into codes_out [B] (t matters only modulo ``period``)."""
         from fastgen.ops.sampling_steps import wavenet_step

@@ -10,7 +10,7 @@ either ``step(previous_codes [B], local_t [B, Lc] | None) -> logits [B, quantiza
 step including the draw as one fused launch, writing ``codes_out``; its state depends on t
 only modulo ``cache.period``, so ``generate`` can run it in blocks of ``period`` steps over
 static buffers and, on a GPU (``cuda_graph=True``), capture one block as a CUDA graph and
-replay it.
+replay it (``cache.state()`` lists the tensors the warm-up before the capture must not change).
 
 Randomness: Gumbel noise is drawn from ``generator`` in fixed blocks of ``NOISE_BLOCK`` time
 steps ([steps, B, quantization], time-major), so ``generate`` and any chunking of ``stream``
@@ -125,9 +125,10 @@ class _Blocks:
                       if gen.model.local_channels else None)
         self.graph = None
         if cuda_graph:
-            state = cache.queue.clone()
+            state = [t.clone() for t in cache.state()]
             self._run_block()                           # compile and warm up outside the capture,
-            cache.queue.copy_(state)                    # then forget what the warm-up pushed
+            for saved, live in zip(state, cache.state()):
+                live.copy_(saved)                       # then forget what the warm-up pushed
             torch.cuda.synchronize()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
