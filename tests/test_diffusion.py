@@ -64,17 +64,27 @@ def test_ddim_eta0_is_deterministic_and_backends_agree(backend):
     ("heun", 30, {}),
     ("dpmpp2m", 60, {}),
     ("langevin", 100, dict(sigmas=torch.logspace(0, -2, 8))),
-], ids=["ddpm-small", "ddpm-large", "ddim", "ddim-eta1", "euler", "heun", "dpmpp2m", "langevin"])
+    ("pc_ve", 200, {}),
+    ("pc_vp", 200, {}),
+    ("pf_ode", 400, {}),
+    ("sgld", 3000, dict(step_size=0.01)),
+], ids=["ddpm-small", "ddpm-large", "ddim", "ddim-eta1", "euler", "heun", "dpmpp2m", "langevin", "pc-ve", "pc-vp",
+        "pf-ode", "sgld"])
 def test_known_gaussian_moments(sampler, steps, kw):
     betas = diffusion.cosine_betas(1000)
     abar = torch.cumprod(1 - betas, 0)
     if sampler in ("euler", "heun"):
         den = lambda x, s: MU + STD ** 2 / (STD ** 2 + s.view(-1, 1) ** 2) * (x - MU)     # exact E[x0 | x]
-    elif sampler == "langevin":
+    elif sampler in ("langevin", "pc_ve", "pf_ode"):
         den = lambda x, s: -(x - MU) / (STD ** 2 + s.view(-1, 1) ** 2)                  # exact score
+    elif sampler == "sgld":
+        den = lambda x: -(x - MU) / STD ** 2                                            # -grad E of the data
     else:
         den = lambda x, t: gaussian_eps(x, t, abar)
-    x = diffusion.sample(den, (4000, 4), sampler, steps, betas=betas, generator=torch.Generator().manual_seed(0),
+    # The predictor-corrector step size follows ||z|| / ||score||, which only concentrates in
+    # many dimensions (Song et al. use it on images): give those samplers 64-dimensional data.
+    shape = (250, 64) if sampler.startswith("pc") else (4000, 4)
+    x = diffusion.sample(den, shape, sampler, steps, betas=betas, generator=torch.Generator().manual_seed(0),
                          device="cpu", **kw)
     standard_error = STD / math.sqrt(x.numel())
     assert abs(x.mean().item() - MU) < 4 * standard_error + 0.01

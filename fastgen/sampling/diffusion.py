@@ -18,7 +18,7 @@ import torch
 
 from fastgen.ops.diffusion import diffusion_step
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "euler", "heun", "langevin")
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "euler", "heun", "langevin", "pc_ve", "pc_vp", "pf_ode", "sgld")
 
 
 def linear_betas(timesteps=1000, start=1e-4, end=0.02):
@@ -75,7 +75,8 @@ def _call(denoiser, x, t, cond, uncond, guidance):
 @torch.no_grad()
 def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, variance="small", prediction="eps",
            clip=False, guidance=None, cond=None, uncond=None, generator=None, seed=None, device=None,
-           progress=None, cuda_graph=False, sigmas=None, backend=None):
+           progress=None, cuda_graph=False, sigmas=None, backend=None, snr=0.16, corrector_steps=1,
+           step_size=1e-3):
     """Sample images of ``shape`` [B, ...] from ``denoiser``; returns the final x.
 
     sampler: 'ddpm' (ancestral; ``variance`` 'small'|'large') or 'ddim' (``eta``) over
@@ -83,7 +84,13 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
     'dpmpp2m' (DPM-Solver++(2M), Lu et al. 2022) on the same schedule; 'euler' / 'heun' over
     Karras ``sigmas`` (default: ``karras_sigmas(steps)``; the denoiser gets sigma as t and
     must predict x0); 'langevin' (annealed Langevin dynamics, Song & Ermon 2019: the
-    denoiser is a score model s(x, sigma), ``sigmas`` descending, ``steps`` per sigma).
+    denoiser is a score model s(x, sigma), ``sigmas`` descending, ``steps`` per sigma);
+    'pc_ve' (predictor-corrector for the VE SDE, Song et al. 2021: reverse-diffusion predictor
+    and ``corrector_steps`` Langevin corrector steps at signal-to-noise ``snr`` over geometric
+    ``sigmas``; score model s(x, sigma)); 'pc_vp' (the same for the VP SDE: the fused DDPM
+    step as predictor, eps model); 'pf_ode' (Euler on the VE probability-flow ODE,
+    dx/dsigma = -sigma s(x, sigma)); 'sgld' (stochastic gradient Langevin dynamics for an
+    energy model, x += (step_size / 2) s(x) + sqrt(step_size) z, s = -grad E, ``steps`` steps).
     progress(i, x) is called after each step (not under cuda_graph).
     """
     if sampler not in SAMPLERS:
@@ -97,6 +104,10 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
         return _annealed_langevin(denoiser, shape, steps, sigmas, generator, device, progress)
     if sampler == "dpmpp2m":
         return _dpmpp2m(denoiser, shape, steps, betas, prediction, generator, device, progress)
+    if sampler in ("pc_ve", "pf_ode"):
+        return _ve(denoiser, shape, sampler, steps, sigmas, snr, generator, device, progress, corrector_steps)
+    if sampler == "sgld":
+        return _sgld(denoiser, shape, steps, step_size, generator, device, progress)
     betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0).tolist()
     ts = respaced_timesteps(len(abar), steps)
@@ -104,8 +115,8 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
     plan = []
     for i, t in enumerate(ts):
         abar_prev = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
-        coefficients = (ddpm_coefficients(abar[t], abar_prev, variance) if sampler == "ddpm"
-                        else ddim_coefficients(abar[t], abar_prev, eta))
+        coefficients = (ddim_coefficients(abar[t], abar_prev, eta) if sampler == "ddim"
+                        else ddpm_coefficients(abar[t], abar_prev, variance))
         plan.append((t, coefficients))
     t_tensors = [torch.full((shape[0],), t, dtype=torch.long, device=device) for t, _ in plan]
 
@@ -119,6 +130,8 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
                 noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
             x = diffusion_step(x, out, coefficients, prediction, clip, guidance, noise=noise, seed=seed,
                                offset=i * x.numel(), backend=backend)
+            if sampler == "pc_vp" and i + 1 < len(plan):
+                x = _vp_corrector(denoiser, x, plan[i + 1], t_tensors[i + 1], snr, corrector_steps, generator)
             if progress is not None and not cuda_graph:
                 progress(i, x)
         return x
@@ -215,6 +228,55 @@ def _annealed_langevin(score, shape, steps, sigmas, generator, device, progress,
         for _ in range(steps):
             z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
             x = x + a / 2 * score(x, s) + math.sqrt(a) * z
+        if progress is not None:
+            progress(i, x)
+    return x
+
+
+def _langevin_corrector(score_fn, x, snr, steps, generator):
+    """Song et al. 2021, Algorithm 4/5: step e = 2 (snr ||z|| / ||score||)^2 per sample."""
+    for _ in range(steps):
+        score = score_fn(x)
+        z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+        norm = lambda v: v.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+        e = 2 * (snr * norm(z) / norm(score).clamp(min=1e-12)) ** 2
+        x = x + e * score + (2 * e).sqrt() * z
+    return x
+
+
+def _vp_corrector(denoiser, x, plan_entry, t_tensor, snr, steps, generator):
+    """Langevin correction at the next step's noise level; score = -eps / sqrt(1 - abar)."""
+    s1 = plan_entry[1][1]                                          # sqrt(1 - abar_t)
+    return _langevin_corrector(lambda v: -denoiser(v, t_tensor) / s1, x, snr, steps, generator)
+
+
+def _ve(score, shape, sampler, steps, sigmas, snr, generator, device, progress, corrector_steps=1):
+    """VE SDE sampling over descending sigmas (default: geometric 50 .. 0.01)."""
+    sigmas = (torch.logspace(math.log10(50), -2, steps, dtype=torch.float64) if sigmas is None
+              else torch.as_tensor(sigmas, dtype=torch.float64)).tolist()
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * sigmas[0]
+    sig = lambda s: torch.full((shape[0],), s, device=device)
+    for i, s in enumerate(sigmas):
+        s_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
+        if sampler == "pf_ode":
+            x = x + (s_next - s) * (-s * score(x, sig(s)))
+        else:
+            x = _langevin_corrector(lambda v: score(v, sig(s)), x, snr, corrector_steps, generator)
+            var = s ** 2 - s_next ** 2
+            x = x + var * score(x, sig(s))
+            if s_next > 0:
+                x = x + math.sqrt(var) * torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+        if progress is not None:
+            progress(i, x)
+    return x
+
+
+def _sgld(score, shape, steps, step_size, generator, device, progress):
+    """x <- x + (a / 2) s(x) + sqrt(a) z from uniform [-1, 1] noise; s(x) = -grad E(x)."""
+    x = torch.rand(shape, generator=generator, dtype=torch.float32).to(device) * 2 - 1
+    for i in range(steps):
+        z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+        x = x + step_size / 2 * score(x) + math.sqrt(step_size) * z
         if progress is not None:
             progress(i, x)
     return x
