@@ -11,7 +11,8 @@ the batch and combined as (1 + w) cond - w uncond), s0 = sqrt(abar_t), s1 = sqrt
     x_next = c_x0 x0 + c_eps eps + c_x x + sigma z
 
 DDPM ancestral and DDIM are this update with different coefficients (``fastgen.sampling.
-diffusion``).  z is read from a tensor (``NOISE=1``, how tests match the reference exactly) or
+diffusion``).  With a learned variance (Improved DDPM) the denoiser also outputs v in [-1, 1]
+per element and sigma^2 = exp(f log beta + (1 - f) log beta~), f = (v + 1) / 2.  z is read from a tensor (``NOISE=1``, how tests match the reference exactly) or
 drawn in the kernel with Philox from (seed, offset) (``NOISE=2``, production).
 Floor: one read of x, out (twice with guidance) and z, one write: ~4 x 4 bytes per element.
 """
@@ -20,17 +21,23 @@ import triton.language as tl
 
 
 @triton.jit
-def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, y_ptr, N, uncond_offset,
-                          s0, s1, c_x0, c_eps, c_x, sigma, guidance, seed, offset,
+def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, y_ptr, N, uncond_offset, sample_size,
+                          s0, s1, c_x0, c_eps, c_x, sigma, guidance, seed, offset, log_var_small, log_var_large,
                           PREDICTION: tl.constexpr, CLIP: tl.constexpr, GUIDED: tl.constexpr,
-                          NOISE: tl.constexpr, BLOCK: tl.constexpr):
+                          NOISE: tl.constexpr, LEARNED_VARIANCE: tl.constexpr, BLOCK: tl.constexpr):
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = idx < N
     x = tl.load(x_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-    out = tl.load(out_ptr + idx, mask=ok, other=0.0).to(tl.float32)
+    out_idx = idx
+    if LEARNED_VARIANCE:   # out holds [prediction; v] per sample: twice x's channels
+        out_idx = (idx // sample_size) * 2 * sample_size + idx % sample_size
+    out = tl.load(out_ptr + out_idx, mask=ok, other=0.0).to(tl.float32)
     if GUIDED:
-        uncond = tl.load(out_ptr + uncond_offset + idx, mask=ok, other=0.0).to(tl.float32)
+        uncond = tl.load(out_ptr + uncond_offset + out_idx, mask=ok, other=0.0).to(tl.float32)
         out = (1.0 + guidance) * out - guidance * uncond
+    if LEARNED_VARIANCE:   # Improved DDPM: log var = f log beta + (1 - f) log beta~, f = (v + 1) / 2
+        frac = (tl.load(out_ptr + out_idx + sample_size, mask=ok, other=0.0).to(tl.float32) + 1.0) / 2.0
+        sigma = tl.exp(0.5 * (frac * log_var_large + (1.0 - frac) * log_var_small))
     if PREDICTION == 0:
         x0 = (x - s1 * out) / s0
     elif PREDICTION == 1:
@@ -48,14 +55,17 @@ def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, y_ptr, N, uncond_offset,
     tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def diffusion_step(x, out, noise, y, coefficients, prediction, clip, guidance, seed=0, offset=0, block=1024):
-    """Launch one step over contiguous x [N...], out ([2N...] when guided), noise or None, y.
+def diffusion_step(x, out, noise, y, coefficients, prediction, clip, guidance, seed=0, offset=0,
+                   learned_variance=None, block=1024):
+    """Launch one step over contiguous x [B, ...], out ([2B, ...] when guided; twice the
+    channels with ``learned_variance`` = (log beta~, log beta)), noise or None, y.
     coefficients = (s0, s1, c_x0, c_eps, c_x, sigma); guidance: None or w."""
     n = x.numel()
     noise_mode = 0 if coefficients[5] == 0 else (1 if noise is not None else 2)
+    log_small, log_large = learned_variance or (0.0, 0.0)
     diffusion_step_kernel[(triton.cdiv(n, block),)](
-        x, out, noise if noise is not None else x, y, n, n, *[float(c) for c in coefficients],
-        float(guidance or 0.0), seed, offset,
+        x, out, noise if noise is not None else x, y, n, out.numel() // 2, n // x.shape[0],
+        *[float(c) for c in coefficients], float(guidance or 0.0), seed, offset, float(log_small), float(log_large),
         PREDICTION={"eps": 0, "x0": 1, "v": 2}[prediction], CLIP=bool(clip), GUIDED=guidance is not None,
-        NOISE=noise_mode, BLOCK=block, num_warps=4)
+        NOISE=noise_mode, LEARNED_VARIANCE=learned_variance is not None, BLOCK=block, num_warps=4)
     return y

@@ -172,3 +172,42 @@ def test_dpmpp2m_is_second_order_and_ddim_first_order():
             err[sampler, steps] = abs(x.std().item() - STD)
     assert err["dpmpp2m", 25] / err["dpmpp2m", 50] > 3.0
     assert 1.5 < err["ddim", 25] / err["ddim", 50] < 3.0
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_fused_step_learned_variance_matches_reference(guided):
+    g = torch.Generator().manual_seed(0)
+    x, noise = torch.randn(3, 2, 4, 5, generator=g), torch.randn(3, 2, 4, 5, generator=g)
+    out = torch.randn(6 if guided else 3, 4, 4, 5, generator=g)
+    out[:, 2:] = out[:, 2:].tanh()                                  # v in [-1, 1]
+    kw = dict(guidance=1.0 if guided else None, noise=noise, learned_variance=(math.log(0.01), math.log(0.05)))
+    coefficients = diffusion.ddpm_coefficients(0.4, 0.7)
+    torch.testing.assert_close(diffusion_step(x, out, coefficients, backend="triton", **kw),
+                               diffusion_step(x, out, coefficients, backend="reference", **kw), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("v,fixed", [(-1.0, "small"), (1.0, "large")])
+def test_learned_variance_endpoints_are_the_fixed_variances(v, fixed):
+    abar = torch.cumprod(1 - diffusion.linear_betas(), 0)
+    eps = lambda x, t: gaussian_eps(x, t, abar)
+    with_v = lambda x, t: torch.cat([eps(x, t), torch.full_like(x, v)], dim=1)
+    a = diffusion.sample(with_v, (64, 4), "ddpm", 20, variance="learned", generator=torch.Generator().manual_seed(0),
+                         device="cpu")
+    b = diffusion.sample(eps, (64, 4), "ddpm", 20, variance=fixed, generator=torch.Generator().manual_seed(0),
+                         device="cpu")
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_hybrid_loss_trains_the_variance_channels():
+    from fastgen.models import DDPM, UNet
+    torch.manual_seed(0)
+    unet = UNet(in_channels=1, channels=8, channel_mult=(1,), blocks=1, attention_at=(), image_size=8,
+                dropout=0.0, out_channels=2)
+    ddpm = DDPM(unet, learned_variance=True, vlb_weight=1.0)
+    x0 = torch.rand(16, 1, 8, 8) * 2 - 1
+    loss = ddpm.loss(x0, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert unet.out[2].weight.grad[1].abs().sum() > 0             # the v channel gets a gradient
+    with pytest.raises(ValueError, match="learned_variance is implemented for prediction='eps'"):
+        DDPM(unet, prediction="v", learned_variance=True)

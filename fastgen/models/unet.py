@@ -126,15 +126,46 @@ class UNet(nn.Module):
 
 class DDPM(nn.Module):
     """DDPM training around a denoiser: L_simple = E ||eps - model(x_t, t)||^2 (or the x0 / v
-    target), with condition dropout for classifier-free guidance."""
+    target), with condition dropout for classifier-free guidance.  ``learned_variance``: the
+    model also outputs v (twice the channels) and the loss is the hybrid L_simple +
+    ``vlb_weight`` L_vlb of Improved DDPM (Nichol & Dhariwal 2021), the KL term seeing the
+    predicted mean through a stop-gradient; sample with ``variance='learned'``."""
 
-    def __init__(self, model, betas=None, prediction="eps", cond_drop=0.0):
+    def __init__(self, model, betas=None, prediction="eps", cond_drop=0.0, learned_variance=False,
+                 vlb_weight=0.001):
         super().__init__()
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+        if learned_variance and prediction != "eps":
+            raise ValueError("learned_variance is implemented for prediction='eps'")
         self.model, self.prediction, self.cond_drop = model, prediction, cond_drop
+        self.learned_variance, self.vlb_weight = learned_variance, vlb_weight
         betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
-        self.register_buffer("abar", torch.cumprod(1 - betas, 0).float())
+        abar = torch.cumprod(1 - betas, 0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        small = betas * (1 - abar_prev) / (1 - abar)
+        self.register_buffer("abar", abar.float())
+        self.register_buffer("abar_prev", abar_prev.float())
+        self.register_buffer("betas", betas.float())
+        # log beta~ is 0 at t = 0: use t = 1's value there, as Improved DDPM does
+        self.register_buffer("log_small", torch.log(torch.cat([small[1:2], small[1:]])).float())
+
+    def _vlb(self, x0, xt, t, eps, v):
+        """Per-sample L_vlb term in bits/dim: KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) for
+        t > 0, the Gaussian decoder's negative log-likelihood of x0 at t = 0."""
+        view = lambda a: a[t].view(-1, *[1] * (x0.dim() - 1))
+        a, a_prev, beta = view(self.abar), view(self.abar_prev), view(self.betas)
+        c0, ct = a_prev.sqrt() * beta / (1 - a), (1 - beta).sqrt() * (1 - a_prev) / (1 - a)
+        mean_q = c0 * x0 + ct * xt
+        mean_p = c0 * ((xt - (1 - a).sqrt() * eps) / a.sqrt()) + ct * xt
+        log_q = view(self.log_small)
+        frac = (v + 1) / 2
+        log_p = frac * beta.log() + (1 - frac) * log_q
+        kl = 0.5 * (-1 + log_p - log_q + (log_q - log_p).exp() + (mean_q - mean_p) ** 2 * (-log_p).exp())
+        nll = 0.5 * ((x0 - mean_p) ** 2 * (-log_p).exp() + log_p + math.log(2 * math.pi))
+        first = (t == 0).view(-1, *[1] * (x0.dim() - 1))
+        per_element = torch.where(first, nll, kl) / math.log(2)
+        return per_element.flatten(1).mean(1)
 
     def loss(self, x0, cond=None, generator=None):
         """x0: images [B, C, H, W] in [-1, 1] -> the mean squared error of the prediction."""
@@ -147,4 +178,8 @@ class DDPM(nn.Module):
             drop = torch.rand(B, generator=generator).to(x0.device) < self.cond_drop
             cond = torch.where(drop, torch.full_like(cond, self.model.num_classes), cond)
         target = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[self.prediction]
-        return F.mse_loss(self.model(xt, t, cond), target)
+        out = self.model(xt, t, cond)
+        if not self.learned_variance:
+            return F.mse_loss(out, target)
+        pred, v = out.chunk(2, dim=1)
+        return F.mse_loss(pred, target) + self.vlb_weight * self._vlb(x0, xt, t, pred.detach(), v).mean()

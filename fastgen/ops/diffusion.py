@@ -15,14 +15,19 @@ PREDICTIONS = ("eps", "x0", "v")
 
 
 def diffusion_step(x, out, coefficients, prediction="eps", clip=False, guidance=None, noise=None, seed=None,
-                   offset=0, backend=None):
+                   offset=0, learned_variance=None, backend=None):
     """x_next = c_x0 x0 + c_eps eps + c_x x + sigma z for x [B, ...] and denoiser output ``out``
     ([2B, ...] = [cond; uncond] when ``guidance`` is a number).  z: ``noise`` (a tensor like
     x), or, on the Triton backend, Philox normals drawn in the kernel from (``seed``, ``offset``).
-    coefficients = (sqrt(abar_t), sqrt(1 - abar_t), c_x0, c_eps, c_x, sigma)."""
+    coefficients = (sqrt(abar_t), sqrt(1 - abar_t), c_x0, c_eps, c_x, sigma).
+    learned_variance = (log beta~, log beta): ``out`` carries [prediction; v] on the channels
+    and each element's sigma interpolates the two log-variances (Improved DDPM)."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    expected = (2 * x.shape[0], *x.shape[1:]) if guidance is not None else tuple(x.shape)
+    expected = [2 * x.shape[0] if guidance is not None else x.shape[0], *x.shape[1:]]
+    if learned_variance is not None:
+        expected[1] *= 2                        # [prediction; v] along the channels
+    expected = tuple(expected)
     if tuple(out.shape) != expected:
         raise ValueError(f"the denoiser output has shape {tuple(out.shape)} but x has shape {tuple(x.shape)}"
                          + (" (guidance needs [cond; uncond] outputs, twice the batch)" if guidance is not None else ""))
@@ -35,21 +40,23 @@ def diffusion_step(x, out, coefficients, prediction="eps", clip=False, guidance=
     if use == "reference":
         if sigma != 0 and noise is None:
             raise ValueError("the reference backend needs an explicit noise tensor (seed= is Triton-only)")
-        return reference.diffusion_step(x, out, noise, coefficients, prediction, clip, guidance)
+        return reference.diffusion_step(x, out, noise, coefficients, prediction, clip, guidance, learned_variance)
     return torch.ops.fastgen.diffusion_step(x, out, noise, [float(c) for c in coefficients], prediction, clip,
-                                            None if guidance is None else float(guidance), seed or 0, offset)
+                                            None if guidance is None else float(guidance), seed or 0, offset,
+                                            None if learned_variance is None else [float(v) for v in learned_variance])
 
 
 @torch.library.custom_op("fastgen::diffusion_step", mutates_args=())
 def _diffusion_step_op(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor], coefficients: List[float],
-                       prediction: str, clip: bool, guidance: Optional[float], seed: int, offset: int) -> torch.Tensor:
+                       prediction: str, clip: bool, guidance: Optional[float], seed: int, offset: int,
+                       learned_variance: Optional[List[float]]) -> torch.Tensor:
     from fastgen.kernels.diffusion_step import diffusion_step as launch
     x, out = x.contiguous(), out.contiguous()
     y = _backend.empty(*x.shape, dtype=x.dtype, device=x.device)
     return launch(x, out, None if noise is None else noise.contiguous(), y, coefficients, prediction, clip,
-                  guidance, seed, offset)
+                  guidance, seed, offset, learned_variance)
 
 
 @_diffusion_step_op.register_fake
-def _(x, out, noise, coefficients, prediction, clip, guidance, seed, offset):
+def _(x, out, noise, coefficients, prediction, clip, guidance, seed, offset, learned_variance):
     return torch.empty_like(x, memory_format=torch.contiguous_format)

@@ -126,21 +126,32 @@ def wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights, gte
     return (logits * inv_temperature + gumbel).argmax(dim=1), torch.stack(pushed)
 
 
-def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, guidance=None):
+def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, guidance=None,
+                   learned_variance=None):
     """One diffusion sampler step (the math of kernels/diffusion_step.py).
 
     x: [B, ...]; out: the denoiser output [B, ...] ([2B, ...] = [cond; uncond] with
     ``guidance`` w: out = (1 + w) cond - w uncond); prediction 'eps' | 'x0' | 'v';
     coefficients = (s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t), c_x0, c_eps, c_x, sigma);
-    noise: like x (used when sigma > 0).
+    noise: like x (used when sigma > 0).  learned_variance = (log beta~, log beta): out has
+    twice x's channels, [prediction; v], and sigma^2 = exp(f log beta + (1 - f) log beta~),
+    f = (v + 1) / 2, per element (Nichol & Dhariwal 2021).
     -> c_x0 x0 + c_eps eps + c_x x + sigma noise, with x0 clipped to [-1, 1] if ``clip`` and
     eps recomputed from the (clipped) x0.
     """
     s0, s1, c_x0, c_eps, c_x, sigma = coefficients
     x32, out = x.float(), out.float()
+    v = None
+    if learned_variance is not None:     # out = [prediction; v] along the channels (Improved DDPM)
+        out, v = out.chunk(2, dim=1)
     if guidance is not None:
         cond, uncond = out.chunk(2)
         out = (1.0 + guidance) * cond - guidance * uncond
+        v = v.chunk(2)[0] if v is not None else None
+    if v is not None and sigma != 0:
+        log_small, log_large = learned_variance
+        frac = (v + 1) / 2
+        sigma = torch.exp(0.5 * (frac * log_large + (1 - frac) * log_small))
     if prediction == "eps":
         x0 = (x32 - s1 * out) / s0
     elif prediction == "x0":
@@ -151,6 +162,6 @@ def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, gu
         x0 = x0.clamp(-1.0, 1.0)
     eps = (x32 - s0 * x0) / s1
     y = c_x0 * x0 + c_eps * eps + c_x * x32
-    if sigma != 0:
+    if not (isinstance(sigma, float) and sigma == 0):
         y = y + sigma * noise.float()
     return y.to(x.dtype)

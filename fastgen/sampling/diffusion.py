@@ -79,7 +79,8 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
            step_size=1e-3):
     """Sample images of ``shape`` [B, ...] from ``denoiser``; returns the final x.
 
-    sampler: 'ddpm' (ancestral; ``variance`` 'small'|'large') or 'ddim' (``eta``) over
+    sampler: 'ddpm' (ancestral; ``variance`` 'small'|'large'|'learned' -- the denoiser then
+    returns [prediction; v] on the channels, Improved DDPM) or 'ddim' (``eta``) over
     ``steps`` respaced steps of ``betas`` (default: 1000 linear) -- one fused kernel per step;
     'dpmpp2m' (DPM-Solver++(2M), Lu et al. 2022) on the same schedule; 'euler' / 'heun' over
     Karras ``sigmas`` (default: ``karras_sigmas(steps)``; the denoiser gets sigma as t and
@@ -119,17 +120,30 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
                         else ddpm_coefficients(abar[t], abar_prev, variance))
         plan.append((t, coefficients))
     t_tensors = [torch.full((shape[0],), t, dtype=torch.long, device=device) for t, _ in plan]
+    # learned variance (Improved DDPM): the two log-variances each step interpolates
+    log_variances = [None] * len(plan)
+    if variance == "learned":
+        if sampler != "ddpm":
+            raise ValueError("variance='learned' is for the 'ddpm' sampler")
+        for i, t in enumerate(ts):
+            abar_prev = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
+            beta = 1 - abar[t] / abar_prev
+            small = beta * (1 - abar_prev) / (1 - abar[t])
+            log_variances[i] = (math.log(max(small, 1e-20)), math.log(beta))
 
     def loop(x):
         for i, ((t, coefficients), t_tensor) in enumerate(zip(plan, t_tensors)):
             out = _call(denoiser, x, t_tensor, cond, uncond, guidance)
-            if tuple(out.shape[1:]) != tuple(x.shape[1:]):
-                raise ValueError(f"denoiser output has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
+            channels = x.shape[1] * (2 if variance == "learned" else 1)
+            if tuple(out.shape[1:]) != (channels, *x.shape[2:]):
+                raise ValueError(f"denoiser output has shape {tuple(out.shape)}, x has {tuple(x.shape)}"
+                                 + (" (variance='learned' needs [prediction; v]: twice the channels)"
+                                    if variance == "learned" else ""))
             noise = None
             if coefficients[5] != 0 and seed is None:
                 noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
             x = diffusion_step(x, out, coefficients, prediction, clip, guidance, noise=noise, seed=seed,
-                               offset=i * x.numel(), backend=backend)
+                               offset=i * x.numel(), learned_variance=log_variances[i], backend=backend)
             if sampler == "pc_vp" and i + 1 < len(plan):
                 x = _vp_corrector(denoiser, x, plan[i + 1], t_tensors[i + 1], snr, corrector_steps, generator)
             if progress is not None and not cuda_graph:
