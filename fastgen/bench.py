@@ -397,4 +397,89 @@ def diffusion_rows(device, quick=False, progress=print):
     if progress:
         for row in rows:
             progress(f"{row['case']}: " + "  ".join(f"{k} {v * 1e3:.1f} us" for k, v in row["ms"].items() if v))
+    return rows + diffusion_loop_rows(device, quick, progress)
+
+
+def diffusion_loop_rows(device, quick=False, progress=print):
+    """50-step DDIM end to end with a DDPM CIFAR-size UNet (~36M parameters, 32x32) at batch 1
+    and 64: fastgen's loop (fused step; and the whole loop as one CUDA graph) against the same
+    loop with the step in eager PyTorch and, where installed, diffusers' DDIMScheduler.step.
+    Reports seconds per sample call and the loop overhead: total - 50 x one denoiser call."""
+    from fastgen.models import UNet
+    from fastgen.ops import reference
+    from fastgen.sampling import diffusion
+
+    device = torch.device(device)
+    if quick:
+        unet_kw, batches, steps = dict(channels=8, channel_mult=(1, 2), blocks=1, attention_at=(4,), image_size=8), [1], 5
+    else:
+        unet_kw, batches, steps = dict(channels=128, channel_mult=(1, 2, 2, 2), blocks=2, attention_at=(16,),
+                                       image_size=32), [1, 64], 50
+    torch.manual_seed(0)
+    unet = UNet(in_channels=3, dropout=0.0, **unet_kw).to(device).eval()
+    size = unet_kw["image_size"]
+    abar = torch.cumprod(1 - diffusion.linear_betas(), 0).tolist()
+    ts = diffusion.respaced_timesteps(1000, steps)
+
+    def eager_reference_loop(batch):
+        x = torch.randn(batch, 3, size, size, device=device)
+        for i, t in enumerate(ts):
+            out = unet(x, torch.full((batch,), t, device=device))
+            coefficients = diffusion.ddim_coefficients(abar[t], abar[ts[i + 1]] if i + 1 < len(ts) else 1.0)
+            x = reference.diffusion_step(x, out, None, coefficients)
+        return x
+
+    rows = []
+    for batch in batches:
+        shape = (batch, 3, size, size)
+        impls = {
+            "fastgen": lambda: diffusion.sample(unet, shape, "ddim", steps, seed=0, device=device),
+            "eager_pytorch_step": lambda: eager_reference_loop(batch),
+        }
+        if device.type == "cuda":
+            impls["fastgen_cuda_graph"] = lambda: diffusion.sample(unet, shape, "ddim", steps, seed=0, device=device,
+                                                                   cuda_graph=True)
+        try:
+            from diffusers import DDIMScheduler
+
+            scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+
+            def diffusers_loop():
+                scheduler.set_timesteps(steps)
+                x = torch.randn(shape, device=device)
+                for t in scheduler.timesteps:
+                    out = unet(x, torch.full((batch,), int(t), device=device))
+                    x = scheduler.step(out, t, x).prev_sample
+                return x
+            impls["diffusers_ddim"] = diffusers_loop
+        except ImportError:
+            pass
+        times = {}
+        with torch.no_grad():
+            one_call = _wall(lambda: unet(torch.randn(shape, device=device), torch.zeros(batch, dtype=torch.long,
+                                                                                         device=device)), device)
+            for name, fn in impls.items():
+                fn()                                    # warm-up (and CUDA-graph capture)
+                times[name] = _wall(fn, device)
+        row = {"case": f"ddim{steps}_unet{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M_B{batch}",
+               "seconds": times, "denoiser_call_s": one_call,
+               "loop_overhead_pct": {k: 100 * (v - steps * one_call) / (steps * one_call) for k, v in times.items()}}
+        rows.append(row)
+        if progress:
+            progress(f"{row['case']}: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items())
+                     + f"  (denoiser {one_call * 1e3:.2f} ms/call)")
     return rows
+
+
+def _wall(fn, device, repeats=3):
+    """Median wall seconds of fn() with a device sync."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
