@@ -211,3 +211,27 @@ def test_hybrid_loss_trains_the_variance_channels():
     assert unet.out[2].weight.grad[1].abs().sum() > 0             # the v channel gets a gradient
     with pytest.raises(ValueError, match="learned_variance is implemented for prediction='eps'"):
         DDPM(unet, prediction="v", learned_variance=True)
+
+
+def test_ncsn_denoising_score_matching_trains_and_samples():
+    from fastgen.data import load_digits
+    from fastgen.models import NCSN, UNet
+    torch.manual_seed(0)
+    x = load_digits("train").images[:128].float() / 8 - 1
+    ncsn = NCSN(UNet(in_channels=1, channels=16, channel_mult=(1, 2), blocks=1, attention_at=(), image_size=8,
+                     dropout=0.0), sigmas=torch.logspace(0, -1.5, 6))
+    opt = torch.optim.Adam(ncsn.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(40):
+        loss = ncsn.loss(x[torch.randint(128, (32,), generator=g)], generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
+    ncsn.eval()
+    images = diffusion.sample(ncsn, (2, 1, 8, 8), "pc_ve", 6, sigmas=ncsn.sigmas, generator=g, device="cpu")
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+    with pytest.raises(ValueError, match=r"sigma must have shape \[2\]"):
+        ncsn(torch.zeros(2, 1, 8, 8), torch.ones(3))

@@ -183,3 +183,31 @@ class DDPM(nn.Module):
             return F.mse_loss(out, target)
         pred, v = out.chunk(2, dim=1)
         return F.mse_loss(pred, target) + self.vlb_weight * self._vlb(x0, xt, t, pred.detach(), v).mean()
+
+
+class NCSN(nn.Module):
+    """Noise-conditional score network (Song & Ermon 2019; the sigma scaling of NCSNv2):
+    score(x, sigma) = unet(x, c(sigma)) / sigma with c(sigma) = 250 log(sigma) (a continuous
+    'timestep' for the UNet's embedding), trained by denoising score matching over
+    ``sigmas``: E || sigma score(x + sigma z, sigma) + z ||^2.  Sample with
+    ``fastgen.sampling.diffusion.sample(ncsn, shape, 'langevin' | 'pc_ve' | 'pf_ode', sigmas=...)``."""
+
+    def __init__(self, unet, sigmas=None):
+        super().__init__()
+        self.unet = unet
+        sigmas = torch.logspace(0, -2, 10) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32)
+        self.register_buffer("sigmas", sigmas.float())
+
+    def forward(self, x, sigma, cond=None):
+        if sigma.dim() != 1 or sigma.shape[0] != x.shape[0]:
+            raise ValueError(f"sigma must have shape [{x.shape[0]}], got {tuple(sigma.shape)}")
+        scale = sigma.view(-1, *[1] * (x.dim() - 1))
+        return self.unet(x, 250 * sigma.log(), cond) / scale
+
+    def loss(self, x, cond=None, generator=None):
+        """Denoising score matching, sigma drawn uniformly from ``sigmas`` for each sample."""
+        pick = torch.randint(len(self.sigmas), (x.shape[0],), generator=generator).to(x.device)
+        sigma = self.sigmas[pick]
+        z = torch.randn(x.shape, generator=generator).to(x.device)
+        noisy = x + sigma.view(-1, *[1] * (x.dim() - 1)) * z
+        return (sigma.view(-1, *[1] * (x.dim() - 1)) * self(noisy, sigma, cond) + z).pow(2).flatten(1).sum(1).mean()
