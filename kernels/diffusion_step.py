@@ -7,7 +7,8 @@ the batch and combined as (1 + w) cond - w uncond), s0 = sqrt(abar_t), s1 = sqrt
     eps prediction:  x0 = (x - s1 out) / s0
     x0 prediction:   x0 = out
     v prediction:    x0 = s0 x - s1 out
-    x0 = clamp(x0, -1, 1)  (optionally);   eps = (x - s0 x0) / s1
+    x0 = clamp(x0, -1, 1), or clamp(x0, -s, s) / s with a per-sample s (dynamic thresholding)
+    eps = (x - s0 x0) / s1
     x_next = c_x0 x0 + c_eps eps + c_x x + sigma z
 
 DDPM ancestral and DDIM are this update with different coefficients (``fastgen.sampling.
@@ -21,7 +22,7 @@ import triton.language as tl
 
 
 @triton.jit
-def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, y_ptr, N, uncond_offset, sample_size,
+def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, y_ptr, scale_ptr, N, uncond_offset, sample_size,
                           s0, s1, c_x0, c_eps, c_x, sigma, guidance, seed, offset, log_var_small, log_var_large,
                           PREDICTION: tl.constexpr, CLIP: tl.constexpr, GUIDED: tl.constexpr,
                           NOISE: tl.constexpr, LEARNED_VARIANCE: tl.constexpr, BLOCK: tl.constexpr):
@@ -44,8 +45,11 @@ def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, y_ptr, N, uncond_offset, sa
         x0 = out
     else:
         x0 = s0 * x - s1 * out
-    if CLIP:
+    if CLIP == 1:
         x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
+    elif CLIP == 2:        # dynamic thresholding with a per-sample scale s >= 1
+        s = tl.load(scale_ptr + idx // sample_size, mask=ok, other=1.0)
+        x0 = tl.minimum(tl.maximum(x0, -s), s) / s
     eps = (x - s0 * x0) / s1
     y = c_x0 * x0 + c_eps * eps + c_x * x
     if NOISE == 1:
@@ -56,7 +60,7 @@ def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, y_ptr, N, uncond_offset, sa
 
 
 def diffusion_step(x, out, noise, y, coefficients, prediction, clip, guidance, seed=0, offset=0,
-                   learned_variance=None, block=1024):
+                   learned_variance=None, threshold_scale=None, block=1024):
     """Launch one step over contiguous x [B, ...], out ([2B, ...] when guided; twice the
     channels with ``learned_variance`` = (log beta~, log beta)), noise or None, y.
     coefficients = (s0, s1, c_x0, c_eps, c_x, sigma); guidance: None or w."""
@@ -64,8 +68,10 @@ def diffusion_step(x, out, noise, y, coefficients, prediction, clip, guidance, s
     noise_mode = 0 if coefficients[5] == 0 else (1 if noise is not None else 2)
     log_small, log_large = learned_variance or (0.0, 0.0)
     diffusion_step_kernel[(triton.cdiv(n, block),)](
-        x, out, noise if noise is not None else x, y, n, out.numel() // 2, n // x.shape[0],
+        x, out, noise if noise is not None else x, y, threshold_scale if threshold_scale is not None else x,
+        n, out.numel() // 2, n // x.shape[0],
         *[float(c) for c in coefficients], float(guidance or 0.0), seed, offset, float(log_small), float(log_large),
-        PREDICTION={"eps": 0, "x0": 1, "v": 2}[prediction], CLIP=bool(clip), GUIDED=guidance is not None,
+        PREDICTION={"eps": 0, "x0": 1, "v": 2}[prediction], GUIDED=guidance is not None,
+        CLIP=2 if threshold_scale is not None else int(bool(clip)),
         NOISE=noise_mode, LEARNED_VARIANCE=learned_variance is not None, BLOCK=block, num_warps=4)
     return y

@@ -235,3 +235,19 @@ def test_ncsn_denoising_score_matching_trains_and_samples():
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
     with pytest.raises(ValueError, match=r"sigma must have shape \[2\]"):
         ncsn(torch.zeros(2, 1, 8, 8), torch.ones(3))
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_dynamic_thresholding_fused_matches_reference_and_bounds_x0(guided):
+    g = torch.Generator().manual_seed(0)
+    x, noise = torch.randn(4, 3, 6, 6, generator=g) * 3, torch.randn(4, 3, 6, 6, generator=g)
+    out = torch.randn(8 if guided else 4, 3, 6, 6, generator=g)
+    coefficients = (0.3, math.sqrt(1 - 0.09), 1.0, 0.0, 0.0, 0.0)   # y = thresholded x0
+    kw = dict(guidance=0.5 if guided else None, threshold=0.9)
+    ref = diffusion_step(x, out, coefficients, backend="reference", **kw)
+    torch.testing.assert_close(diffusion_step(x, out, coefficients, backend="triton", **kw), ref, rtol=1e-5, atol=1e-5)
+    assert ref.abs().max() <= 1.0 + 1e-6
+    raw = diffusion_step(x, out, coefficients, backend="reference", guidance=kw["guidance"])
+    assert raw.abs().max() > 1.5                                      # thresholding did something
+    with pytest.raises(ValueError, match="threshold must be a percentile"):
+        diffusion_step(x, out, coefficients, threshold=1.5, guidance=kw["guidance"])

@@ -126,8 +126,27 @@ def wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights, gte
     return (logits * inv_temperature + gumbel).argmax(dim=1), torch.stack(pushed)
 
 
+def dynamic_threshold(x0, percentile):
+    """Imagen's dynamic thresholding scale per sample: s = max(1, percentile of |x0|) -> [B]."""
+    return torch.quantile(x0.abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0)
+
+
+def diffusion_x0(x, out, s0, s1, prediction="eps", guidance=None, learned_variance=False):
+    """The x0 estimate a diffusion step starts from (after guidance), before any clipping."""
+    out = out.float()
+    if learned_variance:
+        out = out.chunk(2, dim=1)[0]
+    if guidance is not None:
+        cond, uncond = out.chunk(2)
+        out = (1.0 + guidance) * cond - guidance * uncond
+    x32 = x.float()
+    if prediction == "eps":
+        return (x32 - s1 * out) / s0
+    return out if prediction == "x0" else s0 * x32 - s1 * out
+
+
 def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, guidance=None,
-                   learned_variance=None):
+                   learned_variance=None, threshold_scale=None):
     """One diffusion sampler step (the math of kernels/diffusion_step.py).
 
     x: [B, ...]; out: the denoiser output [B, ...] ([2B, ...] = [cond; uncond] with
@@ -135,7 +154,8 @@ def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, gu
     coefficients = (s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t), c_x0, c_eps, c_x, sigma);
     noise: like x (used when sigma > 0).  learned_variance = (log beta~, log beta): out has
     twice x's channels, [prediction; v], and sigma^2 = exp(f log beta + (1 - f) log beta~),
-    f = (v + 1) / 2, per element (Nichol & Dhariwal 2021).
+    f = (v + 1) / 2, per element (Nichol & Dhariwal 2021).  threshold_scale [B]: dynamic
+    thresholding (Saharia et al. 2022), x0 -> clamp(x0, -s, s) / s, instead of ``clip``.
     -> c_x0 x0 + c_eps eps + c_x x + sigma noise, with x0 clipped to [-1, 1] if ``clip`` and
     eps recomputed from the (clipped) x0.
     """
@@ -158,7 +178,10 @@ def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, gu
         x0 = out
     else:
         x0 = s0 * x32 - s1 * out
-    if clip:
+    if threshold_scale is not None:      # dynamic thresholding: clamp to [-s, s], then divide by s
+        scale = threshold_scale.view(-1, *[1] * (x.dim() - 1))
+        x0 = torch.maximum(torch.minimum(x0, scale), -scale) / scale
+    elif clip:
         x0 = x0.clamp(-1.0, 1.0)
     eps = (x32 - s0 * x0) / s1
     y = c_x0 * x0 + c_eps * eps + c_x * x32

@@ -76,7 +76,7 @@ def _call(denoiser, x, t, cond, uncond, guidance):
 def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, variance="small", prediction="eps",
            clip=False, guidance=None, cond=None, uncond=None, generator=None, seed=None, device=None,
            progress=None, cuda_graph=False, sigmas=None, backend=None, snr=0.16, corrector_steps=1,
-           step_size=1e-3):
+           step_size=1e-3, threshold=None):
     """Sample images of ``shape`` [B, ...] from ``denoiser``; returns the final x.
 
     sampler: 'ddpm' (ancestral; ``variance`` 'small'|'large'|'learned' -- the denoiser then
@@ -92,7 +92,8 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
     step as predictor, eps model); 'pf_ode' (Euler on the VE probability-flow ODE,
     dx/dsigma = -sigma s(x, sigma)); 'sgld' (stochastic gradient Langevin dynamics for an
     energy model, x += (step_size / 2) s(x) + sqrt(step_size) z, s = -grad E, ``steps`` steps).
-    progress(i, x) is called after each step (not under cuda_graph).
+    clip: clamp each step's x0 estimate to [-1, 1]; threshold=p: Imagen's dynamic thresholding
+    instead.  progress(i, x) is called after each step (not under cuda_graph).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -143,7 +144,8 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
             if coefficients[5] != 0 and seed is None:
                 noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
             x = diffusion_step(x, out, coefficients, prediction, clip, guidance, noise=noise, seed=seed,
-                               offset=i * x.numel(), learned_variance=log_variances[i], backend=backend)
+                               offset=i * x.numel(), learned_variance=log_variances[i], threshold=threshold,
+                               backend=backend)
             if sampler == "pc_vp" and i + 1 < len(plan):
                 x = _vp_corrector(denoiser, x, plan[i + 1], t_tensors[i + 1], snr, corrector_steps, generator)
             if progress is not None and not cuda_graph:
@@ -157,7 +159,7 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
     # One captured graph per configuration, replayed on every later call with a new x_T.
     # (The Philox seed and the conditioning tensors are part of the configuration.)
     key = (id(denoiser), tuple(shape), sampler, steps, tuple(betas.tolist()), eta, variance, prediction, clip,
-           guidance, id(cond), id(uncond), seed, str(device), backend)
+           threshold, guidance, id(cond), id(uncond), seed, str(device), backend)
     if key not in _GRAPHS:
         static_x = x.clone()
         loop(static_x.clone())                  # warm up outside the capture: compile, allocate
