@@ -76,7 +76,7 @@ def _call(denoiser, x, t, cond, uncond, guidance):
 def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, variance="small", prediction="eps",
            clip=False, guidance=None, cond=None, uncond=None, generator=None, seed=None, device=None,
            progress=None, cuda_graph=False, sigmas=None, backend=None, snr=0.16, corrector_steps=1,
-           step_size=1e-3, threshold=None):
+           step_size=1e-3, threshold=None, timesteps=None):
     """Sample images of ``shape`` [B, ...] from ``denoiser``; returns the final x.
 
     sampler: 'ddpm' (ancestral; ``variance`` 'small'|'large'|'learned' -- the denoiser then
@@ -93,7 +93,7 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
     dx/dsigma = -sigma s(x, sigma)); 'sgld' (stochastic gradient Langevin dynamics for an
     energy model, x += (step_size / 2) s(x) + sqrt(step_size) z, s = -grad E, ``steps`` steps).
     clip: clamp each step's x0 estimate to [-1, 1]; threshold=p: Imagen's dynamic thresholding
-    instead.  progress(i, x) is called after each step (not under cuda_graph).
+    instead.  timesteps: an explicit descending list instead of the even respacing (ddpm/ddim).  progress(i, x) is called after each step (not under cuda_graph).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -112,7 +112,7 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
         return _sgld(denoiser, shape, steps, step_size, generator, device, progress)
     betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0).tolist()
-    ts = respaced_timesteps(len(abar), steps)
+    ts = respaced_timesteps(len(abar), steps) if timesteps is None else [int(t) for t in timesteps]
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
     plan = []
     for i, t in enumerate(ts):
@@ -158,7 +158,7 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
         raise ValueError("cuda_graph=True draws noise in the kernel: pass seed= (not generator=)")
     # One captured graph per configuration, replayed on every later call with a new x_T.
     # (The Philox seed and the conditioning tensors are part of the configuration.)
-    key = (id(denoiser), tuple(shape), sampler, steps, tuple(betas.tolist()), eta, variance, prediction, clip,
+    key = (id(denoiser), tuple(shape), sampler, tuple(ts), tuple(betas.tolist()), eta, variance, prediction, clip,
            threshold, guidance, id(cond), id(uncond), seed, str(device), backend)
     if key not in _GRAPHS:
         static_x = x.clone()
