@@ -276,3 +276,12 @@ def test_against_diffusers_schedulers(sampler):
     ours = diffusion.sample(den, shape, sampler, steps, timesteps=scheduler.timesteps.tolist(),
                             generator=torch.Generator().manual_seed(3), device="cpu", backend="triton")
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+
+
+def test_euler_fused_step_matches_reference_backend():
+    den = lambda x, s: MU + STD ** 2 / (STD ** 2 + s.view(-1, 1) ** 2) * (x - MU)
+    a = diffusion.sample(den, (64, 4), "euler", 12, generator=torch.Generator().manual_seed(0), device="cpu",
+                         backend="triton")
+    b = diffusion.sample(den, (64, 4), "euler", 12, generator=torch.Generator().manual_seed(0), device="cpu",
+                         backend="reference")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

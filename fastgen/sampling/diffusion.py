@@ -101,7 +101,7 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
         raise ValueError("classifier-free guidance needs both cond and uncond (or neither)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if sampler in ("euler", "heun"):
-        return _karras(denoiser, shape, sampler, steps, sigmas, generator, device, progress)
+        return _karras(denoiser, shape, sampler, steps, sigmas, generator, device, progress, backend)
     if sampler == "langevin":
         return _annealed_langevin(denoiser, shape, steps, sigmas, generator, device, progress)
     if sampler == "dpmpp2m":
@@ -177,15 +177,20 @@ def sample(denoiser, shape, sampler="ddim", steps=50, betas=None, eta=0.0, varia
 _GRAPHS = {}
 
 
-def _karras(denoiser, shape, sampler, steps, sigmas, generator, device, progress):
-    """Euler / Heun (Karras et al. 2022, Algorithm 1 without churn) on x0-predicting denoisers."""
+def _karras(denoiser, shape, sampler, steps, sigmas, generator, device, progress, backend=None):
+    """Euler / Heun (Karras et al. 2022, Algorithm 1 without churn) on x0-predicting denoisers.
+    The Euler step x + (s' - s)(x - D)/s = (s'/s) x + (1 - s'/s) D is the fused diffusion step
+    with an x0 prediction; Heun's correction stays in PyTorch."""
     sigmas = karras_sigmas(steps) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
     x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * float(sigmas[0])
     sig = lambda s: torch.full((shape[0],), float(s), device=device)
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = (x - denoiser(x, sig(s))) / s
-        x_next = x + (s_next - s) * d
+        denoised = denoiser(x, sig(s))
+        d = (x - denoised) / s
+        # (s0, s1) only enter through eps, which has weight 0 here
+        x_next = diffusion_step(x, denoised, (1.0, 1.0, 1 - s_next / s, 0.0, s_next / s, 0.0), "x0",
+                                backend=backend)
         if sampler == "heun" and s_next > 0:
             d_next = (x_next - denoiser(x_next, sig(s_next))) / s_next
             x_next = x + (s_next - s) * (d + d_next) / 2
