@@ -38,6 +38,19 @@ class _Noise:
         self.pos += 1
         return self.block[self.pos - 1]
 
+    def take(self, steps):
+        """The next ``steps`` time steps at once: [steps, B, levels] (the same numbers as
+        ``steps`` calls of ``next``)."""
+        parts = []
+        while steps > 0:
+            if self.pos == NOISE_BLOCK:
+                self.block, self.pos = gumbel_noise(self.shape, self.generator).to(self.device), 0
+            n = min(steps, NOISE_BLOCK - self.pos)
+            parts.append(self.block[self.pos:self.pos + n])
+            self.pos += n
+            steps -= n
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
 
 def _check(n_samples, temperature, method, chunk=1):
     if method not in ("fast", "naive"):
@@ -144,8 +157,7 @@ class _Blocks:
         """Draw the next ``period`` samples: [B, period]."""
         gen, t0 = self.gen, self.gen.codes.shape[1]
         self.codes[0] = gen.previous
-        for i in range(self.period):
-            self.noise[i] = gen.noise.next()
+        self.noise.copy_(gen.noise.take(self.period))
         if self.local is not None:
             self.local.copy_(gen.local_up[:, :, t0:t0 + self.period].permute(2, 0, 1))
         if self.graph is not None:
