@@ -18,6 +18,7 @@ import functools
 from typing import List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fastgen.ops import _validate, reference
@@ -170,10 +171,11 @@ def _pack_masked_weight(weight, mask_type, color_groups, dilation, stack):
 
 
 def _masked_forward(x, weight, bias, mask_type, color_groups, dilation, stack):
-    """-> (y [B, C_out, H, W] channels-last, w_packed)."""
+    """-> (y [B, C_out, H, W] channels-last, w_packed, x as a channels-last [B, C, H, W])."""
     w_packed, taps = _pack_masked_weight(weight, mask_type, color_groups, dilation, stack)
-    y = _tap_forward(_channels_last(x), w_packed, taps, bias).permute(0, 3, 1, 2)
-    return y, w_packed
+    x_cl = _channels_last(x)
+    y = _tap_forward(x_cl, w_packed, taps, bias).permute(0, 3, 1, 2)
+    return y, w_packed, x_cl.permute(0, 3, 1, 2)
 
 
 def _masked_backward(grad_y, x, weight, w_packed, mask_type, color_groups, dilation, stack,
@@ -185,9 +187,8 @@ def _masked_backward(grad_y, x, weight, w_packed, mask_type, color_groups, dilat
     gw = None
     if gw_packed is not None:
         # Scatter the kept taps back; masked taps of the weight gradient stay exactly zero.
-        gw = torch.zeros(c_out, c_in, k * k, dtype=torch.float32, device=weight.device)
-        gw[:, :, taps.first:taps.first + n_taps] = gw_packed.permute(2, 1, 0)
-        gw = gw.view(c_out, c_in, k, k)
+        gw = F.pad(gw_packed.permute(2, 1, 0), (taps.first, k * k - taps.first - n_taps))  # one kernel
+        gw = gw.reshape(c_out, c_in, k, k)
         if color_groups > 1:
             gw = gw * reference.pixelcnn_mask(c_out, c_in, k, mask_type, color_groups, stack,
                                               device=weight.device)
@@ -197,12 +198,13 @@ def _masked_backward(grad_y, x, weight, w_packed, mask_type, color_groups, dilat
 
 
 class _MaskedConv2d(torch.autograd.Function):
-    """Eager Triton path: keeps the packed weight for backward."""
+    """Eager Triton path: keeps the packed weight, and x in the channels-last layout the
+    kernels read, for backward (so backward transposes neither again)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, *args):
-        y, w_packed = _masked_forward(x, weight, bias, *args)
-        ctx.save_for_backward(x, weight, w_packed)
+        y, w_packed, x_cl = _masked_forward(x, weight, bias, *args)
+        ctx.save_for_backward(x_cl, weight, w_packed)
         ctx.args = args
         return y
 
@@ -287,11 +289,13 @@ def causal_conv1d(x, weight, bias=None, dilation=1, backend=None):
 
 
 def _causal_forward(x, weight, bias, dilation):
-    """-> (y [B, C_out, T] with channel stride 1, w_packed [k, C_in, C_out])."""
+    """-> (y [B, C_out, T] with channel stride 1, w_packed [k, C_in, C_out], x with channel
+    stride 1)."""
     w_packed = weight.permute(2, 1, 0).contiguous()
     taps = _causal_taps(weight.shape[2], dilation)
-    y = _tap_forward(_channels_last(x).unsqueeze(1), w_packed, taps, bias)[:, 0].transpose(1, 2)
-    return y, w_packed
+    x_cl = _channels_last(x)
+    y = _tap_forward(x_cl.unsqueeze(1), w_packed, taps, bias)[:, 0].transpose(1, 2)
+    return y, w_packed, x_cl.transpose(1, 2)
 
 
 def _causal_backward(grad_y, x, weight, w_packed, dilation, needs=(True, True, True)):
@@ -304,12 +308,12 @@ def _causal_backward(grad_y, x, weight, w_packed, dilation, needs=(True, True, T
 
 
 class _CausalConv1d(torch.autograd.Function):
-    """Eager Triton path: keeps the packed weight for backward."""
+    """Eager Triton path: keeps the packed weight and the channels-last x for backward."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, dilation):
-        y, w_packed = _causal_forward(x, weight, bias, dilation)
-        ctx.save_for_backward(x, weight, w_packed)
+        y, w_packed, x_cl = _causal_forward(x, weight, bias, dilation)
+        ctx.save_for_backward(x_cl, weight, w_packed)
         ctx.dilation = dilation
         return y
 
