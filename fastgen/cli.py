@@ -7,7 +7,7 @@
     fastgen info                 versions, device, the backend each op uses, native extension
     fastgen bench conv|sampling|wavenet|diffusion [--quick] [--json PATH]
                                  time the conv kernels against cuDNN / torch.compile, the
-                                 PixelCNN samplers, or WaveNet generation, here
+                                 PixelCNN samplers, WaveNet generation or diffusion steps here
 """
 import argparse
 import platform
@@ -39,13 +39,14 @@ def cmd_info(args):
     print(f"device    {device} ({name})")
     print(f"native    {_native.status()}")
     print("backends  (op: dtype -> backend)")
-    for op in ("masked_conv2d", "causal_conv1d"):
-        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+    for op in ("masked_conv2d", "causal_conv1d", "gated_pixel_step", "wavenet_step", "diffusion_step"):
+        dtypes = (torch.float32, torch.bfloat16, torch.float64) if "conv" in op else (torch.float32,)
+        for dtype in dtypes:
             probe = torch.empty(0, dtype=dtype, device=device)
             backend = choose_backend(op, probe)
             _, why = can_run_triton(device, dtype)
             note = "" if backend == "triton" else f"  ({why})"
-            print(f"  {op:<15} {str(dtype)[6:]:<9} -> {backend}{note}")
+            print(f"  {op:<16} {str(dtype)[6:]:<9} -> {backend}{note}")
     return 0
 
 

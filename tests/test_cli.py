@@ -7,7 +7,7 @@ from fastgen import cli
 def test_info(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    for word in ("torch", "triton", "device", "masked_conv2d", "causal_conv1d", "native"):
+    for word in ("torch", "triton", "device", "masked_conv2d", "causal_conv1d", "wavenet_step", "native"):
         assert word in out
     assert "float64   -> reference" in out
 
