@@ -54,9 +54,44 @@ def _check(model, n, known, known_mask, temperature, method):
             raise ValueError(f"known values must lie in [0, {model.levels})")
 
 
+_GRAPHS = {}   # captured fused sampling loops, one per configuration (see ``sample(cuda_graph=True)``)
+
+
+def _fused_loop(cache, x, noise, temperature, H, W, progress=None):
+    for r in range(H):
+        cache.begin_row(r)
+        for c in range(W):
+            x[:, :, r, c] = cache.step(r, c, noise[:, 0, r, c], temperature)
+        if progress is not None:
+            progress(r)
+    return x
+
+
+def _graphed_fused_sample(model, n, cond, temperature, noise, device):
+    """Replay the whole fused sampling loop (every row's vertical pass and every pixel's step)
+    as one CUDA graph; captured on first use for this model state, batch, cond and temperature."""
+    C, H, W = model.image_shape
+    weights_version = tuple(p._version for p in model.parameters())     # retraining invalidates
+    key = (id(model), weights_version, n, id(cond), temperature, str(device))
+    if key not in _GRAPHS:
+        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        static_noise = noise.clone()
+        cache = model.incremental(x, cond)
+        _fused_loop(cache, x, static_noise, temperature, H, W)   # warm up: compile, tune, allocate
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            _fused_loop(cache, x, static_noise, temperature, H, W)
+        _GRAPHS[key] = (graph, x, static_noise, model, cond)       # keep the ids alive
+    graph, x, static_noise = _GRAPHS[key][:3]
+    static_noise.copy_(noise)
+    graph.replay()
+    return x.clone()
+
+
 @torch.no_grad()
 def sample(model, n, cond=None, method="fast", generator=None, temperature=1.0, known=None,
-           known_mask=None, progress=None):
+           known_mask=None, progress=None, cuda_graph=False):
     """Draw ``n`` images ``[n, C, H, W]`` (long, values in [0, levels)) from ``model``.
 
     method: 'fast' (incremental caches, only what each new pixel changes) or 'naive' (the
@@ -65,6 +100,9 @@ def sample(model, n, cond=None, method="fast", generator=None, temperature=1.0, 
     known, known_mask: image completion -- where ``known_mask`` is True the pixel is taken
     from ``known`` instead of sampled (e.g. the top half given, the bottom half sampled).
     progress: optional callable(row) called after each row.
+    cuda_graph: on a GPU, with a fused-step model and no completion mask, replay the whole
+    loop as one CUDA graph (captured on the first call for this model state, n, cond and
+    temperature; no host work per pixel).
     """
     _check(model, n, known, known_mask, temperature, method)
     C, H, W = model.image_shape
@@ -76,13 +114,14 @@ def sample(model, n, cond=None, method="fast", generator=None, temperature=1.0, 
     cache = model.incremental(x, cond) if method == "fast" else None
     # A cache with a fused ``step`` draws a whole pixel in one launch (no completion masks).
     fused = cache is not None and known is None and getattr(cache, "step_weights", None) is not None
+    if fused and cuda_graph and device.type == "cuda":
+        return _graphed_fused_sample(model, n, cond, temperature, noise, device)
+    if fused:
+        return _fused_loop(cache, x, noise, temperature, H, W, progress)
     for r in range(H):
         if cache is not None:
             cache.begin_row(r)
         for c in range(W):
-            if fused:
-                x[:, :, r, c] = cache.step(r, c, noise[:, 0, r, c], temperature)
-                continue
             for group in model.channel_groups:
                 if cache is not None:
                     logits = cache.logits(r, c)                 # [n, levels, C]
