@@ -280,7 +280,8 @@ def _time_samplers(name, model, batch, device, progress):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times[method] = time.perf_counter() - start
-    if device.type == "cuda":            # the fused loop replayed as one CUDA graph (where it applies)
+    fused = getattr(model, "packed_step_weights", None) is not None and model.packed_step_weights() is not None
+    if device.type == "cuda" and fused:   # the fused loop replayed as one CUDA graph
         sample(model, batch, method="fast", generator=torch.Generator().manual_seed(0), cuda_graph=True)
         torch.cuda.synchronize()
         start = time.perf_counter()
