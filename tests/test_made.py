@@ -92,3 +92,8 @@ def test_errors():
         MADE(5, levels=1)
     with pytest.raises(ValueError, match="unconditional"):
         model(torch.zeros(2, 5, dtype=torch.long), cond=torch.zeros(2))
+
+
+def test_random_ordering_is_random_even_with_one_mask_set():
+    model = MADE(12, hidden=(16,), natural_ordering=False, num_masks=1, seed=0)
+    assert sorted(model.order) == list(range(12)) and model.order != list(range(12))

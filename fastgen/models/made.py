@@ -44,7 +44,7 @@ class MADE(nn.Module):
     def _draw_masks(self, index):
         """(ordering [D], one 0/1 mask per layer) for mask set ``index``."""
         g = self._generator
-        if self.natural_ordering or (index == 0 and self.num_masks == 1):
+        if self.natural_ordering:
             order = torch.arange(self.dim)
         else:
             order = torch.randperm(self.dim, generator=g)
