@@ -70,7 +70,8 @@ class _Generator:
         self.model, self.method, self.temperature = model, method, temperature
         self.device = next(model.parameters()).device
         self.noise = _Noise(batch, model.quantization, generator, self.device)
-        self.codes = torch.empty(batch, 0, dtype=torch.long, device=self.device)
+        self.chunks = []        # generated codes, [B, n] pieces (concatenated only on demand)
+        self.length = 0
         self.previous = torch.full((batch,), model.quantization // 2, dtype=torch.long, device=self.device)
         self.global_cond = global_cond
         self.local_up = None    # upsampled local conditioning received so far [B, Lc, T]
@@ -85,13 +86,13 @@ class _Generator:
         if not self.model.local_channels:
             return math.inf
         have = 0 if self.local_up is None else self.local_up.shape[2]
-        return have - self.codes.shape[1]
+        return have - self.length
 
     @torch.no_grad()
     def run(self, steps):
         out = []
         for _ in range(steps):
-            t = self.codes.shape[1] + len(out)
+            t = self.length + len(out)
             local_t = self.local_up[:, :, t] if self.local_up is not None else None
             if hasattr(self.cache, "draw_at"):        # one fused launch per sample
                 drawn = torch.empty_like(self.previous)
@@ -106,14 +107,25 @@ class _Generator:
             drawn = (logits.float() / self.temperature + self.noise.next()).argmax(dim=1)
             out.append(drawn)
             self.previous = drawn
-        new = torch.stack(out, dim=1) if out else self.codes[:, :0]
-        self.codes = torch.cat([self.codes, new], dim=1)
+        new = torch.stack(out, dim=1) if out else self.previous[:, None][:, :0]
+        self.append(new)
         return new
+
+    def append(self, new):
+        self.chunks.append(new)
+        self.length += new.shape[1]
+
+    def codes(self):
+        """All generated codes [B, length] (one concatenation, cached until the next append)."""
+        if len(self.chunks) != 1:
+            joined = torch.cat(self.chunks, dim=1) if self.chunks else self.previous[:, None][:, :0]
+            self.chunks = [joined]
+        return self.chunks[0]
 
     def _naive_logits(self, out, t):
         """Re-run the model over the last receptive_field samples (the reference)."""
         m = self.model
-        history = torch.cat([self.codes] + [o[:, None] for o in out], dim=1)        # [B, t]
+        history = torch.cat([self.codes()] + [o[:, None] for o in out], dim=1)      # [B, t]
         start = max(0, t - m.receptive_field + 1)
         placeholder = torch.zeros(history.shape[0], 1, dtype=torch.long, device=history.device)  # x[t]: unknown
         window = torch.cat([history[:, start:], placeholder], dim=1)
@@ -155,7 +167,7 @@ class _Blocks:
 
     def run(self):
         """Draw the next ``period`` samples: [B, period]."""
-        gen, t0 = self.gen, self.gen.codes.shape[1]
+        gen, t0 = self.gen, self.gen.length
         self.codes[0] = gen.previous
         self.noise.copy_(gen.noise.take(self.period))
         if self.local is not None:
@@ -165,7 +177,7 @@ class _Blocks:
         else:
             self._run_block()
         new = self.codes[1:].T.clone()
-        gen.codes = torch.cat([gen.codes, new], dim=1)
+        gen.append(new)
         gen.previous = new[:, -1]
         return new
 
@@ -181,18 +193,18 @@ def generate(model, n_samples, batch=1, local=None, global_cond=None, method="fa
         gen.add_local(local)
     if hasattr(gen.cache, "draw_at") and (cuda_graph or getattr(gen.cache, "blocks", False)):
         blocks = _Blocks(gen, cuda_graph and gen.device.type == "cuda")
-        while n_samples - gen.codes.shape[1] >= blocks.period:
+        while n_samples - gen.length >= blocks.period:
             blocks.run()
             if progress is not None:
-                progress(gen.codes.shape[1])
-    done = gen.codes.shape[1]
+                progress(gen.length)
+    done = gen.length
     while done < n_samples:
         step = min(NOISE_BLOCK, n_samples - done)
         gen.run(step)
         done += step
         if progress is not None:
             progress(done)
-    return gen.codes
+    return gen.codes()
 
 
 def stream(model, n_samples, batch=1, local_chunks=None, global_cond=None, chunk=4096, generator=None,
@@ -211,7 +223,7 @@ def stream(model, n_samples, batch=1, local_chunks=None, global_cond=None, chunk
         while gen.available() < want:
             piece = next(pieces, None)
             if piece is None:
-                raise ValueError(f"local conditioning ran out after {gen.codes.shape[1] + gen.available()} "
+                raise ValueError(f"local conditioning ran out after {gen.length + gen.available()} "
                                  f"samples; {n_samples} were asked for")
             gen.add_local(piece)
         out = gen.run(want)
