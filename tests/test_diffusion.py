@@ -240,7 +240,7 @@ def test_ncsn_denoising_score_matching_trains_and_samples():
 @pytest.mark.parametrize("guided", [False, True])
 def test_dynamic_thresholding_fused_matches_reference_and_bounds_x0(guided):
     g = torch.Generator().manual_seed(0)
-    x, noise = torch.randn(4, 3, 6, 6, generator=g) * 3, torch.randn(4, 3, 6, 6, generator=g)
+    x = torch.randn(4, 3, 6, 6, generator=g) * 3
     out = torch.randn(8 if guided else 4, 3, 6, 6, generator=g)
     coefficients = (0.3, math.sqrt(1 - 0.09), 1.0, 0.0, 0.0, 0.0)   # y = thresholded x0
     kw = dict(guidance=0.5 if guided else None, threshold=0.9)

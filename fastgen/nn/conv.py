@@ -1,5 +1,4 @@
 """Drop-in convolution layers: thin modules over ``fastgen.ops``."""
-import torch
 from torch import nn
 
 from fastgen.nn import functional as F

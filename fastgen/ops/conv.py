@@ -42,6 +42,13 @@ def _masked_taps(k, mask_type, color_groups, stack, dilation):
     return Taps(first, k, k // 2, k // 2, dilation), len(flat)
 
 
+@functools.lru_cache(maxsize=64)
+def _group_mask(c_out, c_in, k, mask_type, color_groups, stack, dtype, device):
+    """The full reference mask, built once per configuration and device: with colour groups the
+    centre tap is partly masked, and rebuilding the mask on every call is work in the hot path."""
+    return reference.pixelcnn_mask(c_out, c_in, k, mask_type, color_groups, stack, dtype, device)
+
+
 def _causal_taps(k, dilation):
     """Tap j of a causal 1-D conv reads x[t - (k-1-j)*d]: window position j, centre k-1."""
     from fastgen.kernels.tap_conv import Taps
@@ -164,8 +171,7 @@ def _pack_masked_weight(weight, mask_type, color_groups, dilation, stack):
     c_out, c_in, k, _ = weight.shape
     taps, n_taps = _masked_taps(k, mask_type, color_groups, stack, dilation)
     if color_groups > 1:  # the centre tap is partly masked; with one group kept taps are whole
-        weight = weight * reference.pixelcnn_mask(c_out, c_in, k, mask_type, color_groups, stack,
-                                                  weight.dtype, weight.device)
+        weight = weight * _group_mask(c_out, c_in, k, mask_type, color_groups, stack, weight.dtype, weight.device)
     kept = weight.flatten(2)[:, :, taps.first:taps.first + n_taps]
     return kept.permute(2, 1, 0).contiguous(), taps
 
@@ -190,8 +196,7 @@ def _masked_backward(grad_y, x, weight, w_packed, mask_type, color_groups, dilat
         gw = F.pad(gw_packed.permute(2, 1, 0), (taps.first, k * k - taps.first - n_taps))  # one kernel
         gw = gw.reshape(c_out, c_in, k, k)
         if color_groups > 1:
-            gw = gw * reference.pixelcnn_mask(c_out, c_in, k, mask_type, color_groups, stack,
-                                              device=weight.device)
+            gw = gw * _group_mask(c_out, c_in, k, mask_type, color_groups, stack, torch.float32, weight.device)
         gw = gw.to(weight.dtype)
     return [gx.permute(0, 3, 1, 2) if gx is not None else None, gw,
             gb.to(weight.dtype) if gb is not None else None]
