@@ -24,6 +24,9 @@ if [[ $STEPS == *tests* ]]; then
 fi
 if [[ $STEPS == *bench* ]]; then
   fastgen bench conv --json "$OUT/conv.json" 2>&1 | tee "$OUT/bench_conv.log" || status=1
+  # the same with Triton's normal launch path: what the direct launch (kernels/_launch.py) saves
+  FASTGEN_DIRECT_LAUNCH=0 fastgen bench conv --dtypes bfloat16 --json "$OUT/conv_normal_launch.json" \
+    >"$OUT/bench_conv_normal_launch.log" 2>&1 || status=1
   fastgen bench diffusion --json "$OUT/diffusion.json" 2>&1 | tee "$OUT/bench_diffusion.log" || status=1
 fi
 if [[ $STEPS == *sampling* ]]; then   # minutes: the naive samplers are the slow anchors

@@ -8,6 +8,8 @@ Floor: 2 * numel * element_size bytes / 2.99 TB/s.
 import triton
 import triton.language as tl
 
+from fastgen.kernels._launch import launch
+
 
 @triton.jit
 def transpose_kernel(src_ptr, dst_ptr, C, S, ssb, ssc, sss, sdb, sds, sdc,
@@ -26,6 +28,6 @@ def to_channels_last(src, dst):
     """src: [B, C, S] -> dst: [B, S, C] (written).  Returns dst."""
     B, C, S = src.shape
     grid = (triton.cdiv(S, 64), triton.cdiv(C, 64), B)
-    transpose_kernel[grid](src, dst, C, S, *src.stride(), *dst.stride(),
-                           BLOCK_C=64, BLOCK_S=64, num_warps=4)
+    launch(transpose_kernel, grid, (src, dst, C, S, *src.stride(), *dst.stride()),
+           dict(BLOCK_C=64, BLOCK_S=64), dst, num_warps=4)
     return dst

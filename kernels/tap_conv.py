@@ -30,6 +30,8 @@ from typing import NamedTuple
 import triton
 import triton.language as tl
 
+from fastgen.kernels._launch import launch
+
 # The interpreter runs every config it is given, and FASTGEN_AUTOTUNE=0 (tests) asks for
 # no tuning: then the first config of each space, a good default, is the only one.
 _ONE_CONFIG = (os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -161,17 +163,20 @@ def tap_conv_wgrad_kernel(
 _TUNED = {}   # (kernel, launch key) -> the triton.Config the autotuner chose
 
 
-def _launch_tuned(kernel, grid, key, *args, **kwargs):
-    """Launch an autotuned kernel.  The first call for ``key`` goes through the autotuner;
-    later ones launch its choice directly on the underlying JIT function, skipping the
-    autotuner's per-call bookkeeping (host time that small convs are bound by).  ``key`` must
-    determine the autotuner's own key (its key arguments and the argument dtypes)."""
+def _launch_tuned(kernel, grid, key, out, *args, **constexprs):
+    """Launch an autotuned kernel that writes ``out``.  The first call for ``key`` goes
+    through the autotuner; later ones launch its choice through ``_launch.launch``, which
+    skips the autotuner's and the JIT's per-call bookkeeping (host time that small convs
+    are bound by).  ``key`` must determine the autotuner's own key (its key arguments and
+    the argument dtypes)."""
     config = _TUNED.get((kernel, key))
     if config is None:
-        kernel[grid](*args, **kwargs)
+        kernel[grid](*args, **constexprs)
         _TUNED[(kernel, key)] = kernel.best_config
         return
-    kernel.fn[grid](*args, **kwargs, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    constexprs = {**constexprs, **config.kwargs}
+    launch(kernel.fn, tuple(grid(constexprs)), args, constexprs, out,
+           num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 class Taps(NamedTuple):
@@ -198,7 +203,7 @@ def tap_conv_forward(x, w_packed, taps, bias, y, precision, mirror=False):
 
     key = (C_IN, C_OUT, T, M, W, x.dtype, w_packed.dtype, y.dtype, bias is not None, precision)
     _launch_tuned(
-        tap_conv_fwd_kernel, grid, key,
+        tap_conv_fwd_kernel, grid, key, y,
         x, w_packed, bias if bias is not None else y, y,
         M, H, W, C_IN, C_OUT, T, *taps, -1 if mirror else 1,
         *x.stride(), *w_packed.stride(), *y.stride(),
@@ -222,7 +227,7 @@ def tap_conv_weight_grad(x, gy, taps, partial, precision):
 
     key = (C_IN, C_OUT, T, M, W, m_per_split, x.dtype, gy.dtype, precision)
     _launch_tuned(
-        tap_conv_wgrad_kernel, grid, key,
+        tap_conv_wgrad_kernel, grid, key, partial,
         x, gy, partial,
         M, H, W, C_IN, C_OUT, T, m_per_split, *taps,
         *x.stride(), *gy.stride(),

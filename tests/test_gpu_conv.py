@@ -82,3 +82,19 @@ def test_compile_no_graph_break():
     f = torch.compile(lambda x, w: ops.masked_conv2d(x, w, None, "B").relu(), fullgraph=True)
     # fp32 with TF32 on (PyTorch's default for convs): within 1e-3 of the float64 reference
     assert _rel_err(f(x, w), reference.masked_conv2d(x.double(), w.double(), None, "B").relu()) < 1e-3
+
+
+def test_direct_launch_is_taken_and_agrees():
+    """From the third call on, conv kernels launch their CompiledKernel directly
+    (``fastgen.kernels._launch``); its first direct launch was checked bit for bit."""
+    from fastgen.kernels import _launch
+    x = torch.randn(4, 32, 16, 16, device="cuda", requires_grad=True)
+    w = torch.randn(32, 32, 3, 3, device="cuda") / 32
+    ys = []
+    for _ in range(4):
+        y = ops.masked_conv2d(x, w, None, "B")
+        y.backward(torch.ones_like(y))
+        ys.append(y.detach())
+    assert not _launch._BROKEN, f"direct launch failed its check for {_launch._BROKEN}"
+    assert _launch._COMPILED
+    assert all(torch.equal(ys[0], y) for y in ys[1:])
