@@ -61,8 +61,11 @@ def _num_sms(device):
 
 
 def _wgrad_splits(m, tiles, device):
-    """How many pixel splits the weight gradient uses: enough programs to fill the GPU."""
-    target = 4 * _num_sms(device) if device.type == "cuda" else 2
+    """How many pixel splits the weight gradient uses: about two programs per SM.  Each split
+    writes a whole fp32 [T, C_in, C_out] partial that a reduction reads back, so more splits
+    than the GPU needs cost bandwidth: with four programs per SM the causal conv's partials
+    were 34.6 MB and their reduction took 68 us on an H100 (benchmarks/results/h100)."""
+    target = 2 * _num_sms(device) if device.type == "cuda" else 2
     return max(1, min(-(-m // 512), -(-target // tiles)))
 
 
