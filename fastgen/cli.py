@@ -102,6 +102,8 @@ def cmd_bench(args):
     if args.what in ("sampling", "wavenet", "diffusion"):
         runner = {"sampling": bench.sampling_rows, "wavenet": bench.wavenet_rows, "diffusion": bench.diffusion_rows}
         rows = runner[args.what](device, quick=quick)
+        if args.what == "sampling":
+            rows += bench.half_precision_sampling_rows(device, quick=quick)
         if args.json:
             bench.save(rows, args.json, " ".join(["fastgen"] + sys.argv[1:]), device)
         return 0

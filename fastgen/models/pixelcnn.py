@@ -65,11 +65,16 @@ class _PixelModel(nn.Module):
             return self.class_embedding(cond)
         if cond.dim() != 2 or tuple(cond.shape) != (batch, self.cond_channels):
             raise ValueError(f"cond must have shape [{batch}, {self.cond_channels}], got {tuple(cond.shape)}")
-        return cond.float()
+        return cond.to(self.dtype)
+
+    @property
+    def dtype(self):
+        """The floating dtype of the model's parameters (a model moved to bf16 computes in bf16)."""
+        return next(self.parameters()).dtype
 
     def scale(self, x):
-        """Integer pixels -> floats in [-1, 1]."""
-        return x.float() * (2.0 / (self.levels - 1)) - 1.0
+        """Integer pixels -> floats in [-1, 1], in the model's dtype."""
+        return (x.float() * (2.0 / (self.levels - 1)) - 1.0).to(self.dtype)
 
     def to_logits(self, out):
         """[B, C*levels, H, W] (channel-major) -> [B, levels, C, H, W]."""
@@ -164,10 +169,10 @@ class _GatedCache:
         self.pad = model.layers[0].vertical.kernel_size[0] // 2
         self.cond = model.embed_cond(cond, B)
         p = self.pad
-        new = lambda channels: torch.zeros(B, channels, H + 2 * p, W + 2 * p, device=x.device)
+        new = lambda channels: torch.zeros(B, channels, H + 2 * p, W + 2 * p, device=x.device, dtype=model.dtype)
         self.v_in = [new(ch) for _ in model.layers]       # v_in[0] = h_in[0] = embedded image
         self.h_in = [self.v_in[0]] + [new(ch) for _ in model.layers[1:]]
-        self.v_pre = [torch.zeros(B, 2 * ch, W, device=x.device) for _ in model.layers]
+        self.v_pre = [torch.zeros(B, 2 * ch, W, device=x.device, dtype=model.dtype) for _ in model.layers]
         self.W = W
         # Fused per-pixel step (one launch per pixel): packed weights and double-buffered
         # layer inputs at (r, c-1) / (r, c); None where the model's shape does not allow it.
@@ -285,9 +290,9 @@ class _PixelCNNCache:
         self.pad_in = model.input.kernel_size[0] // 2
         self.cond = model.embed_cond(cond, B)
         p = self.pad_in
-        self.image = torch.zeros(B, C, H + 2 * p, W + 2 * p, device=x.device)
+        self.image = torch.zeros(B, C, H + 2 * p, W + 2 * p, device=x.device, dtype=model.dtype)
         mid = model.blocks[0]["conv"].in_channels if len(model.blocks) else 0
-        self.block_in = [torch.zeros(B, mid, H + 2, W + 2, device=x.device) for _ in model.blocks]
+        self.block_in = [torch.zeros(B, mid, H + 2, W + 2, device=x.device, dtype=model.dtype) for _ in model.blocks]
 
     def begin_row(self, r):
         pass  # every layer is evaluated per pixel: nothing is shared across a row
