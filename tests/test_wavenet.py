@@ -411,3 +411,20 @@ def test_persistent_and_dtype_errors():
     with pytest.raises(TypeError, match="gumbel must be float32"):
         wavenet_steps(prev, torch.zeros(3, 2, dtype=torch.long), cache.queue, cache.queue_offsets,
                       cache.weights, cache.gterm, None, gumbel.half(), scratch, 0, model.cycle, 2, 1.0)
+
+
+def test_wavenet_ops_opcheck():
+    """torch.library.opcheck (schema, fake tensors, in-place mutations) for both WaveNet ops."""
+    model = _fused_model(3, True)
+    cache = model.incremental(2, torch.tensor([0, 1]))
+    cache.queue.normal_()
+    prev = torch.tensor([3, 7])
+    gumbel = -torch.log(-torch.log(torch.rand(2, 2, 40)))
+    local = torch.randn(2, 2, 16)
+    common = (cache.queue_offsets, list(cache.weights), cache.gterm)
+    torch.library.opcheck(torch.ops.fastgen.wavenet_steps.default,
+                          (prev, torch.zeros(2, 2, dtype=torch.long), cache.queue.clone(), *common, local, gumbel,
+                           cache.scratch, 1, model.cycle, 3, 1.0))
+    torch.library.opcheck(torch.ops.fastgen.wavenet_step.default,
+                          (prev, torch.zeros(2, dtype=torch.long), cache.queue.clone(), *common, local[0], gumbel[0],
+                           cache.scratch, 1, model.cycle, 3, 1.0))

@@ -167,3 +167,17 @@ def wavenet_steps(prev, codes_out, queue, queue_offsets, weights, gterm, local, 
                                     kernel_size, float(inv_temperature))
     if out is not codes_out:
         codes_out.copy_(out)
+
+
+# Both WaveNet ops only write their arguments in place (declared in mutates_args) and return
+# nothing, so their fake (meta) implementations for torch.compile have nothing to build.
+@_wavenet_step_op.register_fake
+def _wavenet_step_fake(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
+                       kernel_size, inv_temperature):
+    return None
+
+
+@_wavenet_steps_op.register_fake
+def _wavenet_steps_fake(prev, codes_out, queue, queue_offsets, weights, gterm, local, gumbel, scratch, t0, cycle,
+                        kernel_size, inv_temperature):
+    return None
