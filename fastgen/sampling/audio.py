@@ -152,7 +152,7 @@ class _Generator:
             out.append(codes.T)
             self.previous = codes[-1]
             steps -= n
-        new = torch.cat(out, dim=1)
+        new = torch.cat(out, dim=1) if out else self.previous[:, None][:, :0]
         self.append(new)
         return new
 
