@@ -319,64 +319,86 @@ class EagerQueueDraw:
 
 def wavenet_rows(device, quick=False, progress=print):
     """WaveNet generation throughput: the fused one-launch-per-sample step (eager, and replayed
-    as a CUDA graph) against the eager per-layer queue step (Paine et al.; what a careful
-    PyTorch user writes; eager and as a CUDA graph) and the naive receptive-field recompute,
-    in samples/s (batch x samples / seconds).
+    as a CUDA graph) and the persistent kernel (one launch per block of 256 samples; fp32, and
+    for the first configuration fp16/bf16) against the eager per-layer queue step (Paine et
+    al.; what a careful PyTorch user writes; eager and as a CUDA graph) and the naive
+    receptive-field recompute, in samples/s (batch x samples / seconds).
 
     The WaveNet issue's configuration: R=64, S=256, A=256, 30 layers (cycle 10), kernel 2,
     plus kernel 3 and R=128; batches 1, 16, 256.  Anchors (H100, eager queue): 176 / 2,527 /
     38,870 samples/s; the same step as a CUDA graph: 1,224 / 15,837 / 167,147.
+
+    16-bit numerics: for the first configuration, one extra row per dtype with the fraction of
+    teacher-forced draws (``fastgen.sampling.audio.forced_draws``: each step fed the fp32
+    history) identical to the fp32 codes, over 4 rows x ``n_agree`` samples.
     """
     from fastgen.models import WaveNet
     from fastgen.models.wavenet import _QueueCache
-    from fastgen.sampling.audio import generate
+    from fastgen.sampling.audio import forced_draws, generate
 
     device = torch.device(device)
     configs = [dict(layers=30, cycle=10, residual_channels=64, skip_channels=256, kernel_size=2),
                dict(layers=30, cycle=10, residual_channels=64, skip_channels=256, kernel_size=3),
                dict(layers=30, cycle=10, residual_channels=128, skip_channels=256, kernel_size=2)]
-    batches, n_fast, n_slow = [1, 16, 256], 4096, 256
+    batches, n_fast, n_slow, n_agree = [1, 16, 256], 4096, 256, 2048
     if quick:
         configs = [dict(layers=4, cycle=2, residual_channels=16, skip_channels=32, kernel_size=2)]
-        batches, n_fast, n_slow = [1, 4], 64, 16
+        batches, n_fast, n_slow, n_agree = [1, 4], 64, 16, 64
+    low = [torch.float16, torch.bfloat16]
     rows = []
-    for config in configs:
+    for c, config in enumerate(configs):
         torch.manual_seed(0)
         model = WaveNet(quantization=256, **config).to(device).eval()
+        name = "wavenet_R{residual_channels}_S{skip_channels}_L{layers}_k{kernel_size}".format(**config)
         for batch in batches:
             rates = {}
-            variants = [("fused", n_fast, False), ("eager_queue", n_slow, False), ("naive", n_slow, False)]
+            # (name, samples, generate's options)
+            variants = [("fused", n_fast, dict(persistent=False)), ("persistent", n_fast, dict(persistent=True))]
+            if c == 0:
+                variants += [(f"persistent_{str(d)[6:]}", n_fast, dict(persistent=True, dtype=d)) for d in low]
+            variants += [("eager_queue", n_slow, {}), ("naive", n_slow, dict(method="naive"))]
             if device.type == "cuda":
-                variants[:0] = [("fused_cuda_graph", n_fast, True), ("eager_queue_cuda_graph", n_fast, True)]
-            for name, n, graph in variants:
-                if name == "naive" and batch > 16:
+                variants[:0] = [("fused_cuda_graph", n_fast, dict(persistent=False, cuda_graph=True)),
+                                ("eager_queue_cuda_graph", n_fast, dict(cuda_graph=True))]
+            for variant, n, options in variants:
+                if variant == "naive" and batch > 16:
                     continue      # minutes per run; the naive recompute is the reference, not a contender
                 original = model.incremental
-                if name == "eager_queue":
+                if variant == "eager_queue":
                     model.incremental = lambda b, g=None: _QueueCache(model, b, g)
-                elif name == "eager_queue_cuda_graph":
+                elif variant == "eager_queue_cuda_graph":
                     model.incremental = lambda b, g=None: EagerQueueDraw(model, b, g)
                 try:
-                    method = "naive" if name == "naive" else "fast"
-                    generate(model, 8, batch, method=method, generator=torch.Generator().manual_seed(0))
+                    warm = {k: v for k, v in options.items() if k != "cuda_graph"}
+                    generate(model, 8, batch, generator=torch.Generator().manual_seed(0), **warm)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    generate(model, n, batch, method=method, generator=torch.Generator().manual_seed(1),
-                             cuda_graph=graph)
+                    generate(model, n, batch, generator=torch.Generator().manual_seed(1), **options)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
-                    rates[name] = batch * n / (time.perf_counter() - start)
+                    rates[variant] = batch * n / (time.perf_counter() - start)
                 finally:
                     model.incremental = original
-            best = max(v for k, v in rates.items() if k.startswith("fused"))
+            fp32 = {k: v for k, v in rates.items() if k.startswith(("fused", "persistent")) and "float16" not in k}
+            best = max(fp32.values())
             baseline = max(v for k, v in rates.items() if k.startswith("eager_queue"))
-            row = {"case": "wavenet_R{residual_channels}_S{skip_channels}_L{layers}_k{kernel_size}".format(**config)
-                   + f"_B{batch}", "samples_per_s": rates, "speedup_vs_eager_queue": best / baseline}
+            row = {"case": f"{name}_B{batch}", "samples_per_s": rates, "speedup_vs_eager_queue": best / baseline,
+                   "best_fp32": max(fp32, key=fp32.get)}
             rows.append(row)
             if progress:
                 progress(f"{row['case']:<36} " + "  ".join(f"{k} {v:,.0f}/s" for k, v in rates.items())
-                         + f"  (best fused {row['speedup_vs_eager_queue']:.1f}x vs the best eager queue)")
+                         + f"  (best fp32 fastgen {row['speedup_vs_eager_queue']:.1f}x vs the best eager queue)")
+        if c == 0:
+            reference = generate(model, n_agree, 4, generator=torch.Generator().manual_seed(2))
+            for dtype in low:
+                drawn = forced_draws(model, reference, generator=torch.Generator().manual_seed(2), dtype=dtype)
+                row = {"case": f"{name}_{str(dtype)[6:]}_identical_to_fp32", "draws": reference.numel(),
+                       "identical_to_fp32": (drawn == reference).float().mean().item()}
+                rows.append(row)
+                if progress:
+                    progress(f"{row['case']:<36} {row['identical_to_fp32']:.2%} of {row['draws']} teacher-forced "
+                             "draws identical to fp32")
     return rows
 
 

@@ -39,7 +39,8 @@ def cmd_info(args):
     print(f"device    {device} ({name})")
     print(f"native    {_native.status()}")
     print("backends  (op: dtype -> backend)")
-    for op in ("masked_conv2d", "causal_conv1d", "gated_pixel_step", "wavenet_step", "diffusion_step"):
+    for op in ("masked_conv2d", "causal_conv1d", "gated_pixel_step", "wavenet_step", "wavenet_steps",
+               "diffusion_step"):
         dtypes = (torch.float32, torch.bfloat16, torch.float64) if "conv" in op else (torch.float32,)
         for dtype in dtypes:
             probe = torch.empty(0, dtype=dtype, device=device)

@@ -37,4 +37,8 @@ def test_bench_wavenet_quick(tmp_path):
     path = tmp_path / "wavenet.json"
     assert cli.main(["bench", "wavenet", "--quick", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["results"]
-    assert len(rows) == 2 and all(set(r["samples_per_s"]) == {"fused", "eager_queue", "naive"} for r in rows)
+    timed, agreement = rows[:2], rows[2:]
+    assert all(set(r["samples_per_s"]) == {"fused", "persistent", "persistent_float16", "persistent_bfloat16",
+                                           "eager_queue", "naive"} for r in timed)
+    assert [r["case"].split("_")[-4] for r in agreement] == ["float16", "bfloat16"]
+    assert all(0.9 <= r["identical_to_fp32"] <= 1 and r["draws"] == 256 for r in agreement)

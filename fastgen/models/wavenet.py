@@ -166,35 +166,46 @@ class WaveNet(nn.Module):
         return F.cross_entropy(self(codes, local, global_cond), codes) / math.log(2)
 
     def generate(self, n_samples, batch=1, local=None, global_cond=None, method="fast", generator=None,
-                 temperature=1.0, return_codes=False, progress=None, cuda_graph=False):
+                 temperature=1.0, return_codes=False, progress=None, cuda_graph=False, persistent=None,
+                 dtype=None):
         """Generate ``n_samples`` per batch row: audio [batch, n_samples] in [-1, 1] (or codes).
-        ``cuda_graph``: on a GPU, replay blocks of fused steps as a CUDA graph."""
+        ``cuda_graph``: on a GPU, replay blocks of fused steps as a CUDA graph.  ``persistent``:
+        draw blocks of samples in one launch of the persistent kernel (None: for small batches on
+        CUDA).  ``dtype``: torch.float16/bfloat16 store weights and queues in 16 bits (fast
+        method, mu-law output).  See ``fastgen.sampling.audio.generate``."""
         from fastgen.sampling.audio import generate
         codes = generate(self, n_samples, batch, local, global_cond, method, generator, temperature, progress,
-                         cuda_graph)
+                         cuda_graph, persistent, dtype)
         return codes if return_codes else mu_law_decode(codes, self.quantization)
 
     def stream(self, n_samples, batch=1, local_chunks=None, global_cond=None, chunk=4096, generator=None,
-               temperature=1.0, return_codes=False):
+               temperature=1.0, return_codes=False, persistent=None, dtype=None):
         """Yield audio chunks ``[batch, <= chunk]`` as they are produced.  ``local_chunks`` is an
         iterable of local-conditioning pieces [batch, local_channels, frames] that may arrive
         while generating; each piece is consumed when the samples need it."""
         from fastgen.sampling.audio import stream
-        for codes in stream(self, n_samples, batch, local_chunks, global_cond, chunk, generator, temperature):
+        for codes in stream(self, n_samples, batch, local_chunks, global_cond, chunk, generator, temperature,
+                            persistent=persistent, dtype=dtype):
             yield codes if return_codes else mu_law_decode(codes, self.quantization)
 
-    def incremental(self, batch, global_cond=None):
+    def incremental(self, batch, global_cond=None, dtype=torch.float32):
+        """The fast generator's cache; ``dtype`` (fp16/bf16: weights and queues in 16 bits) needs
+        the fused step of mu-law models."""
         if self.output == "mulaw":
-            return _FusedQueueCache(self, batch, global_cond)
+            return _FusedQueueCache(self, batch, global_cond, dtype)
+        if dtype != torch.float32:
+            raise ValueError(f"dtype={dtype} needs the fused step of output='mulaw' models; this model has "
+                             f"output={self.output!r} (generate it in float32)")
         return _QueueCache(self, batch, global_cond)
 
-    def packed_step_weights(self):
-        """The weights of ``fastgen.ops.wavenet_step`` (fp32, contiguous)."""
+    def packed_step_weights(self, dtype=torch.float32):
+        """The weights of ``fastgen.ops.wavenet_step`` (contiguous): the matrices (embed, wtap,
+        wlc, wres, wskip, w1, w2) in ``dtype``, the biases in fp32."""
         R = self.embed.embedding_dim
         mat = lambda conv: conv.weight[:, :, 0].T                          # 1x1 conv -> [in, out]
         wlc = (torch.stack([mat(c) for c in self.local]) if self.local_channels
                else torch.zeros(len(self.convs), 1, 2 * R, device=self.embed.weight.device))
-        return tuple(t.detach().float().contiguous() for t in (
+        packed = tuple(t.detach().float().contiguous() for t in (
             self.embed.weight,
             torch.stack([conv.weight.permute(2, 1, 0) for conv in self.convs]),   # [L, k, R, 2R]
             torch.stack([conv.bias for conv in self.convs]),
@@ -202,28 +213,35 @@ class WaveNet(nn.Module):
             torch.stack([mat(c) for c in self.res]), torch.stack([c.bias for c in self.res]),
             torch.stack([mat(c) for c in self.skip]), torch.stack([c.bias for c in self.skip]),
             mat(self.head[1]), self.head[1].bias, mat(self.head[3]), self.head[3].bias))
+        matrices = (0, 1, 3, 4, 6, 8, 10)
+        return tuple(w.to(dtype) if i in matrices else w for i, w in enumerate(packed))
 
 
 class _FusedQueueCache:
-    """Fast generation with one fused launch per sample (``fastgen.ops.wavenet_step``): all
-    layers' queues in one tensor [slots, B, R], layer l owning d_l (k-1) rows."""
+    """Fast generation with fused launches: one per sample (``fastgen.ops.wavenet_step``) or one
+    per block of samples (``fastgen.ops.wavenet_steps``, the persistent kernel).  All layers'
+    queues in one tensor [slots, B, R], layer l owning d_l (k-1) rows; queues, scratch and the
+    weight matrices in ``dtype`` (fp32, fp16 or bf16)."""
 
     blocks = False   # run generate's block path (static buffers) even without a CUDA graph
 
-    def __init__(self, model, batch, global_cond):
+    def __init__(self, model, batch, global_cond, dtype=torch.float32):
+        from fastgen.ops.sampling_steps import WAVENET_DTYPES
+        if dtype not in WAVENET_DTYPES:
+            raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
         self.model = model
         device = model.embed.weight.device
         R = model.embed.embedding_dim
         spans = [d * (model.kernel_size - 1) for d in model.dilations]
         offsets = torch.tensor([0] + spans[:-1]).cumsum(0)
-        self.queue = torch.zeros(sum(spans), batch, R, device=device)
+        self.queue = torch.zeros(sum(spans), batch, R, device=device, dtype=dtype)
         self.queue_offsets = offsets.to(torch.int32).to(device)
-        self.weights = model.packed_step_weights()
+        self.weights = model.packed_step_weights(dtype)
         g = model.check_global(global_cond, batch)
         gterm = [proj(g) for proj in model.global_proj] if g is not None else [
             torch.zeros(batch, 2 * R, device=device) for _ in spans]
         self.gterm = torch.stack(gterm).detach().float().contiguous()
-        self.scratch = torch.empty(batch, self.weights[8].shape[0], device=device)
+        self.scratch = torch.empty(batch, self.weights[8].shape[0], device=device, dtype=dtype)
         # the queues' slot pattern repeats every `period` steps (all spans are powers of two)
         self.period = max(max(spans), 256)
         # (class attribute ``blocks``: tests set it to run the block path eagerly on the CPU)
@@ -238,6 +256,15 @@ class _FusedQueueCache:
         local = None if local_t is None else local_t.float().contiguous()
         wavenet_step(previous, codes_out, self.queue, self.queue_offsets, self.weights, self.gterm, local,
                      gumbel, self.scratch, t % self.period, m.cycle, m.kernel_size, 1.0 / temperature)
+
+    def draw_steps(self, previous, codes_out, local, gumbel, temperature, t0):
+        """Draw samples t0 .. t0+T-1 into codes_out [T, B] in one launch of the persistent
+        kernel; local [T, B, Lc] or None, gumbel [T, B, quantization]."""
+        from fastgen.ops.sampling_steps import wavenet_steps
+        m = self.model
+        local = None if local is None else local.float().contiguous()
+        wavenet_steps(previous, codes_out, self.queue, self.queue_offsets, self.weights, self.gterm, local,
+                      gumbel, self.scratch, t0 % self.period, m.cycle, m.kernel_size, 1.0 / temperature)
 
 
 class _QueueCache:
