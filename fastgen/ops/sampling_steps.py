@@ -100,8 +100,12 @@ def _wavenet_checks(op, queue, weights, gterm, local, gumbel, scratch, backend):
     return chosen
 
 
-def _exact(tensor):
-    return not (tensor.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+def _dot_precision(tensor, weights):
+    """How the WaveNet kernels' dots multiply: exact fp32 ("ieee") for fp32 weights unless TF32
+    matmuls are allowed; 16-bit weights pass Triton's default ("tf32"), the setting the conv
+    kernels' 16-bit dots were verified with on a GPU (it only affects fp32 operands)."""
+    exact = weights[1].dtype == torch.float32 and not (tensor.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+    return "ieee" if exact else "tf32"
 
 
 @torch.library.custom_op("fastgen::wavenet_step", mutates_args=("code_out", "queue", "scratch"))
@@ -111,7 +115,7 @@ def _wavenet_step_op(prev: torch.Tensor, code_out: torch.Tensor, queue: torch.Te
                      inv_temperature: float) -> None:
     from fastgen.kernels.wavenet_step import wavenet_step as launch
     launch(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
-           kernel_size, inv_temperature, precision="ieee" if _exact(prev) else "tf32")
+           kernel_size, inv_temperature, precision=_dot_precision(prev, weights))
 
 
 def wavenet_step(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
@@ -136,7 +140,7 @@ def _wavenet_steps_op(prev: torch.Tensor, codes_out: torch.Tensor, queue: torch.
                       cycle: int, kernel_size: int, inv_temperature: float) -> None:
     from fastgen.kernels.wavenet_step import wavenet_steps as launch
     launch(prev, codes_out, queue, queue_offsets, weights, gterm, local, gumbel, scratch, t0, cycle,
-           kernel_size, inv_temperature, precision="ieee" if _exact(prev) else "tf32")
+           kernel_size, inv_temperature, precision=_dot_precision(prev, weights))
 
 
 def wavenet_steps(prev, codes_out, queue, queue_offsets, weights, gterm, local, gumbel, scratch, t0, cycle,
