@@ -292,20 +292,23 @@ def _ddpm_ddim(call, sampler, steps, betas, eta, variance, prediction, clip, thr
             if sampler == "pc_vp" and i + 1 < len(plan):
                 s0, s1 = plan[i + 1][1][:2]                   # sqrt(abar), sqrt(1 - abar) of the next level
                 for _ in range(corrector_steps):
-                    x = _corrector_step(x, call(x, t_tensors[i + 1]), s0, s1, prediction, snr, noise.draw(),
-                                        guidance, backend)
+                    x = langevin_corrector_step(x, call(x, t_tensors[i + 1]), s0, s1, prediction, snr, guidance=guidance,
+                                                backend=backend, **noise.draw())
             if progress is not None:
                 progress(i, x)
         return x
     return x, loop
 
 
-def _corrector_step(x, out, s0, s1, prediction, snr, noise_kw, guidance, backend):
-    """One Langevin corrector step (``langevin_corrector_coefficients``): the per-sample norms
-    of the score and of z (one reduction, the same z), then the fused update."""
-    norms = score_noise_norms(out, guidance=guidance, backend=backend, **noise_kw)
+def langevin_corrector_step(x, out, s0, s1, prediction, snr, noise=None, seed=None, offset=0, guidance=None,
+                            backend=None):
+    """One Langevin corrector step (``langevin_corrector_coefficients``) for x [B, ...] and the
+    model output ``out`` at the level (s0, s1): the per-sample norms of the score and of z (one
+    reduction; with ``seed`` the same Philox z the update then draws), then the fused update."""
+    norms = score_noise_norms(out, noise=noise, seed=seed, offset=offset, guidance=guidance, backend=backend)
     coefficients = langevin_corrector_coefficients(norms, snr, s0, s1, prediction)
-    return diffusion_step(x, out, coefficients, prediction, guidance=guidance, backend=backend, **noise_kw)
+    return diffusion_step(x, out, coefficients, prediction, guidance=guidance, noise=noise, seed=seed, offset=offset,
+                          backend=backend)
 
 
 def _karras(call, sampler, steps, sigmas, clip, threshold, shape, generator, seed, device, backend, guidance,
@@ -404,7 +407,8 @@ def _ve(call, sampler, steps, sigmas, snr, corrector_steps, shape, generator, se
                 x = diffusion_step(x, call(x, sig[i]), pf_ode_coefficients(s, s_next), "score", **kw)
             else:
                 for _ in range(corrector_steps):
-                    x = _corrector_step(x, call(x, sig[i]), 1.0, s, "score", snr, noise.draw(), guidance, backend)
+                    x = langevin_corrector_step(x, call(x, sig[i]), 1.0, s, "score", snr, guidance=guidance,
+                                                backend=backend, **noise.draw())
                 coefficients = ve_predictor_coefficients(s, s_next)
                 x = diffusion_step(x, call(x, sig[i]), coefficients, "score", **kw,
                                    **(noise.draw() if coefficients[5] else {}))
