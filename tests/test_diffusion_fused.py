@@ -247,8 +247,8 @@ def _loop_denoiser(sampler, kw):
 @pytest.mark.parametrize("sampler,steps,kw", LOOPS, ids=LOOP_IDS)
 def test_whole_loop_triton_equals_reference_with_a_generator(sampler, steps, kw):
     den = _loop_denoiser(sampler, kw)
-    run = lambda backend: diffusion.sample(den, (3, 2, 4, 4), sampler, steps, generator=torch.Generator().manual_seed(5),
-                                           device="cpu", backend=backend, **kw)
+    run = lambda backend: diffusion.sample(den, (3, 2, 4, 4), sampler, steps, device="cpu", backend=backend,
+                                           generator=torch.Generator().manual_seed(5), **kw)
     fused, ref = run("triton"), run("reference")
     assert torch.isfinite(ref).all()
     torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)

@@ -56,7 +56,8 @@ def diffusion_step(x, out, coefficients, prediction="eps", clip=False, guidance=
         scalars = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # unused by the kernel: it reads the rows
     else:
         if len(coefficients) not in (6, 7):
-            raise ValueError(f"coefficients must be {COEFFICIENTS[:6]} or {COEFFICIENTS}, got {len(coefficients)} values")
+            raise ValueError(f"coefficients must be {COEFFICIENTS[:6]} or {COEFFICIENTS}, "
+                             f"got {len(coefficients)} values")
         scalars = [float(c) for c in coefficients] + [0.0] * (7 - len(coefficients))
         if scalars[6] != 0 and aux is None:
             raise ValueError("c_aux (coefficients[6]) is nonzero: pass aux=")

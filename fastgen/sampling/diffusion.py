@@ -292,8 +292,9 @@ def _ddpm_ddim(call, sampler, steps, betas, eta, variance, prediction, clip, thr
             if sampler == "pc_vp" and i + 1 < len(plan):
                 s0, s1 = plan[i + 1][1][:2]                   # sqrt(abar), sqrt(1 - abar) of the next level
                 for _ in range(corrector_steps):
-                    x = langevin_corrector_step(x, call(x, t_tensors[i + 1]), s0, s1, prediction, snr, guidance=guidance,
-                                                backend=backend, **noise.draw())
+                    out = call(x, t_tensors[i + 1])
+                    x = langevin_corrector_step(x, out, s0, s1, prediction, snr, guidance=guidance, backend=backend,
+                                                **noise.draw())
             if progress is not None:
                 progress(i, x)
         return x
