@@ -17,6 +17,7 @@ Floors (H100 measured ceilings: 2.99 TB/s copy, ~796 TFLOP/s bf16 dense):
 """
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -403,31 +404,90 @@ def wavenet_rows(device, quick=False, progress=print):
 
 
 def diffusion_rows(device, quick=False, progress=print):
-    """One DDPM ancestral step at batch 64, 3x64x64 fp32: the fused kernel (explicit noise and
-    in-kernel Philox) against the same step in eager PyTorch (the reference) and under
-    torch.compile.  Floor: ~4 x 3.1 MB read + 3.1 MB written -> ~5 us at 2.99 TB/s.
-    Anchors (H100): eager 325-378 us, torch.compile 624 us, diffusers DDPMScheduler.step 895 us.
+    """One step of every diffusion sampler at batch 64, 3x64x64 fp32: fastgen's fused step
+    (explicit noise; also in-kernel Philox where the step is stochastic) against the same update
+    written in eager PyTorch as a user would (DDPM: the reference op) and, on a GPU, that code
+    under torch.compile.  Then the end-to-end DDIM loop (``diffusion_loop_rows``).
+    Floors (memory bound): every tensor read or written once, 3.1 MB each -> 1.05 us per tensor
+    at 2.99 TB/s: DDPM/DDIM/Langevin/SGLD/VE predictor (x, out, z, y) ~4.2 us; Euler/pf-ODE 3
+    tensors; Heun's correction and DPM-Solver++(2M) (x, out, aux, y, kept) ~5.3 us; the
+    corrector reads out and z twice (norms, then the update) ~6.3 us.
+    Anchors (H100, DDPM): eager 325-378 us, torch.compile 624 us, diffusers DDPMScheduler.step 895 us.
+    On a CPU fastgen runs its reference path: a check of the runner, never a speed claim.
     """
     from fastgen.ops import reference
     from fastgen.ops.diffusion import diffusion_step
-    from fastgen.sampling.diffusion import ddpm_coefficients
+    from fastgen.sampling import diffusion as d
 
     device = torch.device(device)
     shape = (64, 3, 64, 64) if not quick else (4, 3, 8, 8)
     g = torch.Generator().manual_seed(0)
-    x, out, noise = (torch.randn(shape, generator=g).to(device) for _ in range(3))
-    coefficients = ddpm_coefficients(0.4, 0.7)
-    impls = {"eager_pytorch": lambda: reference.diffusion_step(x, out, noise, coefficients)}
-    if device.type == "cuda":
-        impls["fastgen"] = lambda: diffusion_step(x, out, coefficients, noise=noise)
-        impls["fastgen_philox"] = lambda: diffusion_step(x, out, coefficients, seed=1)
-        compiled = _compiled(lambda x, out, noise: reference.diffusion_step(x, out, noise, coefficients))
-        if compiled is not None:
-            impls["torch_compile"] = lambda: compiled(x, out, noise)
-    rows = run_cases([Case(f"ddpm_step_B{shape[0]}_{shape[1]}x{shape[2]}x{shape[3]}_fp32", impls)], device)
+    x, out, noise, aux = (torch.randn(shape, generator=g).to(device) for _ in range(4))
+    tensor_ms = x.numel() * 4 / 2.99e12 * 1e3
+    root = math.sqrt
+    a, a_prev, eta, s, s_next, step, snr = 0.4, 0.7, 0.5, 2.0, 1.5, 0.01, 0.16
+    ddpm = d.ddpm_coefficients(a, a_prev)
+    ddim = d.ddim_coefficients(a, a_prev, eta)
+    dpm, _ = d.dpmpp2m_coefficients(a, a_prev, 0.3)
+    ve = d.ve_predictor_coefficients(s, s_next)
+    norm = lambda v: v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1))
+
+    def eager_dpmpp2m(x, out, previous_x0):
+        lam = lambda a: 0.5 * math.log(a / (1 - a))
+        h, h_previous = lam(a_prev) - lam(a), 0.3
+        x0 = (x - root(1 - a) * out) / root(a)
+        r = h_previous / h
+        D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous_x0
+        return root((1 - a_prev) / (1 - a)) * x - root(a_prev) * math.expm1(-h) * D, x0
+
+    def eager_corrector(x, score, z):
+        e = 2 * (snr * norm(z) / norm(score)) ** 2
+        return x + e * score + (2 * e).sqrt() * z
+
+    # sampler -> (fused step, in-kernel Philox variant or None, eager update f(x, out, noise, aux), floor tensors)
+    steps = {
+        "ddpm": (lambda: diffusion_step(x, out, ddpm, noise=noise), lambda: diffusion_step(x, out, ddpm, seed=1),
+                 lambda x, out, noise, aux: reference.diffusion_step(x, out, noise, ddpm), 4),
+        "ddim_eta": (lambda: diffusion_step(x, out, ddim, noise=noise), lambda: diffusion_step(x, out, ddim, seed=1),
+                     lambda x, out, noise, aux: root(a_prev) * (x - root(1 - a) * out) / root(a)
+                     + ddim[3] * out + ddim[5] * noise, 4),
+        "euler": (lambda: diffusion_step(x, out, d.euler_coefficients(s, s_next), "x0"), None,
+                  lambda x, out, noise, aux: x + (s_next - s) * (x - out) / s, 3),
+        "heun_correction": (lambda: diffusion_step(x, out, d.heun_correction_coefficients(s, s_next), "x0", aux=aux),
+                            None,   # eager: x_prev + h (d + (x' - D') / s') / 2 with x_prev = noise, d = aux
+                            lambda x, out, noise, aux: noise + (s_next - s) * (aux + (x - out) / s_next) / 2, 5),
+        "dpmpp2m": (lambda: diffusion_step(x, out, dpm, aux=aux, keep=(1.0, 0.0)), None,
+                    lambda x, out, noise, aux: eager_dpmpp2m(x, out, aux), 5),
+        "langevin_sgld": (lambda: diffusion_step(x, out, d.langevin_coefficients(step), "score", noise=noise),
+                          lambda: diffusion_step(x, out, d.langevin_coefficients(step), "score", seed=1),
+                          lambda x, out, noise, aux: x + step / 2 * out + root(step) * noise, 4),
+        "pc_ve_predictor": (lambda: diffusion_step(x, out, ve, "score", noise=noise),
+                            lambda: diffusion_step(x, out, ve, "score", seed=1),
+                            lambda x, out, noise, aux: x + (s ** 2 - s_next ** 2) * out
+                            + root(s ** 2 - s_next ** 2) * noise, 4),
+        "pc_corrector": (lambda: d.langevin_corrector_step(x, out, 1.0, s, "score", snr, noise=noise),
+                         lambda: d.langevin_corrector_step(x, out, 1.0, s, "score", snr, seed=1),
+                         lambda x, out, noise, aux: eager_corrector(x, out, noise), 6),
+        "pf_ode": (lambda: diffusion_step(x, out, d.pf_ode_coefficients(s, s_next), "score"), None,
+                   lambda x, out, noise, aux: x + (s_next - s) * (-s * out), 3),
+    }
+    cases = []
+    for sampler, (fused, philox, eager, tensors) in steps.items():
+        impls = {"fastgen": fused, "eager_pytorch": (lambda eager=eager: eager(x, out, noise, aux))}
+        if device.type == "cuda":
+            if philox is not None:
+                impls["fastgen_philox"] = philox
+            compiled = _compiled(eager)
+            if compiled is not None:
+                impls["torch_compile"] = lambda compiled=compiled: compiled(x, out, noise, aux)
+        cases.append(Case(f"{sampler}_step_B{shape[0]}_{shape[1]}x{shape[2]}x{shape[3]}_fp32", impls,
+                          floor_ms=tensors * tensor_ms))
+    rows = run_cases(cases, device)
     if progress:
         for row in rows:
-            progress(f"{row['case']}: " + "  ".join(f"{k} {v * 1e3:.1f} us" for k, v in row["ms"].items() if v))
+            ratio = row["speedup_vs_best"]
+            progress(f"{row['case']}: " + "  ".join(f"{k} {v * 1e3:.1f} us" for k, v in row["ms"].items() if v)
+                     + (f"  (best alternative {row['best_alternative']} / fastgen = {ratio:.2f}x)" if ratio else ""))
     return rows + diffusion_loop_rows(device, quick, progress)
 
 

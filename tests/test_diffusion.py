@@ -115,7 +115,7 @@ def test_errors():
     with pytest.raises(ValueError, match="needs both cond and uncond"):
         diffusion.sample(den, (2, 3), "ddim", 10, guidance=1.0, cond=torch.ones(2), device="cpu")
     with pytest.raises(ValueError, match="prediction must be one of"):
-        diffusion_step(torch.zeros(2), torch.zeros(2), (1, 1, 1, 0, 0, 0), prediction="score")
+        diffusion_step(torch.zeros(2), torch.zeros(2), (1, 1, 1, 0, 0, 0), prediction="epsilon")
     with pytest.raises(ValueError, match="pass noise= or seed="):
         diffusion_step(torch.zeros(2), torch.zeros(2), (1, 1, 1, 0, 0, 0.5))
 

@@ -130,6 +130,56 @@ def test_diffusion_fused_step_and_cuda_graph_loop_on_gpu():
     torch.testing.assert_close(graphed, eager)
 
 
+@pytest.mark.parametrize("name", ["heun", "dpmpp2m", "langevin", "pc_ve_predictor", "pf_ode", "pc_vp_corrector",
+                                  "pc_ve_corrector_philox"])
+def test_diffusion_new_fused_steps_compiled_on_gpu(name):
+    from fastgen.ops.diffusion import diffusion_step, score_noise_norms
+    from fastgen.sampling import diffusion
+    g = torch.Generator().manual_seed(0)
+    x, out, noise, aux = (torch.randn(64, 3, 64, 64, generator=g).cuda() for _ in range(4))
+    if name.endswith("corrector") or name.endswith("philox"):
+        kw = dict(noise=noise) if not name.endswith("philox") else dict(seed=5, offset=123)
+        s0, s1, prediction = (1.0, 2.0, "score") if "ve" in name else (0.6, 0.8, "eps")
+        got = diffusion.langevin_corrector_step(x, out, s0, s1, prediction, 0.16, **kw)
+        if "philox" in name:      # the reference gets the very z the kernel draws (y = z)
+            noise = diffusion_step(torch.zeros_like(x), out, (1, 1, 0, 0, 0, 1.0), "x0", seed=5, offset=123)
+            torch.testing.assert_close(score_noise_norms(out, seed=5, offset=123)[:, 1], noise.flatten(1).norm(dim=1),
+                                       rtol=1e-5, atol=1e-5)
+        expected = diffusion.langevin_corrector_step(x, out, s0, s1, prediction, 0.16, noise=noise,
+                                                     backend="reference")
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        return
+    coefficients, kw = {
+        "heun": (diffusion.heun_correction_coefficients(2.0, 1.0), dict(prediction="x0", aux=aux, keep=(1.0, 0.5))),
+        "dpmpp2m": (diffusion.dpmpp2m_coefficients(0.3, 0.5, 0.2)[0], dict(prediction="v", aux=aux, keep=(1.0, 0.0),
+                                                                           clip=True)),
+        "langevin": (diffusion.langevin_coefficients(0.01, 0.5), dict(prediction="score", noise=noise)),
+        "pc_ve_predictor": (diffusion.ve_predictor_coefficients(3.0, 2.0), dict(prediction="score", noise=noise)),
+        "pf_ode": (diffusion.pf_ode_coefficients(3.0, 2.0), dict(prediction="score")),
+    }[name]
+    got = diffusion_step(x, out, coefficients, **kw)
+    expected = diffusion_step(x, out, coefficients, backend="reference", **kw)
+    for a, b in zip(got if isinstance(got, tuple) else [got], expected if isinstance(expected, tuple) else [expected]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp2m", "pc_ve", "pc_vp", "sgld"])
+def test_diffusion_cuda_graph_loop_beyond_ddim_on_gpu(sampler):
+    from fastgen.sampling import diffusion
+    if sampler == "pc_ve":
+        den = lambda x, s: -x / (0.25 + s.view(-1, 1, 1, 1) ** 2)
+    elif sampler == "sgld":
+        den = lambda x: -x / 0.25
+    else:
+        den = lambda x, t: 0.1 * x
+    eager = diffusion.sample(den, (8, 3, 16, 16), sampler, 6, seed=3)
+    graphed = diffusion.sample(den, (8, 3, 16, 16), sampler, 6, seed=3, cuda_graph=True)
+    replayed = diffusion.sample(den, (8, 3, 16, 16), sampler, 6, seed=3, cuda_graph=True)
+    assert torch.isfinite(eager).all()
+    torch.testing.assert_close(graphed, eager)
+    torch.testing.assert_close(replayed, eager)
+
+
 def test_gated_pixelcnn_cuda_graph_sampling_matches_eager_on_gpu():
     torch.manual_seed(0)
     model = GatedPixelCNN((1, 8, 8), levels=64, channels=32, layers=3, num_classes=4).cuda().eval()

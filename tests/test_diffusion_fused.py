@@ -1,0 +1,337 @@
+"""Every sampler's fused step: Triton (interpreter) against the reference with the same noise,
+the reference against the textbook update written out here, whole loops backend against
+backend, in-kernel Philox noise (reproducible, consistent between the corrector's norms and
+its update), CUDA-graph-free checks of the new arguments' errors."""
+import math
+
+import pytest
+import torch
+
+from fastgen.ops import reference
+from fastgen.ops.diffusion import diffusion_step, score_noise_norms
+from fastgen.sampling import diffusion
+
+MU, STD = 0.3, 0.5
+SHAPE = (3, 2, 5, 7)
+
+
+def _randn(g, *shape):
+    return torch.randn(*shape, generator=g)
+
+
+def _both_backends(*args, **kw):
+    """The step on the Triton backend (interpreter) and on the reference, checked equal -> reference."""
+    got = diffusion_step(*args, backend="triton", **kw)
+    expected = diffusion_step(*args, backend="reference", **kw)
+    for a, b in zip(got if isinstance(got, tuple) else [got], expected if isinstance(expected, tuple) else [expected]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    return expected
+
+
+# --- one step of each sampler: fused == reference == textbook --------------------------------
+
+def test_ddpm_step_is_the_posterior_sample():
+    g = torch.Generator().manual_seed(0)
+    x, eps, z = _randn(g, *SHAPE), _randn(g, *SHAPE), _randn(g, *SHAPE)
+    a, a_prev = 0.4, 0.7
+    y = _both_backends(x, eps, diffusion.ddpm_coefficients(a, a_prev, "small"), noise=z)
+    beta = 1 - a / a_prev
+    x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+    mean = math.sqrt(a_prev) * beta / (1 - a) * x0 + math.sqrt(1 - beta) * (1 - a_prev) / (1 - a) * x
+    torch.testing.assert_close(y, mean + math.sqrt(beta * (1 - a_prev) / (1 - a)) * z, rtol=1e-5, atol=1e-5)
+    y_large = _both_backends(x, eps, diffusion.ddpm_coefficients(a, a_prev, "large"), noise=z)
+    torch.testing.assert_close(y_large, mean + math.sqrt(beta) * z, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_step_with_eta():
+    g = torch.Generator().manual_seed(1)
+    x, eps, z = _randn(g, *SHAPE), _randn(g, *SHAPE), _randn(g, *SHAPE)
+    a, a_prev, eta = 0.3, 0.6, 0.7
+    y = _both_backends(x, eps, diffusion.ddim_coefficients(a, a_prev, eta), noise=z)
+    s = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+    x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+    expected = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - s ** 2) * eps + s * z
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_euler_and_heun_steps(guided):
+    g = torch.Generator().manual_seed(2)
+    s, s_next, w = 2.0, 1.3, 1.5
+    x = _randn(g, *SHAPE) * s
+    denoised, denoised_next = _randn(g, 2 * SHAPE[0], *SHAPE[1:]), _randn(g, 2 * SHAPE[0], *SHAPE[1:])
+    if not guided:
+        denoised, denoised_next = denoised[:SHAPE[0]], denoised_next[:SHAPE[0]]
+    guide = lambda d: (1 + w) * d[:SHAPE[0]] - w * d[SHAPE[0]:] if guided else d
+    kw = dict(guidance=w if guided else None)
+    euler = _both_backends(x, denoised, diffusion.euler_coefficients(s, s_next), "x0", **kw)
+    d = (x - guide(denoised)) / s
+    torch.testing.assert_close(euler, x + (s_next - s) * d, rtol=1e-5, atol=1e-5)
+    # Heun: the first stage also keeps x + (h/2) d; the correction reads it as aux
+    x_next, half = _both_backends(x, denoised, diffusion.euler_coefficients(s, s_next), "x0",
+                                  keep=diffusion.heun_keep(s, s_next), **kw)
+    torch.testing.assert_close(x_next, euler)
+    heun = _both_backends(x_next, denoised_next, diffusion.heun_correction_coefficients(s, s_next), "x0", aux=half,
+                          **kw)
+    d_next = (x_next - guide(denoised_next)) / s_next
+    torch.testing.assert_close(heun, x + (s_next - s) * (d + d_next) / 2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_dpmpp2m_steps_keep_x0_and_use_the_previous_one(prediction):
+    g = torch.Generator().manual_seed(3)
+    x, out1, out2 = _randn(g, *SHAPE), _randn(g, *SHAPE), _randn(g, *SHAPE)
+    a0, a1, a2 = 0.2, 0.45, 0.8                      # abar along three successive steps
+
+    def x0_of(x, out, a):
+        return (x - math.sqrt(1 - a) * out) / math.sqrt(a) if prediction == "eps" else \
+            math.sqrt(a) * x - math.sqrt(1 - a) * out
+
+    lam = lambda a: math.log(math.sqrt(a) / math.sqrt(1 - a))
+    coefficients, h = diffusion.dpmpp2m_coefficients(a0, a1)
+    x1, kept = _both_backends(x, out1, coefficients, prediction, keep=(1.0, 0.0))
+    first_x0 = x0_of(x, out1, a0)
+    torch.testing.assert_close(kept, first_x0, rtol=1e-5, atol=1e-5)
+    h1 = lam(a1) - lam(a0)
+    expected1 = math.sqrt(1 - a1) / math.sqrt(1 - a0) * x - math.sqrt(a1) * (math.exp(-h1) - 1) * first_x0
+    torch.testing.assert_close(x1, expected1, rtol=1e-5, atol=1e-5)
+    coefficients, _ = diffusion.dpmpp2m_coefficients(a1, a2, h)
+    x2, _ = _both_backends(x1, out2, coefficients, prediction, aux=kept, keep=(1.0, 0.0))
+    h2 = lam(a2) - lam(a1)
+    r = h1 / h2
+    D = (1 + 1 / (2 * r)) * x0_of(x1, out2, a1) - 1 / (2 * r) * first_x0
+    expected2 = math.sqrt(1 - a2) / math.sqrt(1 - a1) * x1 - math.sqrt(a2) * (math.exp(-h2) - 1) * D
+    torch.testing.assert_close(x2, expected2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.05])
+def test_langevin_and_sgld_step(sigma):
+    g = torch.Generator().manual_seed(4)
+    x, score, z = _randn(g, *SHAPE), _randn(g, *SHAPE) / sigma, _randn(g, *SHAPE)
+    a = 0.02
+    y = _both_backends(x, score, diffusion.langevin_coefficients(a, sigma), "score", noise=z)
+    torch.testing.assert_close(y, x + a / 2 * score + math.sqrt(a) * z, rtol=1e-5, atol=1e-5)
+
+
+def test_ve_predictor_and_probability_flow_steps():
+    g = torch.Generator().manual_seed(5)
+    s, s_next = 3.0, 2.2
+    x, z = _randn(g, *SHAPE) * s, _randn(g, *SHAPE)
+    score = -x / (STD ** 2 + s ** 2)
+    y = _both_backends(x, score, diffusion.ve_predictor_coefficients(s, s_next), "score", noise=z)
+    var = s ** 2 - s_next ** 2
+    torch.testing.assert_close(y, x + var * score + math.sqrt(var) * z, rtol=1e-5, atol=1e-5)
+    last = _both_backends(x, score, diffusion.ve_predictor_coefficients(s, 0.0), "score")    # no noise onto 0
+    torch.testing.assert_close(last, x + s ** 2 * score, rtol=1e-5, atol=1e-5)
+    ode = _both_backends(x, score, diffusion.pf_ode_coefficients(s, s_next), "score")
+    torch.testing.assert_close(ode, x + (s_next - s) * (-s * score), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ve", "vp", "vp-guided"])
+def test_langevin_corrector_step(kind):
+    """x + e score + sqrt(2e) z with e = 2 (snr ||z|| / ||score||)^2 per sample (Song et al. 2021)."""
+    g = torch.Generator().manual_seed(6)
+    x, z = _randn(g, *SHAPE), _randn(g, *SHAPE)
+    guided = kind == "vp-guided"
+    out = _randn(g, (2 if guided else 1) * SHAPE[0], *SHAPE[1:]) * torch.tensor([0.5, 1.0, 2.0] * (2 if guided else 1)
+                                                                                ).view(-1, 1, 1, 1)
+    snr, w = 0.16, 0.8
+    combined = (1 + w) * out[:SHAPE[0]] - w * out[SHAPE[0]:] if guided else out
+    if kind == "ve":
+        s0, s1, prediction, score = 1.0, 2.5, "score", combined
+    else:
+        s0, s1, prediction = math.sqrt(0.3), math.sqrt(0.7), "eps"
+        score = -combined / s1
+    kw = dict(noise=z, guidance=w if guided else None)
+    got = diffusion.langevin_corrector_step(x, out, s0, s1, prediction, snr, backend="triton", **kw)
+    expected = diffusion.langevin_corrector_step(x, out, s0, s1, prediction, snr, backend="reference", **kw)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    norm = lambda v: v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    e = 2 * (snr * norm(z) / norm(score)) ** 2
+    assert e.flatten().unique().numel() == SHAPE[0]                  # a different step size per sample
+    torch.testing.assert_close(expected, x + e * score + (2 * e).sqrt() * z, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_score_noise_norms_match_reference_and_the_step_philox_noise(guided):
+    g = torch.Generator().manual_seed(7)
+    batch, size = 3, (2, 37, 29)                     # 2146 elements per sample: 3 blocks of 1024
+    out, z = _randn(g, (2 if guided else 1) * batch, *size), _randn(g, batch, *size)
+    w = 1.25 if guided else None
+    torch.testing.assert_close(score_noise_norms(out, z, guidance=w, backend="triton"),
+                               score_noise_norms(out, z, guidance=w, backend="reference"), rtol=1e-5, atol=1e-5)
+    # In Philox mode the norms see exactly the z the step adds at the same (seed, offset).
+    x = torch.zeros(batch, *size)
+    norms = score_noise_norms(out, seed=11, offset=5000, guidance=w, backend="triton")
+    drawn = diffusion_step(x, torch.zeros(batch, *size), (1.0, 1.0, 0.0, 0.0, 0.0, 1.0), "x0", seed=11, offset=5000,
+                           backend="triton")                                  # y = z
+    torch.testing.assert_close(norms[:, 1], drawn.flatten(1).norm(dim=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norms[:, 0], reference.score_noise_norms(out, drawn, w)[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_per_sample_coefficients_match_the_scalar_step_row_by_row():
+    g = torch.Generator().manual_seed(8)
+    x, out, z, aux = (_randn(g, *SHAPE) for _ in range(4))
+    rows = [diffusion.ddpm_coefficients(0.4, 0.7) + (0.3,), diffusion.ddim_coefficients(0.2, 0.5, 1.0) + (-1.0,),
+            (1.0, 2.0, 0.5, -0.25, 1.0, 0.1, 0.0)]
+    table = torch.tensor(rows, dtype=torch.float32)
+    y = _both_backends(x, out, table, "eps", clip=True, noise=z, aux=aux)
+    for b, row in enumerate(rows):
+        one = diffusion_step(x[b:b + 1], out[b:b + 1], row, "eps", clip=True, noise=z[b:b + 1], aux=aux[b:b + 1],
+                             backend="reference")
+        torch.testing.assert_close(y[b:b + 1], one, rtol=1e-5, atol=1e-5)
+
+
+def test_score_prediction_is_tweedie():
+    """x0 = (x + s1^2 score) / s0 (and eps = -s1 score) for x = s0 x0 + s1 eps."""
+    g = torch.Generator().manual_seed(9)
+    x, score = _randn(g, *SHAPE), _randn(g, *SHAPE)
+    s0, s1 = 0.6, 0.8
+    x0 = _both_backends(x, score, (s0, s1, 1.0, 0.0, 0.0, 0.0), "score")
+    torch.testing.assert_close(x0, (x + s1 ** 2 * score) / s0, rtol=1e-5, atol=1e-5)
+    eps = _both_backends(x, score, (s0, s1, 0.0, 1.0, 0.0, 0.0), "score")
+    torch.testing.assert_close(eps, -s1 * score, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck():
+    g = torch.Generator().manual_seed(10)
+    x, out, aux = (_randn(g, 2, 3, 4) for _ in range(3))
+    table = torch.rand(2, 7, generator=g) + 0.5
+    torch.library.opcheck(torch.ops.fastgen.diffusion_step.default,
+                          (x, out, aux, [1.0, 1.0, 0.5, 0.1, 0.5, 0.3, 1.0], None, aux, [1.0, 0.5], "score", False,
+                           None, 0, 0, None, None))
+    torch.library.opcheck(torch.ops.fastgen.diffusion_step.default,
+                          (x, out, None, [0.0] * 7, table, None, None, "eps", True, None, 3, 7, None, None))
+    torch.library.opcheck(torch.ops.fastgen.score_noise_norms.default, (out, x, None, 0, 0))
+    torch.library.opcheck(torch.ops.fastgen.score_noise_norms.default, (torch.cat([out, out]), None, 2.0, 5, 0))
+
+
+# --- whole loops --------------------------------------------------------------------------------
+
+def _gaussian_denoiser(sampler, abar):
+    """The exact model of N(MU, STD^2) data for each sampler's protocol (any number of dims)."""
+    view = lambda t, x: t.view(-1, *[1] * (x.dim() - 1)).float()
+    if sampler in ("euler", "heun"):
+        return lambda x, s: MU + STD ** 2 / (STD ** 2 + view(s, x) ** 2) * (x - MU)          # E[x0 | x]
+    if sampler in ("langevin", "pc_ve", "pf_ode"):
+        return lambda x, s: -(x - MU) / (STD ** 2 + view(s, x) ** 2)                       # score
+    if sampler == "sgld":
+        return lambda x: -(x - MU) / STD ** 2
+
+    def eps(x, t):
+        a = view(abar[t], x)
+        return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * STD ** 2 + 1 - a)
+    return eps
+
+
+LOOPS = [("ddpm", 6, {}), ("ddpm", 6, dict(variance="large", clip=True)), ("ddim", 5, dict(eta=0.5)),
+         ("ddim", 5, dict(threshold=0.9)), ("euler", 5, {}), ("heun", 5, {}), ("dpmpp2m", 6, {}),
+         ("dpmpp2m", 6, dict(prediction="v")), ("langevin", 2, dict(sigmas=[1.0, 0.3, 0.1])),
+         ("pc_ve", 4, dict(corrector_steps=2)), ("pc_vp", 5, {}), ("pf_ode", 5, {}), ("sgld", 6, dict(step_size=0.05))]
+LOOP_IDS = ["ddpm", "ddpm-large-clip", "ddim-eta", "ddim-threshold", "euler", "heun", "dpmpp2m", "dpmpp2m-v",
+            "langevin", "pc-ve", "pc-vp", "pf-ode", "sgld"]
+
+
+def _loop_denoiser(sampler, kw):
+    abar = torch.cumprod(1 - diffusion.linear_betas(), 0)
+    den = _gaussian_denoiser(sampler, abar)
+    if kw.get("prediction") == "v":                  # v = sqrt(a) eps - sqrt(1 - a) x0
+        def v_model(x, t):
+            a = abar[t].view(-1, *[1] * (x.dim() - 1)).float()
+            e = den(x, t)
+            return a.sqrt() * e - (1 - a).sqrt() * (x - (1 - a).sqrt() * e) / a.sqrt()
+        return v_model
+    return den
+
+
+@pytest.mark.parametrize("sampler,steps,kw", LOOPS, ids=LOOP_IDS)
+def test_whole_loop_triton_equals_reference_with_a_generator(sampler, steps, kw):
+    den = _loop_denoiser(sampler, kw)
+    run = lambda backend: diffusion.sample(den, (3, 2, 4, 4), sampler, steps, device="cpu", backend=backend,
+                                           generator=torch.Generator().manual_seed(5), **kw)
+    fused, ref = run("triton"), run("reference")
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp2m", "pc_ve", "langevin"])
+def test_guided_loops_triton_equals_reference(sampler):
+    base = _loop_denoiser(sampler, {})
+    den = lambda x, t, c: base(x, t) + 0.1 * c.view(-1, 1, 1, 1)
+    kw = dict(guidance=1.5, cond=torch.ones(3), uncond=torch.zeros(3), device="cpu")
+    if sampler == "langevin":
+        kw["sigmas"] = [1.0, 0.3]
+    run = lambda backend: diffusion.sample(den, (3, 2, 4, 4), sampler, 3, generator=torch.Generator().manual_seed(6),
+                                           backend=backend, **kw)
+    torch.testing.assert_close(run("triton"), run("reference"), rtol=1e-4, atol=1e-4)
+
+
+STOCHASTIC = [("ddpm", 4, {}), ("ddim", 4, dict(eta=1.0)), ("langevin", 2, dict(sigmas=[1.0, 0.2])),
+              ("pc_ve", 3, {}), ("pc_vp", 4, {}), ("sgld", 4, {})]
+
+
+@pytest.mark.parametrize("sampler,steps,kw", STOCHASTIC, ids=[s for s, _, _ in STOCHASTIC])
+def test_philox_loops_reproducible_per_seed(sampler, steps, kw):
+    den = _loop_denoiser(sampler, kw)
+    run = lambda seed, generator=None: diffusion.sample(den, (2, 3, 4, 4), sampler, steps, seed=seed,
+                                                        generator=generator, device="cpu", backend="triton", **kw)
+    a, b = run(1), run(1)
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+    # the same x_T (one generator) with another seed: only the in-kernel step noise differs
+    c = run(1, torch.Generator().manual_seed(0))
+    d = run(2, torch.Generator().manual_seed(0))
+    assert not torch.allclose(c, d, atol=1e-3)
+
+
+def test_philox_pc_ve_reproduces_the_gaussian_moments():
+    """End to end with in-kernel noise in every predictor and corrector step (fresh offsets per
+    draw): the known-Gaussian moments hold.  (That the corrector's norms see the update's z is
+    checked by test_score_noise_norms_match_reference_and_the_step_philox_noise.)"""
+    den = _gaussian_denoiser("pc_ve", None)
+    x = diffusion.sample(den, (8, 512), "pc_ve", 40, seed=3, device="cpu", backend="triton")
+    assert abs(x.mean().item() - MU) < 4 * STD / math.sqrt(x.numel()) + 0.02
+    assert abs(x.std().item() - STD) < 0.05 * STD + 0.01, (x.mean().item(), x.std().item())
+
+
+def test_seed_alone_fixes_x_T():
+    den = _loop_denoiser("ddim", {})
+    a = diffusion.sample(den, (2, 3), "ddim", 3, seed=4, device="cpu", backend="triton")
+    b = diffusion.sample(den, (2, 3), "ddim", 3, generator=torch.Generator().manual_seed(4), device="cpu",
+                         backend="triton")
+    torch.testing.assert_close(a, b)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+def test_errors_for_the_new_arguments():
+    x, out = torch.zeros(2, 3), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"per-sample coefficients must be a float32 tensor \[2, 7\]"):
+        diffusion_step(x, out, torch.zeros(2, 6), noise=x)
+    with pytest.raises(ValueError, match="per-sample coefficients must be a float32"):
+        diffusion_step(x, out, torch.zeros(2, 7, dtype=torch.float64), noise=x)
+    with pytest.raises(ValueError, match="pass noise= or seed="):
+        diffusion_step(x, out, torch.zeros(2, 7))
+    with pytest.raises(ValueError, match=r"coefficients must be \('s0'"):
+        diffusion_step(x, out, (1.0, 1.0, 0.0))
+    with pytest.raises(ValueError, match=r"c_aux \(coefficients\[6\]\) is nonzero: pass aux="):
+        diffusion_step(x, out, (1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.5))
+    with pytest.raises(ValueError, match="aux must have the shape and device of x"):
+        diffusion_step(x, out, (1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.5), aux=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="noise must have the shape and device of x"):
+        diffusion_step(x, out, (1.0, 1.0, 0.0, 0.0, 1.0, 0.5), noise=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"keep must be \(k_x0, k_x\)"):
+        diffusion_step(x, out, (1.0, 1.0, 0.0, 0.0, 1.0, 0.0), keep=(1.0,))
+    with pytest.raises(ValueError, match="score_noise_norms needs noise= or seed="):
+        score_noise_norms(out)
+    with pytest.raises(ValueError, match=r"noise must have shape \(2, 3\)"):
+        score_noise_norms(out, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="even batch"):
+        score_noise_norms(torch.zeros(3, 3), torch.zeros(1, 3), guidance=1.0)
+    with pytest.raises(ValueError, match="reference backend needs an explicit noise tensor"):
+        score_noise_norms(out, seed=1, backend="reference")
+    with pytest.raises(ValueError, match="reference backend needs an explicit noise tensor"):
+        diffusion.sample(lambda x: -x, (2, 3), "sgld", 2, seed=1, device="cpu", backend="reference")
+    with pytest.raises(ValueError, match="guidance is not supported by the 'sgld' sampler"):
+        diffusion.sample(lambda x: -x, (2, 3), "sgld", 2, guidance=1.0, device="cpu")
+    with pytest.raises(ValueError, match="'pc_vp' corrector needs prediction='eps'"):
+        diffusion.sample(lambda x, t: x, (2, 3), "pc_vp", 2, prediction="x0", device="cpu")
