@@ -330,12 +330,12 @@ class _LayerCache:
 
     def _ul_first(self, ul0, i, j):
         """ul0 = down_shift(ul_init_up(image)) + right_shift(ul_init_left(image)) at (i, j)."""
-        value = torch.zeros_like(ul0.at(i, j, j + 1))
+        terms = []      # the shifts bring in zeros (not biases) on the first row and column
         if i > 0:
-            value = value + _conv_at(self.model.ul_init_up, self.image, i - 1, j, j + 1)
+            terms.append(_conv_at(self.model.ul_init_up, self.image, i - 1, j, j + 1))
         if j > 0:
-            value = value + _conv_at(self.model.ul_init_left, self.image, i, j - 1, j)
-        ul0.store(i, j, value)
+            terms.append(_conv_at(self.model.ul_init_left, self.image, i, j - 1, j))
+        ul0.store(i, j, sum(terms[1:], terms[0]) if terms else torch.zeros_like(ul0.at(i, j, j + 1)))
 
     def _resnet(self, res, x, aux, level, plan):
         """Plan GatedResnet ``res`` on map x, with the maps in ``aux`` (concatenated) as its aux
