@@ -54,22 +54,44 @@ def _check(model, n, known, known_mask, temperature, method):
             raise ValueError(f"known values must lie in [0, {model.levels})")
 
 
-_GRAPHS = {}   # captured fused sampling loops, one per configuration (see ``sample(cuda_graph=True)``)
+_GRAPHS = {}   # captured fast sampling loops, one per configuration (see ``sample(cuda_graph=True)``)
 
 
-def _fused_loop(cache, x, noise, temperature, H, W, progress=None):
+def _loop(model, cache, x, noise, temperature, cond=None, known=None, known_mask=None, progress=None):
+    """Draw x [n, C, H, W] in place, row by row, pixel by pixel, channel group by group.
+    cache None: the naive sampler (full recompute).  A cache with a fused ``step`` (and no
+    completion mask) draws a whole pixel in one launch."""
+    _, H, W = model.image_shape
+    fused = cache is not None and known is None and getattr(cache, "step_weights", None) is not None
     for r in range(H):
-        cache.begin_row(r)
+        if cache is not None:
+            cache.begin_row(r)
         for c in range(W):
-            x[:, :, r, c] = cache.step(r, c, noise[:, 0, r, c], temperature)
+            if fused:
+                x[:, :, r, c] = cache.step(r, c, noise[:, 0, r, c], temperature)
+                continue
+            for group in model.channel_groups:
+                if cache is not None:
+                    logits = cache.logits(r, c)                 # [n, levels, C]
+                else:
+                    logits = model(x, cond)[:, :, :, r, c]      # full recompute
+                scores = logits[:, :, group].float() / temperature + noise[:, group, r, c].transpose(1, 2)
+                x[:, group, r, c] = scores.argmax(dim=1)
+                if known is not None:
+                    keep = known_mask[:, group, r, c]
+                    x[:, group, r, c] = torch.where(keep, known[:, group, r, c], x[:, group, r, c])
+                if cache is not None:
+                    cache.write(r, c, x[:, :, r, c])
         if progress is not None:
             progress(r)
     return x
 
 
-def _graphed_fused_sample(model, n, cond, temperature, noise, device):
-    """Replay the whole fused sampling loop (every row's vertical pass and every pixel's step)
-    as one CUDA graph; captured on first use for this model state, batch, cond and temperature."""
+def _graphed_sample(model, n, cond, temperature, noise, device):
+    """Replay the whole fast sampling loop (every row's and every pixel's work) as one CUDA
+    graph; captured on first use for this model state, batch, cond and temperature.  Sound
+    because the loop has no host syncs and the caches never read a position of a buffer
+    before this run wrote it (so the previous replay's values are never seen)."""
     C, H, W = model.image_shape
     weights_version = tuple(p._version for p in model.parameters())     # retraining invalidates
     key = (id(model), weights_version, n, id(cond), temperature, str(device))
@@ -77,11 +99,11 @@ def _graphed_fused_sample(model, n, cond, temperature, noise, device):
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
         static_noise = noise.clone()
         cache = model.incremental(x, cond)
-        _fused_loop(cache, x, static_noise, temperature, H, W)   # warm up: compile, tune, allocate
+        _loop(model, cache, x, static_noise, temperature)   # warm up: compile, tune, allocate
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            _fused_loop(cache, x, static_noise, temperature, H, W)
+            _loop(model, cache, x, static_noise, temperature)
         _GRAPHS[key] = (graph, x, static_noise, model, cond)       # keep the ids alive
     graph, x, static_noise = _GRAPHS[key][:3]
     static_noise.copy_(noise)
@@ -100,43 +122,23 @@ def sample(model, n, cond=None, method="fast", generator=None, temperature=1.0, 
     known, known_mask: image completion -- where ``known_mask`` is True the pixel is taken
     from ``known`` instead of sampled (e.g. the top half given, the bottom half sampled).
     progress: optional callable(row) called after each row.
-    cuda_graph: on a GPU, with a fused-step model and no completion mask, replay the whole
-    loop as one CUDA graph (captured on the first call for this model state, n, cond and
-    temperature; no host work per pixel).
+    cuda_graph: on a GPU, with method='fast' and no completion mask, replay the whole loop as
+    one CUDA graph (captured on the first call for this model state, n, cond and temperature;
+    no host work per pixel).  With a fused step that is ~2 launches per pixel; for models
+    without one (PixelCNN, PixelCNN++) the graph holds every op of every pixel -- hundreds of
+    thousands of nodes for PixelCNN++ at 32x32, so the capture takes long and host memory.
     """
     _check(model, n, known, known_mask, temperature, method)
     C, H, W = model.image_shape
     device = next(model.parameters()).device
     noise = gumbel_noise((n, C, H, W, model.levels), generator).to(device)
+    if method == "fast" and cuda_graph and known is None and device.type == "cuda":
+        return _graphed_sample(model, n, cond, temperature, noise, device)
     x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
     if known is not None:
         known, known_mask = known.to(device), known_mask.to(device)
     cache = model.incremental(x, cond) if method == "fast" else None
-    # A cache with a fused ``step`` draws a whole pixel in one launch (no completion masks).
-    fused = cache is not None and known is None and getattr(cache, "step_weights", None) is not None
-    if fused and cuda_graph and device.type == "cuda":
-        return _graphed_fused_sample(model, n, cond, temperature, noise, device)
-    if fused:
-        return _fused_loop(cache, x, noise, temperature, H, W, progress)
-    for r in range(H):
-        if cache is not None:
-            cache.begin_row(r)
-        for c in range(W):
-            for group in model.channel_groups:
-                if cache is not None:
-                    logits = cache.logits(r, c)                 # [n, levels, C]
-                else:
-                    logits = model(x, cond)[:, :, :, r, c]      # full recompute
-                scores = logits[:, :, group].float() / temperature + noise[:, group, r, c].transpose(1, 2)
-                x[:, group, r, c] = scores.argmax(dim=1)
-                if known is not None:
-                    keep = known_mask[:, group, r, c]
-                    x[:, group, r, c] = torch.where(keep, known[:, group, r, c], x[:, group, r, c])
-                if cache is not None:
-                    cache.write(r, c, x[:, :, r, c])
-        if progress is not None:
-            progress(r)
-    return x
+    return _loop(model, cache, x, noise, temperature, cond, known, known_mask, progress)
 
 
 @torch.no_grad()
