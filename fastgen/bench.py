@@ -271,11 +271,22 @@ class _StopSampling(Exception):
     """Raised from the sampler's progress callback to stop it after some rows."""
 
 
-def _naive_rows_seconds(model, batch, rows, device):
-    """Wall-clock seconds of the naive sampler's first ``rows`` image rows (a fresh image)."""
+_CAPTURE_FAILED = False     # set once a CUDA-graph capture failed in this process
+
+
+def _naive_seconds_from_rows(model, batch, rows, device):
+    """The naive sampler's wall-clock seconds for a whole image, from its first ``rows`` >= 2
+    rows (a fresh image): the one-off setup (noise, buffers) and row 0 as measured, plus the
+    mean time of rows 1 .. rows-1 for each of the remaining H - 1 rows -- every naive step is
+    the same full forward, so every row costs the same."""
     from fastgen.sampling import sample
 
+    row_ends = []
+
     def stop(r):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        row_ends.append(time.perf_counter())
         if r + 1 == rows:
             raise _StopSampling
     start = time.perf_counter()
@@ -283,9 +294,8 @@ def _naive_rows_seconds(model, batch, rows, device):
         sample(model, batch, method="naive", generator=torch.Generator().manual_seed(1), progress=stop)
     except _StopSampling:
         pass
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    per_row = (row_ends[-1] - row_ends[0]) / (rows - 1)
+    return (row_ends[0] - start) + per_row * (model.image_shape[1] - 1)
 
 
 def _time_samplers(name, model, batch, device, progress, naive_rows=None):
@@ -297,8 +307,8 @@ def _time_samplers(name, model, batch, device, progress, naive_rows=None):
     times = {}
     for method in ("fast", "naive"):
         if method == "naive" and naive_rows:
-            _naive_rows_seconds(model, batch, 1, device)                        # warm-up
-            times["naive"] = _naive_rows_seconds(model, batch, naive_rows, device) * H / naive_rows
+            _naive_seconds_from_rows(model, batch, 2, device)                   # warm-up
+            times["naive"] = _naive_seconds_from_rows(model, batch, naive_rows, device)
             continue
         warm_mask = torch.ones(batch, C, H, W, dtype=torch.bool)
         warm_mask[:, :, 0, :2] = False                 # warm-up: draw two pixels, copy the rest
@@ -315,7 +325,8 @@ def _time_samplers(name, model, batch, device, progress, naive_rows=None):
     # The fast loop replayed as one CUDA graph.  Without a fused step the graph holds every op of
     # every pixel (PixelCNN++: hundreds of thousands of nodes): capture time is reported apart,
     # and a capture that fails (e.g. out of memory) is reported instead of a time.
-    if device.type == "cuda" and times["fast"] < 60:
+    global _CAPTURE_FAILED
+    if device.type == "cuda" and times["fast"] < 60 and not _CAPTURE_FAILED:
         try:
             start = time.perf_counter()
             sample(model, batch, method="fast", generator=torch.Generator().manual_seed(0), cuda_graph=True)
@@ -327,13 +338,15 @@ def _time_samplers(name, model, batch, device, progress, naive_rows=None):
             times["fast_cuda_graph"] = time.perf_counter() - start
         except Exception as error:    # noqa: BLE001 -- reported in the row, the run goes on
             extra["cuda_graph_error"] = f"{type(error).__name__}: {error}"[:300]
+            _CAPTURE_FAILED = True    # a failed capture can leave the stream unusable for more
     row = {"case": f"{name}_{C}x{H}x{W}_levels{model.levels}_B{batch}", "seconds": times,
            "speedup_fast_vs_naive": times["naive"] / min(v for k, v in times.items() if k.startswith("fast")),
            "images_per_s_fast": batch / min(v for k, v in times.items() if k.startswith("fast")),
            "images_per_s_naive": batch / times["naive"], **extra}
     if naive_rows:
         row["naive_seconds_are"] = (f"extrapolated: the naive sampler timed on rows 0..{naive_rows - 1} "
-                                    f"({naive_rows * W} of {H * W} pixels), x {H}/{naive_rows}")
+                                    f"({naive_rows * W} of {H * W} pixels): setup + row 0 as measured, "
+                                    f"then the mean of rows 1..{naive_rows - 1} for each later row")
     if progress:
         progress(f"{row['case']:<40} " + "  ".join(f"{k} {v:.3f} s" for k, v in times.items())
                  + f"  ({row['speedup_fast_vs_naive']:.1f}x; {row['images_per_s_fast']:.2f} images/s fast)"
@@ -349,7 +362,7 @@ class EagerQueueDraw:
     def __init__(self, model, batch, global_cond=None):
         from fastgen.models.wavenet import _QueueCache
         self.inner = _QueueCache(model, batch, global_cond)
-        self.period = max(max(d * (model.kernel_size - 1) for d in model.dilations), 256)
+        self.period = math.lcm(256, *(d * (model.kernel_size - 1) for d in model.dilations))
 
     def state(self):
         return self.inner.queues

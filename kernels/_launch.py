@@ -53,6 +53,7 @@ def launch(fn, grid, args, constexprs, out, num_warps=4, num_stages=3):
 
     args: the runtime arguments in signature order; constexprs: the constexpr arguments by
     name; out: the tensor the kernel writes (used once per key to check the direct launch)."""
+    grid = tuple(grid) + (1,) * (3 - len(grid))   # a CompiledKernel's launcher reads grid[0..2]
     if not enabled() or fn in _BROKEN:
         fn[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         return
@@ -73,6 +74,8 @@ def launch(fn, grid, args, constexprs, out, num_warps=4, num_stages=3):
         log.info("fastgen: direct launch of %s unavailable (%s); using Triton's launch", fn, error)
         same = False
     if same:
+        if len(_COMPILED) >= 4096:    # shapes that change every call: keep the cache bounded
+            _COMPILED.clear()
         _COMPILED[key] = compiled
     else:
         _BROKEN.add(fn)

@@ -311,6 +311,8 @@ def test_errors_for_the_new_arguments():
         diffusion_step(x, out, torch.zeros(2, 7, dtype=torch.float64), noise=x)
     with pytest.raises(ValueError, match="pass noise= or seed="):
         diffusion_step(x, out, torch.zeros(2, 7))
+    with pytest.raises(ValueError, match="learned_variance cannot be combined with per-sample"):
+        diffusion_step(x, torch.zeros(2, 6), torch.zeros(2, 7), noise=x, learned_variance=(-3.0, -2.0))
     with pytest.raises(ValueError, match=r"coefficients must be \('s0'"):
         diffusion_step(x, out, (1.0, 1.0, 0.0))
     with pytest.raises(ValueError, match=r"c_aux \(coefficients\[6\]\) is nonzero: pass aux="):

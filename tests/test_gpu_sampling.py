@@ -210,11 +210,12 @@ def test_pixelcnnpp_cuda_graph_sampling_matches_eager_on_gpu():
     from fastgen.sampling import sample
     torch.manual_seed(0)
     model = PixelCNNpp((3, 8, 8), levels=16, channels=16, nr_resnet=1, nr_mix=3).cuda().eval()
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         eager = sample(model, 4, method="fast", generator=torch.Generator().manual_seed(2))
         graphed = sample(model, 4, method="fast", generator=torch.Generator().manual_seed(2), cuda_graph=True)
         again = sample(model, 4, method="fast", generator=torch.Generator().manual_seed(2), cuda_graph=True)
     finally:
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
     assert torch.equal(eager, graphed) and torch.equal(graphed, again)

@@ -17,7 +17,7 @@ class FakeCompiled:
     def __getitem__(self, grid):
         def runner(*args):            # every argument, constexprs included, in signature order
             x, out, n, alpha = args
-            self.log.append(("direct", grid))
+            self.log.append(("direct", (grid[0], grid[1], grid[2])))   # as Triton's launcher reads it
             if self.broken == "raise":
                 raise TypeError("launcher takes other arguments")
             out.copy_(2 * x + alpha + (1 if self.broken == "wrong" else 0))
@@ -69,6 +69,14 @@ def test_anything_triton_specialises_on_is_a_new_key(direct):
     _call(fn, x.double(), torch.empty(8, dtype=torch.float64))
     _call(fn, x, torch.empty(8), grid=(5, 1, 1))
     assert [kind for kind, _ in fn.log] == ["jit", "direct"] * 6
+
+
+def test_a_grid_of_fewer_than_three_dimensions_is_padded(direct):
+    fn, x = FakeJIT(), torch.arange(8.0)
+    for _ in range(2):
+        _call(fn, x, torch.empty(8), grid=(4, 2))
+    assert fn.log == [("jit", (4, 2, 1)), ("direct", (4, 2, 1)), ("direct", (4, 2, 1))]
+    assert not _launch._BROKEN
 
 
 @pytest.mark.parametrize("broken", ["wrong", "raise"])

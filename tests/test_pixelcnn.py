@@ -280,8 +280,10 @@ def test_training_reduces_loss(make):
 
 
 @pytest.mark.parametrize("make", [lambda: GatedPixelCNN((1, 5, 5), levels=16, channels=16, layers=2, num_classes=3),
-                                  lambda: PixelCNN((3, 4, 4), levels=8, channels=12, num_classes=3)],
-                         ids=["gated", "pixelcnn"])
+                                  lambda: PixelCNN((3, 4, 4), levels=8, channels=12, num_classes=3),
+                                  lambda: PixelCNNpp((3, 4, 4), levels=8, channels=8, nr_resnet=1, nr_mix=2,
+                                                     num_classes=3)],
+                         ids=["gated", "pixelcnn", "pixelcnnpp"])
 def test_models_compute_and_sample_in_bfloat16(make):
     """A model moved to bf16 computes in bf16 (inputs scaled to its dtype) and both samplers
     run; on the CPU (reference convs) they still agree exactly."""

@@ -428,3 +428,17 @@ def test_wavenet_ops_opcheck():
     torch.library.opcheck(torch.ops.fastgen.wavenet_step.default,
                           (prev, torch.zeros(2, dtype=torch.long), cache.queue.clone(), *common, local[0], gumbel[0],
                            cache.scratch, 1, model.cycle, 3, 1.0))
+
+
+def test_kernel_size_4_stays_exact_past_the_block_period(monkeypatch):
+    """Spans d (K-1) = 3d are not powers of two: the cache's slot period must be a multiple of
+    every span (lcm), or queue slots go wrong after the first block of 256 samples."""
+    from fastgen.models.wavenet import _FusedQueueCache
+    model = _fused_model(4, False, spread=0.3)
+    draw = lambda **kw: model.generate(300, 1, generator=torch.Generator().manual_seed(1), return_codes=True, **kw)
+    naive = draw(method="naive")
+    assert torch.equal(draw(persistent=False), naive)
+    assert torch.equal(draw(persistent=True), naive)
+    monkeypatch.setattr(_FusedQueueCache, "blocks", True)     # the block (CUDA-graph) path, eagerly
+    assert torch.equal(draw(persistent=True), naive)
+    assert torch.equal(draw(persistent=False), naive)

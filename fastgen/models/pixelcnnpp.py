@@ -219,8 +219,8 @@ class _Map:
     ``data[:, :, i + 1, j + 1]``; ``writes`` ([h, w] counts, None unless a test asks) records
     how often each position was computed."""
 
-    def __init__(self, batch, channels, h, w, device):
-        self.data = torch.zeros(batch, channels, h + 1, w + 2, device=device)
+    def __init__(self, batch, channels, h, w, device, dtype=torch.float32):
+        self.data = torch.zeros(batch, channels, h + 1, w + 2, device=device, dtype=dtype)
         self.writes = None
 
     def at(self, i, j0, j1):
@@ -282,7 +282,7 @@ class _LayerCache:
         C, H, W = m.image_shape
         self.cond = m.embed_cond(cond, self.batch)
         self.maps = []
-        self.image = _Map(self.batch, C + 1, H, W, x.device)        # scaled pixels and the ones channel
+        self.image = _Map(self.batch, C + 1, H, W, x.device, model.dtype)        # scaled pixels and the ones channel
         self.image.data[:, C, 1:, 1:W + 1] = 1.0                     # (zero in the padding, as F.pad gives)
         self.level_values = torch.arange(m.levels, device=x.device).view(-1, 1, 1, 1, 1, 1)
         self.pixel, self.params = None, None      # the pixel whose network output ``params`` [B, P, 1, 1] is
@@ -315,7 +315,7 @@ class _LayerCache:
     def _new(self, level, channels=None):
         _, H, W = self.model.image_shape
         channels = channels or self.model.u_init.out_channels
-        new = _Map(self.batch, channels, H >> level, W >> level, self.device)
+        new = _Map(self.batch, channels, H >> level, W >> level, self.device, self.model.dtype)
         if self.track_writes:
             new.writes = torch.zeros(H >> level, W >> level, dtype=torch.long)
         self.maps.append(new)

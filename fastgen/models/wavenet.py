@@ -242,8 +242,9 @@ class _FusedQueueCache:
             torch.zeros(batch, 2 * R, device=device) for _ in spans]
         self.gterm = torch.stack(gterm).detach().float().contiguous()
         self.scratch = torch.empty(batch, self.weights[8].shape[0], device=device, dtype=dtype)
-        # the queues' slot pattern repeats every `period` steps (all spans are powers of two)
-        self.period = max(max(spans), 256)
+        # the queues' slot pattern repeats every `period` steps: a multiple of every span (with
+        # kernel 2 or 3 the spans are powers of two and this is max(spans, 256))
+        self.period = math.lcm(256, *spans)
         # (class attribute ``blocks``: tests set it to run the block path eagerly on the CPU)
 
     def state(self):

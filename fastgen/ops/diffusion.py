@@ -53,6 +53,8 @@ def diffusion_step(x, out, coefficients, prediction="eps", clip=False, guidance=
                 or coefficients.device != x.device:
             raise ValueError(f"per-sample coefficients must be a float32 tensor [{x.shape[0]}, 7] on {x.device}, got "
                              f"{coefficients.dtype} {tuple(coefficients.shape)} on {coefficients.device}")
+        if learned_variance is not None:   # the learned sigma would override a row's sigma = 0
+            raise ValueError("learned_variance cannot be combined with per-sample coefficients")
         scalars = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # unused by the kernel: it reads the rows
     else:
         if len(coefficients) not in (6, 7):

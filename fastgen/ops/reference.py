@@ -178,14 +178,19 @@ def _prediction_to_x0(x32, out, s0, s1, prediction):
     return (x32 + s1 * s1 * out) / s0
 
 
+def guided(out, w):
+    """Classifier-free guidance: out = [cond; uncond] on the batch -> (1 + w) cond - w uncond."""
+    cond, uncond = out.chunk(2)
+    return (1.0 + w) * cond - w * uncond
+
+
 def diffusion_x0(x, out, s0, s1, prediction="eps", guidance=None, learned_variance=False):
     """The x0 estimate a diffusion step starts from (after guidance), before any clipping."""
     out = out.float()
     if learned_variance:
         out = out.chunk(2, dim=1)[0]
     if guidance is not None:
-        cond, uncond = out.chunk(2)
-        out = (1.0 + guidance) * cond - guidance * uncond
+        out = guided(out, guidance)
     return _prediction_to_x0(x.float(), out, s0, s1, prediction)
 
 
@@ -216,8 +221,7 @@ def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, gu
     if learned_variance is not None:     # out = [prediction; v] along the channels (Improved DDPM)
         out, v = out.chunk(2, dim=1)
     if guidance is not None:
-        cond, uncond = out.chunk(2)
-        out = (1.0 + guidance) * cond - guidance * uncond
+        out = guided(out, guidance)
         v = v.chunk(2)[0] if v is not None else None
     if v is not None and (per_sample or sigma != 0):
         log_small, log_large = learned_variance
@@ -246,6 +250,5 @@ def score_noise_norms(out, noise, guidance=None):
     [cond; uncond] with ``guidance``) and z = noise [B, ...]."""
     out = out.float()
     if guidance is not None:
-        cond, uncond = out.chunk(2)
-        out = (1.0 + guidance) * cond - guidance * uncond
+        out = guided(out, guidance)
     return torch.stack([out.flatten(1).norm(dim=1), noise.float().flatten(1).norm(dim=1)], dim=1)

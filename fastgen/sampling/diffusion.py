@@ -144,7 +144,7 @@ def _call(denoiser, x, t, cond, uncond, guidance):
     return denoiser(xx, tt, both) if both is not None else denoiser(xx, tt)
 
 
-class _Noise:
+class _StepNoise:
     """Where each fused step's z comes from: the host ``generator`` (an explicit tensor per draw),
     or Philox in the kernel from (seed, offset) with a fresh offset per draw.  A loop makes a
     new one per run, so every run (and a CUDA-graph capture) draws the same offsets."""
@@ -279,7 +279,7 @@ def _ddpm_ddim(call, sampler, steps, betas, eta, variance, prediction, clip, thr
             log_variances[i] = (math.log(max(small, 1e-20)), math.log(beta))
 
     def loop(x):
-        noise = _Noise(shape, generator, seed, device)
+        noise = _StepNoise(shape, generator, seed, device)
         for i, ((t, coefficients), t_tensor) in enumerate(zip(plan, t_tensors)):
             out = call(x, t_tensor)
             channels = x.shape[1] * (2 if variance == "learned" else 1)
@@ -378,7 +378,7 @@ def _annealed_langevin(call, steps, sigmas, shape, generator, seed, device, back
     sig = [torch.full((shape[0],), s, device=device) for s in sigmas]
 
     def loop(x):
-        noise = _Noise(shape, generator, seed, device)
+        noise = _StepNoise(shape, generator, seed, device)
         for i, sigma in enumerate(sigmas):
             coefficients = langevin_coefficients(step_size * sigma ** 2 / sigmas[-1] ** 2, sigma)
             for _ in range(steps):
@@ -401,7 +401,7 @@ def _ve(call, sampler, steps, sigmas, snr, corrector_steps, shape, generator, se
     kw = dict(guidance=guidance, backend=backend)
 
     def loop(x):
-        noise = _Noise(shape, generator, seed, device)
+        noise = _StepNoise(shape, generator, seed, device)
         for i, s in enumerate(sigmas):
             s_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
             if sampler == "pf_ode":
@@ -425,7 +425,7 @@ def _sgld(score, steps, step_size, shape, generator, seed, device, backend, guid
     coefficients = langevin_coefficients(step_size)
 
     def loop(x):
-        noise = _Noise(shape, generator, seed, device)
+        noise = _StepNoise(shape, generator, seed, device)
         for i in range(steps):
             x = diffusion_step(x, score(x), coefficients, "score", backend=backend, **noise.draw())
             if progress is not None:
