@@ -33,13 +33,21 @@ def enabled():
             and os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
-def _key(fn, grid, args, constexprs, options):
+def _key(fn, grid, args, constexprs, options, unspecialized=()):
+    """What Triton specialises a launch on.  Floats: their type only (Triton never specialises
+    on a float's value: per-step coefficients share one key).  Ints named in ``unspecialized``
+    (declared ``do_not_specialize`` on the kernel): whether they fit in 32 bits, which picks
+    their type.  Every other int: its value."""
     parts = [fn, grid, options]
-    for a in args:
+    for name, a in zip(fn.arg_names, args):
         if isinstance(a, torch.Tensor):
             parts.append((a.dtype, a.device, a.data_ptr() % 16 == 0))
+        elif isinstance(a, float):
+            parts.append(float)
+        elif name in unspecialized:
+            parts.append((type(a), -2 ** 31 <= a < 2 ** 31))
         else:
-            parts.append((type(a), a))      # 1 and 1.0 (and True) specialise differently
+            parts.append((type(a), a))      # 1 and True specialise differently
     parts.append(tuple(sorted(constexprs.items())))
     return tuple(parts)
 
@@ -48,16 +56,17 @@ def _bytes(t):
     return t.detach().contiguous().view(-1).view(torch.uint8)
 
 
-def launch(fn, grid, args, constexprs, out, num_warps=4, num_stages=3):
+def launch(fn, grid, args, constexprs, out, num_warps=4, num_stages=3, unspecialized=()):
     """Launch JIT function ``fn`` (not an autotuner) on a concrete ``grid`` tuple.
 
     args: the runtime arguments in signature order; constexprs: the constexpr arguments by
-    name; out: the tensor the kernel writes (used once per key to check the direct launch)."""
+    name; out: a tensor the kernel writes (used once per key to check the direct launch);
+    unspecialized: names of int arguments the kernel declares ``do_not_specialize``."""
     grid = tuple(grid) + (1,) * (3 - len(grid))   # a CompiledKernel's launcher reads grid[0..2]
     if not enabled() or fn in _BROKEN:
         fn[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         return
-    key = _key(fn, grid, args, constexprs, (num_warps, num_stages))
+    key = _key(fn, grid, args, constexprs, (num_warps, num_stages), unspecialized)
     compiled = _COMPILED.get(key)
     if compiled is not None:
         compiled[grid](*_signature_order(fn, args, constexprs))

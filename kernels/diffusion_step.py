@@ -35,10 +35,12 @@ both kernels draw element i from Philox at (seed, offset + i).
 import triton
 import triton.language as tl
 
+from fastgen.kernels._launch import launch
+
 COEFFICIENTS = 7      # s0, s1, c_x0, c_eps, c_x, sigma, c_aux
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "offset"])   # new values every step: no recompiles
 def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, aux_ptr, coef_ptr, y_ptr, kept_ptr, scale_ptr,
                           N, uncond_offset, sample_size,
                           s0, s1, c_x0, c_eps, c_x, sigma, c_aux, k_x0, k_x, guidance, seed, offset,
@@ -95,7 +97,7 @@ def diffusion_step_kernel(x_ptr, out_ptr, noise_ptr, aux_ptr, coef_ptr, y_ptr, k
         tl.store(kept_ptr + idx, (k_x0 * x0 + k_x * x).to(kept_ptr.dtype.element_ty), mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "offset"])
 def score_noise_norms_kernel(out_ptr, noise_ptr, partial_ptr, uncond_offset, sample_size, guidance, seed, offset,
                              GUIDED: tl.constexpr, NOISE: tl.constexpr, BLOCK: tl.constexpr):
     """Program (b, j) writes partial_ptr[b, j] = (sum out^2, sum z^2) over block j of sample b."""
@@ -128,17 +130,18 @@ def diffusion_step(x, out, noise, y, coefficients, prediction, clip, guidance, s
     s0, s1, c_x0, c_eps, c_x, sigma, c_aux = (float(c) for c in coefficients)
     noise_mode = 0 if sigma == 0 and per_sample is None else (1 if noise is not None else 2)
     log_small, log_large = learned_variance or (0.0, 0.0)
-    diffusion_step_kernel[(triton.cdiv(n, block),)](
+    launch(diffusion_step_kernel, (triton.cdiv(n, block),), (
         x, out, noise if noise is not None else x, aux if aux is not None else x,
         per_sample if per_sample is not None else x, y, kept if kept is not None else y,
         threshold_scale if threshold_scale is not None else x,
         n, out.numel() // 2, n // x.shape[0],
         s0, s1, c_x0, c_eps, c_x, sigma, c_aux, float(keep[0]), float(keep[1]), float(guidance or 0.0), seed, offset,
-        float(log_small), float(log_large),
-        PREDICTION={"eps": 0, "x0": 1, "v": 2, "score": 3}[prediction], GUIDED=guidance is not None,
-        CLIP=2 if threshold_scale is not None else int(bool(clip)), NOISE=noise_mode,
-        LEARNED_VARIANCE=learned_variance is not None, PER_SAMPLE=per_sample is not None, AUX=aux is not None,
-        KEEP=kept is not None, BLOCK=block, num_warps=4)
+        float(log_small), float(log_large)),
+        dict(PREDICTION={"eps": 0, "x0": 1, "v": 2, "score": 3}[prediction], GUIDED=guidance is not None,
+             CLIP=2 if threshold_scale is not None else int(bool(clip)), NOISE=noise_mode,
+             LEARNED_VARIANCE=learned_variance is not None, PER_SAMPLE=per_sample is not None, AUX=aux is not None,
+             KEEP=kept is not None, BLOCK=block),
+        y, num_warps=4, unspecialized=("seed", "offset"))
     return y
 
 
@@ -153,7 +156,9 @@ def score_noise_norms(out, noise, partial, sample_size, guidance, seed=0, offset
     [B, ...] or None (Philox from seed, offset), partial [B, blocks, 2] float32 (``norms_blocks``)."""
     batch = partial.shape[0]
     block, blocks = norms_blocks(sample_size)
-    score_noise_norms_kernel[(batch, blocks)](
-        out, noise if noise is not None else out, partial, out.numel() // 2, sample_size, float(guidance or 0.0),
-        seed, offset, GUIDED=guidance is not None, NOISE=1 if noise is not None else 2, BLOCK=block, num_warps=4)
+    launch(score_noise_norms_kernel, (batch, blocks),
+           (out, noise if noise is not None else out, partial, out.numel() // 2, sample_size, float(guidance or 0.0),
+            seed, offset),
+           dict(GUIDED=guidance is not None, NOISE=1 if noise is not None else 2, BLOCK=block),
+           partial, num_warps=4, unspecialized=("seed", "offset"))
     return partial

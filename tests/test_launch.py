@@ -2,7 +2,8 @@
 
 On a GPU the real kernels go through it (``tests/test_gpu_conv.py``); here a fake kernel
 "out = 2 * x + ALPHA" checks the logic: which calls go direct, the bit-for-bit check of the
-first direct launch, and the fallback when that check fails.
+first direct launch, and the fallback when that check fails.  Its arguments: x, out, N (int),
+scale (float), offset (an int the kernel would declare ``do_not_specialize``), ALPHA (constexpr).
 """
 import pytest
 import torch
@@ -16,24 +17,24 @@ class FakeCompiled:
 
     def __getitem__(self, grid):
         def runner(*args):            # every argument, constexprs included, in signature order
-            x, out, n, alpha = args
+            x, out, n, scale, offset, alpha = args
             self.log.append(("direct", (grid[0], grid[1], grid[2])))   # as Triton's launcher reads it
             if self.broken == "raise":
                 raise TypeError("launcher takes other arguments")
-            out.copy_(2 * x + alpha + (1 if self.broken == "wrong" else 0))
+            out.copy_(2 * scale * x + alpha + (1 if self.broken == "wrong" else 0))
         return runner
 
 
 class FakeJIT:
-    arg_names = ["x_ptr", "out_ptr", "N", "ALPHA"]
+    arg_names = ["x_ptr", "out_ptr", "N", "scale", "offset", "ALPHA"]
 
     def __init__(self, broken=None):
         self.log, self.broken = [], broken
 
     def __getitem__(self, grid):
-        def run(x, out, n, ALPHA, num_warps, num_stages):
+        def run(x, out, n, scale, offset, ALPHA, num_warps, num_stages):
             self.log.append(("jit", grid))
-            out.copy_(2 * x + ALPHA)
+            out.copy_(2 * scale * x + ALPHA)
             return FakeCompiled(self.log, self.broken)
         return run
 
@@ -45,8 +46,8 @@ def direct(monkeypatch):
     monkeypatch.setattr(_launch, "_BROKEN", set())
 
 
-def _call(fn, x, out, alpha=3, grid=(4, 1, 1)):
-    _launch.launch(fn, grid, (x, out, x.numel()), dict(ALPHA=alpha), out)
+def _call(fn, x, out, alpha=3, grid=(4, 1, 1), scale=1.0, offset=0):
+    _launch.launch(fn, grid, (x, out, x.numel(), scale, offset), dict(ALPHA=alpha), out, unspecialized=("offset",))
     return out
 
 
@@ -69,6 +70,17 @@ def test_anything_triton_specialises_on_is_a_new_key(direct):
     _call(fn, x.double(), torch.empty(8, dtype=torch.float64))
     _call(fn, x, torch.empty(8), grid=(5, 1, 1))
     assert [kind for kind, _ in fn.log] == ["jit", "direct"] * 6
+
+
+def test_float_values_and_unspecialised_ints_share_a_key(direct):
+    """Triton compiles one kernel for every float value and every do_not_specialize int of the
+    same width: per-step coefficients and Philox offsets must not cost a check each step."""
+    fn, x = FakeJIT(), torch.arange(8.0)
+    for step in range(3):
+        out = _call(fn, x, torch.empty(8), scale=0.5 + step, offset=step * 1000)
+        assert torch.equal(out, 2 * (0.5 + step) * x + 3)
+    _call(fn, x, torch.empty(8), offset=2 ** 31)         # a 64-bit offset compiles differently
+    assert [kind for kind, _ in fn.log] == ["jit", "direct", "direct", "direct", "jit", "direct"]
 
 
 def test_a_grid_of_fewer_than_three_dimensions_is_padded(direct):
