@@ -19,6 +19,7 @@ x_out [B] (int64), e_row [B, W, CH].  Grey images (one channel), 3x3 kernels.
 import triton
 import triton.language as tl
 
+from fastgen.kernels._launch import launch
 from fastgen.kernels._tiles import gumbel_argmax_update, load_matrix, load_rows
 
 
@@ -36,7 +37,7 @@ def _pre_activation(prev, cur, v_a, v_b, wh, wl, bh, bl, cond, rows, row_ok, col
     return acc + load_rows(cond, rows, 2 * CH, cols, row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["c"])   # a new column every launch: no recompiles
 def gated_pixel_step_kernel(
     p_in, p_out, v_ptr, cond_ptr,
     wh_ptr, bh_ptr, wl_ptr, bl_ptr, wo_ptr, bo_ptr,
@@ -100,9 +101,10 @@ def gated_pixel_step(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, i
     HC = weights[6].shape[1]
     levels = weights[8].shape[1]
     grid = (triton.cdiv(B, block_b),)
-    gated_pixel_step_kernel[grid](
-        p_in, p_out, v, cond_h, *weights, gumbel, gumbel.stride(0), gumbel.stride(1), x_out, e_row,
-        B, L, c, W, levels, inv_temperature, scale,
-        CH=CH, HC=HC, LEVEL_BLOCK=max(16, min(128, triton.next_power_of_2(levels))), BLOCK_B=block_b,
-        PRECISION=precision, num_warps=4,
-    )
+    # Direct launch (kernels/_launch.py): idempotent -- it reads p_in and writes p_out, x_out, e_row.
+    launch(gated_pixel_step_kernel, grid,
+           (p_in, p_out, v, cond_h, *weights, gumbel, gumbel.stride(0), gumbel.stride(1), x_out, e_row,
+            B, L, c, W, levels, inv_temperature, scale),
+           dict(CH=CH, HC=HC, LEVEL_BLOCK=max(16, min(128, triton.next_power_of_2(levels))), BLOCK_B=block_b,
+                PRECISION=precision),
+           x_out, num_warps=4, unspecialized=("c",))
