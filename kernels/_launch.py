@@ -33,19 +33,33 @@ def enabled():
             and os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
+def _int_type(a):
+    """The type Triton gives an int argument it does not specialise: i32, u64 or i64 by range."""
+    return "i32" if -2 ** 31 <= a < 2 ** 31 else ("u64" if a >= 2 ** 63 else "i64")
+
+
+def _unspecialized(fn, declared):
+    """Names of the kernel's ``do_not_specialize`` arguments: read off the JIT function's
+    parameters where it has them (so they cannot drift from the decorator), else ``declared``."""
+    params = getattr(fn, "params", None)
+    if params is None:
+        return set(declared)
+    return {p.name for p in params if getattr(p, "do_not_specialize", False)}
+
+
 def _key(fn, grid, args, constexprs, options, unspecialized=()):
     """What Triton specialises a launch on.  Floats: their type only (Triton never specialises
-    on a float's value: per-step coefficients share one key).  Ints named in ``unspecialized``
-    (declared ``do_not_specialize`` on the kernel): whether they fit in 32 bits, which picks
-    their type.  Every other int: its value."""
+    on a float's value: per-step coefficients share one key).  Ints the kernel declares
+    ``do_not_specialize``: their type (i32/i64/u64 by range).  Every other int: its value."""
     parts = [fn, grid, options]
+    unspecialized = _unspecialized(fn, unspecialized)
     for name, a in zip(fn.arg_names, args):
         if isinstance(a, torch.Tensor):
             parts.append((a.dtype, a.device, a.data_ptr() % 16 == 0))
         elif isinstance(a, float):
             parts.append(float)
-        elif name in unspecialized:
-            parts.append((type(a), -2 ** 31 <= a < 2 ** 31))
+        elif name in unspecialized and type(a) is int:
+            parts.append(_int_type(a))
         else:
             parts.append((type(a), a))      # 1 and True specialise differently
     parts.append(tuple(sorted(constexprs.items())))

@@ -29,3 +29,18 @@ def test_progress_is_called_once_per_step_with_the_current_x():
     assert [i for i, _ in seen] == list(range(5))
     torch.testing.assert_close(seen[-1][1], out)
     assert not torch.equal(seen[0][1], seen[-1][1])
+
+
+def test_fused_step_under_autograd_refuses_backward_instead_of_dropping_the_gradient():
+    """Eager calls skip the custom-op dispatcher only when autograd is not recording for an
+    input; otherwise the registered op runs and backward says it has no formula."""
+    import pytest
+
+    from fastgen.ops.diffusion import diffusion_step
+    x = torch.randn(2, 3, requires_grad=True)
+    y = diffusion_step(x, torch.randn(2, 3), diffusion.ddim_coefficients(0.4, 0.7), backend="triton")
+    with pytest.raises(RuntimeError, match="autograd"):
+        y.sum().backward()
+    with torch.no_grad():
+        assert not diffusion_step(x, torch.randn(2, 3), diffusion.ddim_coefficients(0.4, 0.7),
+                                  backend="triton").requires_grad

@@ -219,3 +219,21 @@ def test_pixelcnnpp_cuda_graph_sampling_matches_eager_on_gpu():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
     assert torch.equal(eager, graphed) and torch.equal(graphed, again)
+
+
+def test_sampling_kernels_take_the_direct_launch():
+    """The diffusion step, its norms and the Gated PixelCNN step launch their compiled kernels
+    directly after the first call (kernels/_launch.py) -- and the first direct launch agreed."""
+    from fastgen.kernels import _launch
+    from fastgen.kernels.diffusion_step import diffusion_step_kernel, score_noise_norms_kernel
+    from fastgen.kernels.gated_pixel_step import gated_pixel_step_kernel
+    from fastgen.sampling import diffusion
+    torch.manual_seed(0)
+    x, out = torch.randn(4, 3, 16, 16, device="cuda"), torch.randn(4, 3, 16, 16, device="cuda")
+    for step in range(3):   # new coefficients and Philox offsets every step: one key
+        diffusion.langevin_corrector_step(x, out, 1.0, 2.0 + step, "score", 0.16, seed=3, offset=step * x.numel())
+    model = GatedPixelCNN((1, 6, 6), levels=16, channels=16, layers=2).cuda().eval()
+    sample(model, 2, method="fast", generator=torch.Generator().manual_seed(0))
+    for kernel in (diffusion_step_kernel, score_noise_norms_kernel, gated_pixel_step_kernel):
+        assert kernel not in _launch._BROKEN
+        assert any(key[0] is kernel for key in _launch._COMPILED), kernel

@@ -79,8 +79,24 @@ def test_float_values_and_unspecialised_ints_share_a_key(direct):
     for step in range(3):
         out = _call(fn, x, torch.empty(8), scale=0.5 + step, offset=step * 1000)
         assert torch.equal(out, 2 * (0.5 + step) * x + 3)
-    _call(fn, x, torch.empty(8), offset=2 ** 31)         # a 64-bit offset compiles differently
-    assert [kind for kind, _ in fn.log] == ["jit", "direct", "direct", "direct", "jit", "direct"]
+    _call(fn, x, torch.empty(8), offset=2 ** 31)         # a 64-bit offset compiles differently (i64)
+    _call(fn, x, torch.empty(8), offset=2 ** 62)
+    _call(fn, x, torch.empty(8), offset=2 ** 63)         # and u64 again differently
+    assert [kind for kind, _ in fn.log] == ["jit", "direct", "direct", "direct", "jit", "direct", "direct",
+                                            "jit", "direct"]
+
+
+def test_unspecialised_names_come_from_the_kernel_where_it_has_them():
+    class Param:
+        def __init__(self, name, dns):
+            self.name, self.do_not_specialize = name, dns
+
+    class WithParams(FakeJIT):
+        params = [Param("x_ptr", False), Param("out_ptr", False), Param("N", True), Param("scale", False),
+                  Param("offset", False), Param("ALPHA", False)]
+
+    assert _launch._unspecialized(WithParams(), ("offset",)) == {"N"}
+    assert _launch._unspecialized(FakeJIT(), ("offset",)) == {"offset"}
 
 
 def test_a_grid_of_fewer_than_three_dimensions_is_padded(direct):

@@ -96,8 +96,24 @@ def empty(*shape, dtype, device):
 
 
 def eager_or_registered(name, impl):
-    """``torch.ops.fastgen.<name>`` while torch.compile traces (it sees the registered op with
-    its fake kernel), else ``impl`` -- the same function without the custom-op dispatcher,
-    whose host cost (~0.15 ms per call on the H100 host we measured) would dominate a
-    sampling step whose kernel takes microseconds."""
-    return getattr(torch.ops.fastgen, name) if torch.compiler.is_compiling() else impl
+    """``impl`` -- the op's function without the custom-op dispatcher, whose host cost (~0.15 ms
+    per call on the H100 host we measured) would dominate a sampling step whose kernel takes
+    microseconds -- for plain eager calls; the registered ``torch.ops.fastgen.<name>`` while
+    torch.compile traces (it sees the op and its fake kernel) and whenever autograd is
+    recording for a tensor argument (the op then refuses backward loudly instead of the
+    gradient silently stopping)."""
+    op = getattr(torch.ops.fastgen, name)
+    if torch.compiler.is_compiling():
+        return op
+
+    def call(*args):
+        if torch.is_grad_enabled() and any(_requires_grad(a) for a in args):
+            return op(*args)
+        return impl(*args)
+    return call
+
+
+def _requires_grad(value):
+    if isinstance(value, (list, tuple)):
+        return any(_requires_grad(v) for v in value)
+    return isinstance(value, torch.Tensor) and value.requires_grad
