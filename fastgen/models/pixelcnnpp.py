@@ -282,8 +282,8 @@ class _LayerCache:
         C, H, W = m.image_shape
         self.cond = m.embed_cond(cond, self.batch)
         self.maps = []
-        self.image = _Map(self.batch, C + 1, H, W, x.device, model.dtype)        # scaled pixels and the ones channel
-        self.image.data[:, C, 1:, 1:W + 1] = 1.0                     # (zero in the padding, as F.pad gives)
+        self.image = _Map(self.batch, C + 1, H, W, x.device, model.dtype)   # scaled pixels, the ones channel
+        self.image.data[:, C, 1:, 1:W + 1] = 1.0                  # (zero in the padding, as F.pad gives)
         self.level_values = torch.arange(m.levels, device=x.device).view(-1, 1, 1, 1, 1, 1)
         self.pixel, self.params = None, None      # the pixel whose network output ``params`` [B, P, 1, 1] is
         # The plans: (level, op(i, j0, j1)) in the network's order; op computes row i, columns
