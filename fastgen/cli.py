@@ -1,6 +1,6 @@
 """The ``fastgen`` command.
 
-    fastgen demo [--steps N] [--out DIR]
+    fastgen demo [--model pixelcnn|diffusion] [--steps N] [--out DIR]
                                  train a Gated PixelCNN on the bundled digits and sample it
     fastgen sample wavenet --checkpoint CKPT --seconds S --out out.wav
                                  generate audio (progress bar with samples/s)
@@ -54,10 +54,14 @@ def cmd_info(args):
 def cmd_demo(args):
     from fastgen import demo
 
-    if args.steps < 0:
+    if args.steps is not None and args.steps < 0:
         print("--steps must be >= 0", file=sys.stderr)
         return 2
-    demo.run(steps=args.steps, out_dir=args.out, device=args.device)
+    if args.model == "diffusion":
+        from fastgen import demo_diffusion
+        demo_diffusion.run(steps=2000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
+        return 0
+    demo.run(steps=1000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
     return 0
 
 
@@ -124,9 +128,12 @@ def cmd_bench(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastgen", description="Fast kernels for deep generative models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train a Gated PixelCNN on the bundled 8x8 digits and sample it")
-    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
-    p.add_argument("--out", default=".", help="where samples.png and completion.png go")
+    p = sub.add_parser("demo", help="train a Gated PixelCNN (or a DDPM) on the bundled 8x8 digits and sample it")
+    p.add_argument("--model", choices=["pixelcnn", "diffusion"], default="pixelcnn",
+                   help="pixelcnn: Gated PixelCNN, fast vs naive sampler (default); diffusion: a class-"
+                        "conditional DDPM sampled with several fused samplers")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000 / 2000 for diffusion)")
+    p.add_argument("--out", default=".", help="where the PNGs go")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("sample", help="generate from a trained model")

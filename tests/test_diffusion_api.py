@@ -44,3 +44,10 @@ def test_fused_step_under_autograd_refuses_backward_instead_of_dropping_the_grad
     with torch.no_grad():
         assert not diffusion_step(x, torch.randn(2, 3), diffusion.ddim_coefficients(0.4, 0.7),
                                   backend="triton").requires_grad
+
+
+def test_diffusion_demo_runs(tmp_path, capsys):
+    from fastgen import cli
+    assert cli.main(["demo", "--model", "diffusion", "--steps", "5", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert (tmp_path / "diffusion_samples.png").stat().st_size > 0
+    assert "DPM-Solver++(2M), 20 steps" in capsys.readouterr().out
