@@ -44,7 +44,13 @@ def _unspecialized(fn, declared):
     params = getattr(fn, "params", None)
     if params is None:
         return set(declared)
-    return {p.name for p in params if getattr(p, "do_not_specialize", False)}
+    names = _UNSPECIALIZED.get(fn)
+    if names is None:                 # once per kernel: this runs on every launch
+        names = _UNSPECIALIZED[fn] = frozenset(p.name for p in params if getattr(p, "do_not_specialize", False))
+    return names
+
+
+_UNSPECIALIZED = {}
 
 
 def _key(fn, grid, args, constexprs, options, unspecialized=()):
