@@ -38,6 +38,8 @@ def cmd_info(args):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device    {device} ({name})")
     print(f"native    {_native.status()}")
+    from fastgen.kernels import _launch
+    print(f"launch    {'direct after the first call per argument key' if _launch.enabled() else 'Triton (direct launch off)'}")
     print("backends  (op: dtype -> backend)")
     for op in ("masked_conv2d", "causal_conv1d", "gated_pixel_step", "wavenet_step", "wavenet_steps",
                "diffusion_step"):
