@@ -28,29 +28,40 @@ def _elu(v):
 
 
 @triton.jit
-def _concat_elu_dot(acc, src, sb, sc, b, cs, m_ok, w, w_stride, second, kk, ns, PRECISION: tl.constexpr):
-    """acc + elu(v) @ w[kk, ns] + elu(-v) @ w[second + kk, ns] with v = src[b, cs]: [BLOCK_M,
-    BLOCK_K] (``src`` [BLOCK_M, 1] already points at each position's row and column; ``w`` at
-    the weight row of channel cs[0]).  Masked positions read 0, and elu(0) = 0 adds nothing."""
+def _load_concat_elu(src, sb, sc, b, cs, m_ok):
+    """(elu(v), elu(-v)) for v = src[b, cs]: [BLOCK_M, BLOCK_K] each, from one load (``src``
+    [BLOCK_M, 1] already points at each position's row and column).  Masked positions read 0,
+    and elu(0) = 0: they add nothing."""
     v = tl.load(src + b[:, None] * sb + cs[None, :] * sc, mask=m_ok[:, None], other=0.0).to(tl.float32)
-    acc = tl.dot(_elu(v), load_matrix(w, w_stride, kk, ns), acc, input_precision=PRECISION)
-    return tl.dot(_elu(-v), load_matrix(w + second * w_stride, w_stride, kk, ns), acc, input_precision=PRECISION)
+    return _elu(v), _elu(-v)
 
 
 @triton.jit
-def _window_conv(acc, src_ptr, sb, sc, sh, sw, b, i, j, m_ok, w_ptr, CIN, COUT, ns,
-                 KW: tl.constexpr, LEFT: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+def _dot_pair(acc, pos, neg, w, w_stride, second, kk, ns, PRECISION: tl.constexpr):
+    """acc + pos @ w[kk, ns] + neg @ w[second + kk, ns] (``w`` points at the weight row that
+    multiplies the first loaded channel; rows ``second`` further multiply its elu(-v))."""
+    acc = tl.dot(pos, load_matrix(w, w_stride, kk, ns), acc, input_precision=PRECISION)
+    return tl.dot(neg, load_matrix(w + second * w_stride, w_stride, kk, ns), acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _window_conv(acc, acc2, src_ptr, sb, sc, sh, sw, b, i, j, m_ok, w_ptr, CIN, COUT, ns, ns2,
+                 KW: tl.constexpr, LEFT: tl.constexpr, BLOCK_K: tl.constexpr, TWO: tl.constexpr,
+                 PRECISION: tl.constexpr):
     """acc + the shifted 2 x KW conv of concat_elu(src) at positions (i, j) (data rows i, i + 1,
-    data columns j + 1 - LEFT .. j - LEFT + KW), weight w_ptr [2KW, 2CIN, COUT], columns ns."""
+    data columns j + 1 - LEFT .. j - LEFT + KW), weight w_ptr [2KW, 2CIN, COUT], columns ns --
+    and, when TWO, acc2 + the same on columns ns2, from the same loads of src."""
     kk = tl.arange(0, BLOCK_K)
     for dr in tl.static_range(2):
         for dc in tl.static_range(KW):
             src = src_ptr + (i + dr) * sh + (j + 1 - LEFT + dc)[:, None] * sw
             w_tap = w_ptr + (dr * KW + dc) * 2 * CIN * COUT
             for k0 in range(0, CIN, BLOCK_K):
-                acc = _concat_elu_dot(acc, src, sb, sc, b, k0 + kk, m_ok, w_tap + k0 * COUT, COUT, CIN, kk, ns,
-                                      PRECISION)
-    return acc
+                pos, neg = _load_concat_elu(src, sb, sc, b, k0 + kk, m_ok)
+                acc = _dot_pair(acc, pos, neg, w_tap + k0 * COUT, COUT, CIN, kk, ns, PRECISION)
+                if TWO:
+                    acc2 = _dot_pair(acc2, pos, neg, w_tap + k0 * COUT, COUT, CIN, kk, ns2, PRECISION)
+    return acc, acc2
 
 
 @triton.jit(do_not_specialize=["i", "j0"])   # a new position every launch: no recompiles
@@ -71,8 +82,8 @@ def resnet_conv1_kernel(
     ns = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     kk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _window_conv(acc, x_ptr, sxb, sxc, sxh, sxw, b, i, j, m_ok, w_ptr, CIN, COUT, ns, KW, LEFT, BLOCK_K,
-                       PRECISION)
+    acc, _ = _window_conv(acc, acc, x_ptr, sxb, sxc, sxh, sxw, b, i, j, m_ok, w_ptr, CIN, COUT, ns, ns, KW, LEFT,
+                          BLOCK_K, False, PRECISION)
     acc += tl.load(b_ptr + ns)[None, :]
     if NUM_AUX > 0:
         # nin(concat_elu(cat(aux1, aux2))) at (i, j): Waux rows [0, A1) and [A1, A) multiply
@@ -80,13 +91,13 @@ def resnet_conv1_kernel(
         A = A1 + A2
         src = a1_ptr + (i + 1) * sa1h + (j + 1)[:, None] * sa1w
         for k0 in range(0, A1, BLOCK_K):
-            acc = _concat_elu_dot(acc, src, sa1b, sa1c, b, k0 + kk, m_ok, wa_ptr + k0 * COUT, COUT, A, kk, ns,
-                                  PRECISION)
+            pos, neg = _load_concat_elu(src, sa1b, sa1c, b, k0 + kk, m_ok)
+            acc = _dot_pair(acc, pos, neg, wa_ptr + k0 * COUT, COUT, A, kk, ns, PRECISION)
         if NUM_AUX > 1:
             src = a2_ptr + (i + 1) * sa2h + (j + 1)[:, None] * sa2w
             for k0 in range(0, A2, BLOCK_K):
-                acc = _concat_elu_dot(acc, src, sa2b, sa2c, b, k0 + kk, m_ok, wa_ptr + (A1 + k0) * COUT, COUT, A,
-                                      kk, ns, PRECISION)
+                pos, neg = _load_concat_elu(src, sa2b, sa2c, b, k0 + kk, m_ok)
+                acc = _dot_pair(acc, pos, neg, wa_ptr + (A1 + k0) * COUT, COUT, A, kk, ns, PRECISION)
         acc += tl.load(ba_ptr + ns)[None, :]
     dst = mid_ptr + b[:, None] * smb + ns[None, :] * smc + (i + 1) * smh + (j + 1)[:, None] * smw
     tl.store(dst, acc.to(mid_ptr.dtype.element_ty), mask=m_ok[:, None])
@@ -108,12 +119,11 @@ def resnet_conv2_gate_kernel(
     j = j0 + m % NP
     ns = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)     # output channels of the a half
     gs = C + ns                                                  # and their gates
-    # The a and gate halves as two GEMMs over the same K: twice the loads of mid, but each
-    # program then owns matching a / g columns and can gate in registers.
-    a = _window_conv(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), mid_ptr, smb, smc, smh, smw, b, i, j, m_ok,
-                     w_ptr, C, 2 * C, ns, KW, LEFT, BLOCK_K, PRECISION)
-    g = _window_conv(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), mid_ptr, smb, smc, smh, smw, b, i, j, m_ok,
-                     w_ptr, C, 2 * C, gs, KW, LEFT, BLOCK_K, PRECISION)
+    # Each program owns matching a and gate columns (two accumulators fed by the same loads of
+    # mid), so the gate is applied in registers.
+    zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a, g = _window_conv(zero, zero, mid_ptr, smb, smc, smh, smw, b, i, j, m_ok, w_ptr, C, 2 * C, ns, gs, KW, LEFT,
+                        BLOCK_K, True, PRECISION)
     a += tl.load(b_ptr + ns)[None, :]
     g += tl.load(b_ptr + gs)[None, :]
     if HAS_COND:
