@@ -59,6 +59,20 @@ def test_triton_matches_reference_and_writes_only_its_positions(B, C, aux_channe
     torch.testing.assert_close(out_tri, out_ref, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+def test_channels_last_maps_match_the_reference():
+    """The kernels read and write the maps through their strides."""
+    x, aux, weights, cond_bias = _inputs(3, 16, (16, 16), 2, True)
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
+    results = []
+    for backend in ("reference", "triton"):
+        mid, out = cl(_map(3, 16, torch.Generator().manual_seed(1))), cl(torch.zeros_like(x))
+        pixelcnnpp_resnet_at(cl(x), [cl(a) for a in aux], mid, out, *weights, cond_bias, 1, 4, 5, backend=backend)
+        results.append((mid, out))
+    for tri, ref in zip(*results):
+        assert not tri.is_contiguous()
+        torch.testing.assert_close(tri, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_untileable_channels_fall_back_unless_triton_is_forced():
     x, aux, weights, cond_bias = _inputs(2, 8, (8,), 2, True)
     mid, out = torch.zeros_like(x), torch.zeros_like(x)
