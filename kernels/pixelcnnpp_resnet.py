@@ -24,6 +24,7 @@ from fastgen.kernels._tiles import load_matrix
 
 @triton.jit
 def _elu(v):
+    # exp of the clamped value: the branch tl.where discards must not overflow for large v
     return tl.where(v > 0, v, tl.exp(tl.minimum(v, 0.0)) - 1.0)
 
 

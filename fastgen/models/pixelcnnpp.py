@@ -254,13 +254,17 @@ def _conv_at(conv, src, i, j0, j1, elu=False):
     return F.conv2d(window, conv.weight, conv.bias, stride=conv.stride)
 
 
+def _kernel_dtype(t):
+    """fp32 (what the fused kernels take) unless t is fp64 (fp64 models sample on the reference)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def pack_resnet_weights(res):
     """A GatedResnet's weights as ``fastgen.ops.pixelcnnpp_resnet_at`` takes them (fp32,
     contiguous): (w1 [KH*KW, 2C, C], b1 [C], w_aux [2A, C] or None, b_aux [C] or None,
     w2 [KH*KW, 2C, 2C], b2 [2C]); a conv weight [out, in, KH, KW] becomes [KH*KW, in, out],
     taps row-major, so that each tap is a [2C, out] GEMM operand."""
-    # fp32 (what the kernels take) unless the model is fp64, which samples on the reference
-    f32 = lambda t: t.detach().to(torch.float64 if t.dtype == torch.float64 else torch.float32).contiguous()
+    f32 = lambda t: _kernel_dtype(t.detach()).contiguous()
     taps = lambda conv: f32(conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels, conv.out_channels))
     nin = res.aux
     return (taps(res.conv1), f32(res.conv1.bias), None if nin is None else f32(nin.weight[:, :, 0, 0].T),
@@ -361,7 +365,7 @@ class _LayerCache:
         input at the same positions; returns its output map.  Each step is one call of
         ``fastgen.ops.pixelcnnpp_resnet_at`` (two fused launches on a GPU)."""
         mid, out = self._new(level), self._new(level)
-        cond_bias = None if self.cond is None else res.cond(self.cond).float().contiguous()
+        cond_bias = None if self.cond is None else _kernel_dtype(res.cond(self.cond)).contiguous()
         weights = pack_resnet_weights(res)
         left = res.conv1.pads[0]
         aux_data = [m.data for m in aux]
