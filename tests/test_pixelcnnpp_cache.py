@@ -14,11 +14,28 @@ MODELS = {
                                                       cond_channels=5),
     "grey-8x4": lambda: PixelCNNpp((1, 8, 4), levels=8, channels=8, nr_resnet=1, nr_mix=2),
 }
+# The same tests with the GatedResnet steps on the Triton kernels (FASTGEN_BACKEND=triton; the
+# interpreter on the CPU): their channels must be multiples of 16; 4x4 images keep the
+# interpreter's time down (level 2 is then a single position, still every layer runs).
+TRITON_MODELS = {
+    "triton-rgb-4x4-classes-C16": lambda: PixelCNNpp((3, 4, 4), levels=16, channels=16, nr_resnet=1, nr_mix=2,
+                                                     num_classes=3),
+    "triton-grey-4x4-vector-cond-C16": lambda: PixelCNNpp((1, 4, 4), levels=16, channels=16, nr_resnet=1,
+                                                          nr_mix=2, cond_channels=5),
+}
+ALL_MODELS = [*MODELS, *TRITON_MODELS]
+
+
+@pytest.fixture
+def backend(name, monkeypatch):
+    """Forces the Triton backend for the ``triton-`` models (the reference otherwise runs on the CPU)."""
+    if name in TRITON_MODELS:
+        monkeypatch.setenv("FASTGEN_BACKEND", "triton")
 
 
 def _model(name):
     torch.manual_seed(3)
-    model = MODELS[name]().eval()
+    model = {**MODELS, **TRITON_MODELS}[name]().eval()
     with torch.no_grad():   # non-trivial biases, so that every path matters
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -34,9 +51,9 @@ def _cond(model, n):
     return None
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ALL_MODELS)
 @torch.no_grad()
-def test_cache_logits_equal_full_forward_and_each_position_is_computed_once_from_final_inputs(name):
+def test_cache_logits_equal_full_forward_and_each_position_is_computed_once_from_final_inputs(name, backend):
     """Every map starts as NaN inside its zero padding (and so do the image's unwritten pixels):
     a position read before it is computed would turn the logits NaN.  At every pixel the logits
     must equal the full forward's (the full image given: the model never looks ahead), and after
@@ -60,8 +77,8 @@ def test_cache_logits_equal_full_forward_and_each_position_is_computed_once_from
         assert torch.equal(m.writes, torch.ones_like(m.writes)), m.writes
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_fast_and_naive_samplers_draw_identical_images(name):
+@pytest.mark.parametrize("name", [*MODELS, "triton-rgb-4x4-classes-C16"])   # (the interpreter is slow)
+def test_fast_and_naive_samplers_draw_identical_images(name, backend):
     model = _model(name)
     cond = _cond(model, 3)
     naive = sample(model, 3, cond, "naive", torch.Generator().manual_seed(5), temperature=0.9)

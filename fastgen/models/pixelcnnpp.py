@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgen.models.pixelcnn import _PixelModel
+from fastgen.ops import pixelcnnpp_resnet_at
 
 
 def concat_elu(x):
@@ -227,6 +228,11 @@ class _Map:
         """Row i, columns j0 .. j1 - 1: [B, ch, 1, j1 - j0]."""
         return self.data[:, :, i + 1:i + 2, j0 + 1:j1 + 1]
 
+    def mark(self, i, j0, j1):
+        """Count a write of row i, columns j0 .. j1 - 1 made directly into ``data``."""
+        if self.writes is not None:
+            self.writes[i, j0:j1] += 1
+
     def store(self, i, j0, value):
         """Write value [B, ch, rows, cols] at rows i .., columns j0 .."""
         rows, cols = value.shape[2:]
@@ -246,6 +252,23 @@ def _conv_at(conv, src, i, j0, j1, elu=False):
     if elu:
         window = concat_elu(window)
     return F.conv2d(window, conv.weight, conv.bias, stride=conv.stride)
+
+
+def _kernel_dtype(t):
+    """fp32 (what the fused kernels take) unless t is fp64 (fp64 models sample on the reference)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def pack_resnet_weights(res):
+    """A GatedResnet's weights as ``fastgen.ops.pixelcnnpp_resnet_at`` takes them (fp32,
+    contiguous): (w1 [KH*KW, 2C, C], b1 [C], w_aux [2A, C] or None, b_aux [C] or None,
+    w2 [KH*KW, 2C, 2C], b2 [2C]); a conv weight [out, in, KH, KW] becomes [KH*KW, in, out],
+    taps row-major, so that each tap is a [2C, out] GEMM operand."""
+    f32 = lambda t: _kernel_dtype(t.detach()).contiguous()
+    taps = lambda conv: f32(conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels, conv.out_channels))
+    nin = res.aux
+    return (taps(res.conv1), f32(res.conv1.bias), None if nin is None else f32(nin.weight[:, :, 0, 0].T),
+            None if nin is None else f32(nin.bias), taps(res.conv2), f32(res.conv2.bias))
 
 
 class _LayerCache:
@@ -339,21 +362,18 @@ class _LayerCache:
 
     def _resnet(self, res, x, aux, level, plan):
         """Plan GatedResnet ``res`` on map x, with the maps in ``aux`` (concatenated) as its aux
-        input at the same positions; returns its output map."""
+        input at the same positions; returns its output map.  Each step is one call of
+        ``fastgen.ops.pixelcnnpp_resnet_at`` (two fused launches on a GPU)."""
         mid, out = self._new(level), self._new(level)
-        cond_bias = None if self.cond is None else res.cond(self.cond)[:, :, None, None]
+        cond_bias = None if self.cond is None else _kernel_dtype(res.cond(self.cond)).contiguous()
+        weights = pack_resnet_weights(res)
+        left = res.conv1.pads[0]
+        aux_data = [m.data for m in aux]
 
         def op(i, j0, j1):
-            h = _conv_at(res.conv1, x, i, j0, j1, elu=True)
-            if aux:
-                a = torch.cat([m.at(i, j0, j1) for m in aux], dim=1) if len(aux) > 1 else aux[0].at(i, j0, j1)
-                h = h + res.aux(concat_elu(a))
-            mid.store(i, j0, h)
-            h = _conv_at(res.conv2, mid, i, j0, j1, elu=True)
-            if cond_bias is not None:
-                h = h + cond_bias
-            a, b = h.chunk(2, dim=1)
-            out.store(i, j0, x.at(i, j0, j1) + a * torch.sigmoid(b))
+            pixelcnnpp_resnet_at(x.data, aux_data, mid.data, out.data, *weights, cond_bias, i, j0, j1, left)
+            mid.mark(i, j0, j1)
+            out.mark(i, j0, j1)
 
         plan.append((level, op))
         return out
