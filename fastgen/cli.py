@@ -42,14 +42,14 @@ def cmd_info(args):
     print(f"launch    {'direct after the first call per argument key' if _launch.enabled() else 'Triton (direct launch off)'}")
     print("backends  (op: dtype -> backend)")
     for op in ("masked_conv2d", "causal_conv1d", "gated_pixel_step", "wavenet_step", "wavenet_steps",
-               "diffusion_step"):
+               "pixelcnnpp_resnet_at", "diffusion_step"):
         dtypes = (torch.float32, torch.bfloat16, torch.float64) if "conv" in op else (torch.float32,)
         for dtype in dtypes:
             probe = torch.empty(0, dtype=dtype, device=device)
             backend = choose_backend(op, probe)
             _, why = can_run_triton(device, dtype)
             note = "" if backend == "triton" else f"  ({why})"
-            print(f"  {op:<16} {str(dtype)[6:]:<9} -> {backend}{note}")
+            print(f"  {op:<20} {str(dtype)[6:]:<9} -> {backend}{note}")
     return 0
 
 

@@ -234,6 +234,11 @@ def test_sampling_kernels_take_the_direct_launch():
         diffusion.langevin_corrector_step(x, out, 1.0, 2.0 + step, "score", 0.16, seed=3, offset=step * x.numel())
     model = GatedPixelCNN((1, 6, 6), levels=16, channels=16, layers=2).cuda().eval()
     sample(model, 2, method="fast", generator=torch.Generator().manual_seed(0))
-    for kernel in (diffusion_step_kernel, score_noise_norms_kernel, gated_pixel_step_kernel):
+    from fastgen.kernels.pixelcnnpp_resnet import resnet_conv1_kernel, resnet_conv2_gate_kernel
+    from fastgen.models import PixelCNNpp
+    pp = PixelCNNpp((1, 4, 4), levels=16, channels=16, nr_resnet=1, nr_mix=2).cuda().eval()
+    sample(pp, 2, method="fast", generator=torch.Generator().manual_seed(0))
+    for kernel in (diffusion_step_kernel, score_noise_norms_kernel, gated_pixel_step_kernel, resnet_conv1_kernel,
+                   resnet_conv2_gate_kernel):
         assert kernel not in _launch._BROKEN
         assert any(key[0] is kernel for key in _launch._COMPILED), kernel
