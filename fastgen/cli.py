@@ -111,6 +111,7 @@ def cmd_bench(args):
         rows = runner[args.what](device, quick=quick)
         if args.what == "sampling":
             rows += bench.half_precision_sampling_rows(device, quick=quick)
+            rows += bench.pixelcnnpp_resnet_rows(device, quick=quick)
         if args.json:
             bench.save(rows, args.json, " ".join(["fastgen"] + sys.argv[1:]), device)
         return 0
