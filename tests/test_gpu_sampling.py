@@ -9,6 +9,15 @@ from fastgen.sampling import sample
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+def _assert_most_images_identical(naive, fast):
+    """On a GPU the two samplers sum in different orders (cuDNN vs fastgen's kernels): a draw whose
+    top two scores tie to within fp32 rounding may flip, and every later pixel of that image
+    then differs.  Rare, so: at least 3 of 4 images identical (and the teacher-forced logits
+    tests check the values themselves)."""
+    same = (naive == fast).flatten(1).all(dim=1).float().mean().item()
+    assert same >= 0.75, f"only {same:.0%} of the images are identical"
+
+
 @pytest.mark.parametrize("levels,channels", [(256, 64), (17, 32)])
 def test_fused_fast_sampler_matches_naive_on_gpu(levels, channels):
     torch.backends.cudnn.allow_tf32 = False          # exact fp32 on both paths
@@ -17,7 +26,7 @@ def test_fused_fast_sampler_matches_naive_on_gpu(levels, channels):
         model = GatedPixelCNN((1, 10, 12), levels=levels, channels=channels, layers=4).cuda().eval()
         naive = sample(model, 8, method="naive", generator=torch.Generator().manual_seed(1))
         fast = sample(model, 8, method="fast", generator=torch.Generator().manual_seed(1))
-        assert (naive == fast).float().mean() > 0.999  # ties decided by rounding are possible, not expected
+        _assert_most_images_identical(naive, fast)
     finally:
         torch.backends.cudnn.allow_tf32 = True
 
@@ -190,6 +199,31 @@ def test_gated_pixelcnn_cuda_graph_sampling_matches_eager_on_gpu():
     assert torch.equal(eager, graphed) and torch.equal(graphed, again)
 
 
+def test_pixelcnnpp_layer_cache_logits_match_full_forward_on_gpu():
+    """Teacher forcing: the cache (fused resnet kernels on CUDA) fed a fixed image gives, at every
+    pixel and channel, the log-probabilities of the full forward (cuDNN) on that image."""
+    from fastgen.models import PixelCNNpp
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        model = PixelCNNpp((3, 8, 8), levels=256, channels=32, nr_resnet=2, nr_mix=5, num_classes=4).cuda().eval()
+        cond = torch.arange(4, device="cuda")
+        x = torch.randint(256, (4, 3, 8, 8), device="cuda")
+        with torch.no_grad():
+            full = model(x, cond)                                   # [B, levels, C, H, W]
+            cache = model.incremental(torch.zeros_like(x), cond)
+            for r in range(8):
+                cache.begin_row(r)
+                for c in range(8):
+                    first = cache.logits(r, c)                      # nothing of pixel (r, c) written
+                    torch.testing.assert_close(first[:, :, 0], full[:, :, 0, r, c], rtol=1e-4, atol=1e-4)
+                    cache.write(r, c, x[:, :, r, c])
+                    torch.testing.assert_close(cache.logits(r, c), full[:, :, :, r, c], rtol=1e-4, atol=1e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 def test_pixelcnnpp_layer_cache_sampler_matches_naive_on_gpu():
     from fastgen.models import PixelCNNpp
     torch.backends.cudnn.allow_tf32 = False          # exact fp32 on both paths
@@ -199,7 +233,7 @@ def test_pixelcnnpp_layer_cache_sampler_matches_naive_on_gpu():
         cond = torch.arange(4, device="cuda")
         naive = sample(model, 4, cond, "naive", generator=torch.Generator().manual_seed(1))
         fast = sample(model, 4, cond, "fast", generator=torch.Generator().manual_seed(1))
-        assert (naive == fast).float().mean() > 0.999  # ties decided by rounding are possible, not expected
+        _assert_most_images_identical(naive, fast)
     finally:
         torch.backends.cudnn.allow_tf32 = True
 
