@@ -284,8 +284,7 @@ def _naive_seconds_from_rows(model, batch, rows, device):
     row_ends = []
 
     def stop(r):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         row_ends.append(time.perf_counter())
         if r + 1 == rows:
             raise _StopSampling

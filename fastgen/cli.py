@@ -39,7 +39,8 @@ def cmd_info(args):
     print(f"device    {device} ({name})")
     print(f"native    {_native.status()}")
     from fastgen.kernels import _launch
-    print(f"launch    {'direct after the first call per argument key' if _launch.enabled() else 'Triton (direct launch off)'}")
+    launch = "direct after the first call per argument key" if _launch.enabled() else "Triton's (direct launch off)"
+    print(f"launch    {launch}")
     print("backends  (op: dtype -> backend)")
     for op in ("masked_conv2d", "causal_conv1d", "gated_pixel_step", "wavenet_step", "wavenet_steps",
                "pixelcnnpp_resnet_at", "diffusion_step"):

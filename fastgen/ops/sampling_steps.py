@@ -19,16 +19,15 @@ from fastgen.ops._backend import choose_backend, eager_or_registered, requested_
 
 
 def _gated_pixel_step_impl(p_in: torch.Tensor, p_out: torch.Tensor, v: torch.Tensor, cond_h: torch.Tensor,
-                         weights: List[torch.Tensor], gumbel: torch.Tensor, x_out: torch.Tensor,
-                         e_row: torch.Tensor, c: int, inv_temperature: float, scale: float) -> None:
+                           weights: List[torch.Tensor], gumbel: torch.Tensor, x_out: torch.Tensor,
+                           e_row: torch.Tensor, c: int, inv_temperature: float, scale: float) -> None:
     from fastgen.kernels.gated_pixel_step import gated_pixel_step as launch
     exact = not (p_in.is_cuda and torch.backends.cuda.matmul.allow_tf32)
     launch(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, inv_temperature, scale,
            precision="ieee" if exact else "tf32")
 
 
-# the registered op (what torch.compile traces); eager calls run _gated_pixel_step_impl directly, which
-# skips the custom-op dispatcher (~0.15 ms of host time per call measured on an H100 host)
+# the registered op, for torch.compile (eager calls: ``eager_or_registered``)
 _gated_pixel_step_op = torch.library.custom_op("fastgen::gated_pixel_step",
                                                mutates_args=("p_out", "x_out", "e_row"))(_gated_pixel_step_impl)
 
@@ -54,8 +53,8 @@ def gated_pixel_step(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, i
         p_out.copy_(p_new)
         e_row[:, c] = e
         return
-    eager_or_registered("gated_pixel_step", _gated_pixel_step_impl)(p_in, p_out, v, cond_h, list(weights), gumbel, x_out, e_row, c,
-                                       float(inv_temperature), float(scale))
+    step = eager_or_registered("gated_pixel_step", _gated_pixel_step_impl)
+    step(p_in, p_out, v, cond_h, list(weights), gumbel, x_out, e_row, c, float(inv_temperature), float(scale))
 
 
 _WAVENET_MATRICES = {0: "embed", 1: "wtap", 3: "wlc", 4: "wres", 6: "wskip", 8: "w1", 10: "w2"}
@@ -113,10 +112,10 @@ def _dot_precision(tensor, weights):
     return "ieee" if exact else "tf32"
 
 
-def _wavenet_step_impl(prev: torch.Tensor, code_out: torch.Tensor, queue: torch.Tensor, queue_offsets: torch.Tensor,
-                     weights: List[torch.Tensor], gterm: torch.Tensor, local_t: Optional[torch.Tensor],
-                     gumbel: torch.Tensor, scratch: torch.Tensor, t: int, cycle: int, kernel_size: int,
-                     inv_temperature: float) -> None:
+def _wavenet_step_impl(prev: torch.Tensor, code_out: torch.Tensor, queue: torch.Tensor,
+                       queue_offsets: torch.Tensor, weights: List[torch.Tensor], gterm: torch.Tensor,
+                       local_t: Optional[torch.Tensor], gumbel: torch.Tensor, scratch: torch.Tensor, t: int,
+                       cycle: int, kernel_size: int, inv_temperature: float) -> None:
     from fastgen.kernels.wavenet_step import wavenet_step as launch
     launch(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
            kernel_size, inv_temperature, precision=_dot_precision(prev, weights))
@@ -133,14 +132,15 @@ def wavenet_step(prev, code_out, queue, queue_offsets, weights, gterm, local_t, 
         code_out.copy_(codes)
         reference.wavenet_push(queue, pushed, queue_offsets, t, cycle, kernel_size)
         return
-    eager_or_registered("wavenet_step", _wavenet_step_impl)(prev, code_out, queue, queue_offsets, list(weights), gterm, local_t, gumbel,
-                                   scratch, t, cycle, kernel_size, float(inv_temperature))
+    step = eager_or_registered("wavenet_step", _wavenet_step_impl)
+    step(prev, code_out, queue, queue_offsets, list(weights), gterm, local_t, gumbel, scratch, t, cycle, kernel_size,
+         float(inv_temperature))
 
 
 def _wavenet_steps_impl(prev: torch.Tensor, codes_out: torch.Tensor, queue: torch.Tensor,
-                      queue_offsets: torch.Tensor, weights: List[torch.Tensor], gterm: torch.Tensor,
-                      local: Optional[torch.Tensor], gumbel: torch.Tensor, scratch: torch.Tensor, t0: int,
-                      cycle: int, kernel_size: int, inv_temperature: float) -> None:
+                        queue_offsets: torch.Tensor, weights: List[torch.Tensor], gterm: torch.Tensor,
+                        local: Optional[torch.Tensor], gumbel: torch.Tensor, scratch: torch.Tensor, t0: int,
+                        cycle: int, kernel_size: int, inv_temperature: float) -> None:
     from fastgen.kernels.wavenet_step import wavenet_steps as launch
     launch(prev, codes_out, queue, queue_offsets, weights, gterm, local, gumbel, scratch, t0, cycle,
            kernel_size, inv_temperature, precision=_dot_precision(prev, weights))
@@ -169,17 +169,16 @@ def wavenet_steps(prev, codes_out, queue, queue_offsets, weights, gterm, local, 
         queue.copy_(new_queue)
         return
     out = codes_out if codes_out.is_contiguous() else torch.empty_like(codes_out, memory_format=torch.contiguous_format)
-    eager_or_registered("wavenet_steps", _wavenet_steps_impl)(prev.contiguous(), out, queue, queue_offsets, list(weights), gterm,
-                                    None if local is None else local.contiguous(), gumbel, scratch, t0, cycle,
-                                    kernel_size, float(inv_temperature))
+    steps = eager_or_registered("wavenet_steps", _wavenet_steps_impl)
+    steps(prev.contiguous(), out, queue, queue_offsets, list(weights), gterm,
+          None if local is None else local.contiguous(), gumbel, scratch, t0, cycle, kernel_size, float(inv_temperature))
     if out is not codes_out:
         codes_out.copy_(out)
 
 
-# Both WaveNet ops only write their arguments in place (declared in mutates_args) and return
-# nothing, so their fake (meta) implementations for torch.compile have nothing to build.
-# the registered op (what torch.compile traces); eager calls run _wavenet_step_impl directly, which
-# skips the custom-op dispatcher (~0.15 ms of host time per call measured on an H100 host)
+# The registered ops (what torch.compile traces; eager calls run the _impl functions through
+# ``eager_or_registered``).  Both WaveNet ops only write their arguments in place (declared in
+# mutates_args) and return nothing, so their fake implementations have nothing to build.
 _wavenet_step_op = torch.library.custom_op("fastgen::wavenet_step",
                                            mutates_args=("code_out", "queue", "scratch"))(_wavenet_step_impl)
 
@@ -190,8 +189,6 @@ def _wavenet_step_fake(prev, code_out, queue, queue_offsets, weights, gterm, loc
     return None
 
 
-# the registered op (what torch.compile traces); eager calls run _wavenet_steps_impl directly, which
-# skips the custom-op dispatcher (~0.15 ms of host time per call measured on an H100 host)
 _wavenet_steps_op = torch.library.custom_op("fastgen::wavenet_steps",
                                             mutates_args=("codes_out", "queue", "scratch"))(_wavenet_steps_impl)
 
