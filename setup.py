@@ -3,7 +3,7 @@
 Works without CUDA: the native kernels in ``csrc/`` are compiled at first use on a GPU
 machine (``fastgen/_native.py``), never at install time, so there is nothing to build here.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="fastgen",
@@ -12,8 +12,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fastgen", "fastgen.ops", "fastgen.nn", "fastgen.sampling", "fastgen.models",
-              "fastgen.data", "fastgen.kernels"],
+    packages=find_packages(include=["fastgen", "fastgen.*"]) + ["fastgen.kernels"],
     package_dir={"fastgen.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",

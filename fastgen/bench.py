@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgen import ops
-from fastgen.ops import reference
+from fastgen.ops.conv import reference
 
 
 @dataclasses.dataclass
@@ -472,8 +472,8 @@ def diffusion_rows(device, quick=False, progress=print):
     issue's <= 10 us.
     On a CPU fastgen runs its reference path: a check of the runner, never a speed claim.
     """
-    from fastgen.ops import reference
-    from fastgen.ops.diffusion import diffusion_step
+    from fastgen.ops.diffusion_step import reference
+    from fastgen.ops.diffusion_step import diffusion_step
     from fastgen.sampling import diffusion as d
 
     device = torch.device(device)
@@ -581,7 +581,7 @@ def diffusion_loop_rows(device, quick=False, progress=print):
     loop with the step in eager PyTorch and, where installed, diffusers' DDIMScheduler.step.
     Reports seconds per sample call and the loop overhead: total - 50 x one denoiser call."""
     from fastgen.models import UNet
-    from fastgen.ops import reference
+    from fastgen.ops.diffusion_step import reference
     from fastgen.sampling import diffusion
 
     device = torch.device(device)
@@ -713,7 +713,7 @@ def pixelcnnpp_resnet_rows(device, quick=False, progress=print):
     reference), each eagerly and inside a CUDA graph.  Floor: the packed fp32 weights (w1, w2,
     w_aux: 2.6 MB) read once, ~0.9 us at 2.99 TB/s (less when they stay in L2)."""
     from fastgen.models.pixelcnnpp import DownRightShiftedConv, GatedResnet, pack_resnet_weights
-    from fastgen.ops.pixelcnnpp import pixelcnnpp_resnet_at
+    from fastgen.ops.pixelcnnpp_resnet import pixelcnnpp_resnet_at
 
     device = torch.device(device)
     B, C, H, W = (16, 160, 32, 32) if not quick else (2, 16, 4, 4)

@@ -143,7 +143,7 @@ def _block(n):
 
 
 def resnet_at(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1, left, precision="ieee"):
-    """Launch both kernels (shapes: ``fastgen.ops.reference.pixelcnnpp_resnet_at``; channels
+    """Launch both kernels (shapes: ``fastgen.ops.pixelcnnpp_resnet.reference.pixelcnnpp_resnet_at``; channels
     multiples of 16, fp32 weights, cond_bias [B, 2C] contiguous fp32 or None)."""
     B, C = x.shape[:2]
     kw = w1.shape[0] // 2

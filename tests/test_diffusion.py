@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fastgen.ops.diffusion import diffusion_step
+from fastgen.ops.diffusion_step import diffusion_step
 from fastgen.sampling import diffusion
 
 MU, STD = 0.3, 0.5     # data: x0 ~ N(MU, STD^2) in every dimension

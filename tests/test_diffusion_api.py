@@ -36,7 +36,7 @@ def test_fused_step_under_autograd_refuses_backward_instead_of_dropping_the_grad
     input; otherwise the registered op runs and backward says it has no formula."""
     import pytest
 
-    from fastgen.ops.diffusion import diffusion_step
+    from fastgen.ops.diffusion_step import diffusion_step
     x = torch.randn(2, 3, requires_grad=True)
     y = diffusion_step(x, torch.randn(2, 3), diffusion.ddim_coefficients(0.4, 0.7), backend="triton")
     with pytest.raises(RuntimeError, match="autograd"):

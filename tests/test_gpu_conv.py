@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastgen import ops
-from fastgen.ops import reference
+from fastgen.ops.conv import reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 pytestmark = [pytest.mark.gpu, requires_cuda]

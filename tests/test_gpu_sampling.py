@@ -61,8 +61,8 @@ def test_wavenet_persistent_kernel_matches_reference_on_gpu(kernel_size, batch):
     looped on the same GPU: 3 launches of 40 steps, local + global conditioning, a batch of one
     and a batch of two tiles (the second ragged)."""
     from fastgen.models import WaveNet
-    from fastgen.ops import reference
-    from fastgen.ops.sampling_steps import wavenet_steps
+    from fastgen.ops.wavenet_step import reference
+    from fastgen.ops.wavenet_step import wavenet_steps
     torch.manual_seed(0)
     model = WaveNet(layers=10, cycle=5, residual_channels=64, skip_channels=128, quantization=256,
                     kernel_size=kernel_size, local_channels=16, hop=4, global_classes=3).cuda().eval()
@@ -126,7 +126,7 @@ def test_wavenet_persistent_generation_matches_per_step_on_gpu():
 
 
 def test_diffusion_fused_step_and_cuda_graph_loop_on_gpu():
-    from fastgen.ops.diffusion import diffusion_step
+    from fastgen.ops.diffusion_step import diffusion_step
     from fastgen.sampling import diffusion
     x, out, noise = (torch.randn(64, 3, 64, 64, device="cuda") for _ in range(3))
     coefficients = diffusion.ddpm_coefficients(0.4, 0.7)
@@ -142,7 +142,7 @@ def test_diffusion_fused_step_and_cuda_graph_loop_on_gpu():
 @pytest.mark.parametrize("name", ["heun", "dpmpp2m", "langevin", "pc_ve_predictor", "pf_ode", "pc_vp_corrector",
                                   "pc_ve_corrector_philox"])
 def test_diffusion_new_fused_steps_compiled_on_gpu(name):
-    from fastgen.ops.diffusion import diffusion_step, score_noise_norms
+    from fastgen.ops.diffusion_step import diffusion_step, score_noise_norms
     from fastgen.sampling import diffusion
     g = torch.Generator().manual_seed(0)
     x, out, noise, aux = (torch.randn(64, 3, 64, 64, generator=g).cuda() for _ in range(4))

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgen import nn as fnn
-from fastgen.ops import reference
+from fastgen.ops.conv import reference
 from helpers import assert_close_rel
 
 

@@ -193,7 +193,7 @@ def _step_inputs(L=3, B=5, CH=16, HC=32, W=6, levels=150, seed=0):
 
 
 def test_fused_gated_pixel_step_triton_matches_reference():
-    from fastgen.ops.sampling_steps import gated_pixel_step
+    from fastgen.ops.gated_pixel_step import gated_pixel_step
     p_in, v, cond_h, weights, gumbel = _step_inputs()
     L, B, CH = p_in.shape
     outs = {}
@@ -210,7 +210,7 @@ def test_fused_gated_pixel_step_triton_matches_reference():
 
 
 def test_fused_step_refuses_unsupported_shapes_on_forced_triton():
-    from fastgen.ops.sampling_steps import gated_pixel_step
+    from fastgen.ops.gated_pixel_step import gated_pixel_step
     p_in, v, cond_h, weights, gumbel = _step_inputs(CH=16, HC=24, levels=8)
     with pytest.raises(ValueError, match="powers of two"):
         gated_pixel_step(p_in, torch.empty_like(p_in), v, cond_h, weights, gumbel,

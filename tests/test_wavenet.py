@@ -147,7 +147,7 @@ def test_sample_command_writes_a_wav(tmp_path, capsys):
 
 
 def test_fused_wavenet_step_triton_matches_reference():
-    from fastgen.ops.sampling_steps import wavenet_step
+    from fastgen.ops.wavenet_step import wavenet_step
     torch.manual_seed(0)
     model = WaveNet(layers=4, cycle=2, residual_channels=16, skip_channels=32, quantization=300,
                     kernel_size=3, local_channels=16, hop=4, global_classes=2).eval()
@@ -230,8 +230,8 @@ def _fused_model(kernel_size, conditioned, quantization=40, skip=32, spread=0.1)
 
 
 def _reference_steps(cache, prev, local, gumbel, t0, inv_temperature):
-    """The per-step reference (fastgen.ops.reference.wavenet_step) run T times."""
-    from fastgen.ops import reference
+    """The per-step reference (fastgen.ops.wavenet_step.reference.wavenet_step) run T times."""
+    from fastgen.ops.wavenet_step import reference
     m, queue, codes = cache.model, cache.queue.clone(), []
     for i in range(gumbel.shape[0]):
         prev, pushed = reference.wavenet_step(prev, queue, cache.queue_offsets, t0 + i, m.cycle, m.kernel_size,
@@ -249,7 +249,7 @@ def _reference_steps(cache, prev, local, gumbel, t0, inv_temperature):
 def test_persistent_kernel_matches_per_step_reference(kernel_size, conditioned, batch):
     """wavenet_steps on Triton (interpreter), launched for three consecutive blocks, draws the
     codes and leaves the queues of the per-step reference looped over the same steps."""
-    from fastgen.ops.sampling_steps import wavenet_steps
+    from fastgen.ops.wavenet_step import wavenet_steps
     model = _fused_model(kernel_size, conditioned)
     cache = model.incremental(batch, torch.arange(batch) % 2 if conditioned else None)
     cache.queue.normal_()                                            # a mid-sequence state
@@ -323,7 +323,7 @@ def test_fp16_kernels_match_fp16_reference():
     """fp16 weights/queues (interpreter): both kernels equal the reference's fp16 numerics
     (left operands rounded to fp16, fp32 accumulation): codes identical, queues within one
     fp16 rounding (2e-3 absolute at |h| ~ 1)."""
-    from fastgen.ops.sampling_steps import wavenet_step, wavenet_steps
+    from fastgen.ops.wavenet_step import wavenet_step, wavenet_steps
     model = _fused_model(3, True)
     B, T = 3, 5
     cache = model.incremental(B, torch.tensor([0, 1, 1]), dtype=torch.float16)
@@ -356,7 +356,7 @@ def test_fp16_draws_agree_with_fp32():
     steps (the asserted tolerance; measured 99.6% here; a free-running comparison would diverge
     for good after the first differing draw).  fp32 teacher forcing reproduces generate exactly;
     the fp16 queues differ from the fp32 ones by fp16 rounding only (the option takes effect)."""
-    from fastgen.ops.sampling_steps import wavenet_steps
+    from fastgen.ops.wavenet_step import wavenet_steps
     from fastgen.sampling.audio import forced_draws
     model = _fused_model(2, True, quantization=256, spread=0.6)
     local, gc = torch.randn(4, 16, 50), torch.tensor([0, 1, 1, 0])
@@ -396,7 +396,7 @@ def test_persistent_and_dtype_errors():
     with pytest.raises(ValueError, match="needs the fused step of output='mulaw' models"):
         mol.generate(4, 1, dtype=torch.bfloat16)
 
-    from fastgen.ops.sampling_steps import wavenet_steps
+    from fastgen.ops.wavenet_step import wavenet_steps
     model = _fused_model(2, False)                   # channels the Triton kernels take
     cache = model.incremental(2, dtype=torch.bfloat16)
     prev, gumbel, scratch = torch.zeros(2, dtype=torch.long), torch.zeros(3, 2, 40), cache.scratch

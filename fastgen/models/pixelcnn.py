@@ -209,7 +209,7 @@ class _GatedCache:
 
     def step(self, r, c, gumbel, temperature):
         """Draw pixel (r, c) with one fused launch: gumbel [B, levels] -> values [B, 1]."""
-        from fastgen.ops.sampling_steps import gated_pixel_step
+        from fastgen.ops.gated_pixel_step import gated_pixel_step
         if c == 0:
             self.v_rows = torch.stack(self.v_pre).permute(0, 1, 3, 2).float().contiguous()  # [L, B, W, 2CH]
         self.stepped = True

@@ -226,7 +226,7 @@ class _FusedQueueCache:
     blocks = False   # run generate's block path (static buffers) even without a CUDA graph
 
     def __init__(self, model, batch, global_cond, dtype=torch.float32):
-        from fastgen.ops.sampling_steps import WAVENET_DTYPES
+        from fastgen.ops.wavenet_step import WAVENET_DTYPES
         if dtype not in WAVENET_DTYPES:
             raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
         self.model = model
@@ -252,7 +252,7 @@ class _FusedQueueCache:
 
     def draw_at(self, previous, codes_out, local_t, gumbel, temperature, t):
         """Draw sample t into codes_out [B] (t matters only modulo ``period``)."""
-        from fastgen.ops.sampling_steps import wavenet_step
+        from fastgen.ops.wavenet_step import wavenet_step
         m = self.model
         local = None if local_t is None else local_t.float().contiguous()
         wavenet_step(previous, codes_out, self.queue, self.queue_offsets, self.weights, self.gterm, local,
@@ -261,7 +261,7 @@ class _FusedQueueCache:
     def draw_steps(self, previous, codes_out, local, gumbel, temperature, t0):
         """Draw samples t0 .. t0+T-1 into codes_out [T, B] in one launch of the persistent
         kernel; local [T, B, Lc] or None, gumbel [T, B, quantization]."""
-        from fastgen.ops.sampling_steps import wavenet_steps
+        from fastgen.ops.wavenet_step import wavenet_steps
         m = self.model
         local = None if local is None else local.float().contiguous()
         wavenet_steps(previous, codes_out, self.queue, self.queue_offsets, self.weights, self.gterm, local,

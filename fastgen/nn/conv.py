@@ -2,7 +2,7 @@
 from torch import nn
 
 from fastgen.nn import functional as F
-from fastgen.ops import reference
+from fastgen.ops.conv import reference
 
 
 class MaskedConv2d(nn.Conv2d):

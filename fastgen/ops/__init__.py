@@ -1,11 +1,15 @@
-"""fastgen ops: one public function per operation, dispatched to Triton or the reference.
+"""fastgen ops, one folder per op family: ``fastgen/ops/<family>/`` holds the family's ops
+(``op.py``) and its plain-PyTorch reference (``reference.py``: the specification and the CPU
+path); its Triton kernels live in ``fastgen/kernels/<family>.py``.
 
 Each op is registered with ``torch.library`` (``torch.ops.fastgen.*``) with a fake
-implementation for ``torch.compile`` and an autograd formula; ``fastgen.ops.reference``
-holds the plain-PyTorch specification of each.
+implementation for ``torch.compile`` and, where it trains, an autograd formula.
 """
-from fastgen.ops.conv import causal_conv1d, masked_conv2d
-from fastgen.ops.pixelcnnpp import pixelcnnpp_resnet_at
-from fastgen.ops.reference import pixelcnn_mask
+from fastgen.ops.conv import causal_conv1d, masked_conv2d, pixelcnn_mask
+from fastgen.ops.diffusion_step import diffusion_step, score_noise_norms
+from fastgen.ops.gated_pixel_step import gated_pixel_step
+from fastgen.ops.pixelcnnpp_resnet import pixelcnnpp_resnet_at
+from fastgen.ops.wavenet_step import wavenet_step, wavenet_steps
 
-__all__ = ["causal_conv1d", "masked_conv2d", "pixelcnn_mask", "pixelcnnpp_resnet_at"]
+__all__ = ["causal_conv1d", "diffusion_step", "gated_pixel_step", "masked_conv2d", "pixelcnn_mask",
+           "pixelcnnpp_resnet_at", "score_noise_norms", "wavenet_step", "wavenet_steps"]

@@ -101,7 +101,7 @@ class _Generator:
             raise ValueError("persistent=True needs method='fast' and a model whose cache has the fused "
                              "persistent step (WaveNet with output='mulaw')")
         if persistent is None:
-            from fastgen.ops.sampling_steps import wavenet_persistent_preferred
+            from fastgen.ops.wavenet_step import wavenet_persistent_preferred
             persistent = can and wavenet_persistent_preferred(batch, self.device)
         self.persistent = bool(persistent)
 
@@ -236,7 +236,7 @@ def generate(model, n_samples, batch=1, local=None, global_cond=None, method="fa
     ``cuda_graph`` (fast method, fused step, CUDA): replay whole blocks of steps as a graph.
     ``persistent`` (fast method, fused step): True draws each block of samples in one launch of
     the persistent kernel, False one launch per sample, None picks persistent for small batches
-    on CUDA (``fastgen.ops.sampling_steps.wavenet_persistent_preferred``); the codes are the same.
+    on CUDA (``fastgen.ops.wavenet_step.wavenet_persistent_preferred``); the codes are the same.
     ``dtype`` (fast method, fused step): torch.float16 or torch.bfloat16 store the weight
     matrices and queues in 16 bits (fp32 accumulation, gating and draw); the codes then differ
     from fp32 where a rounding changes a draw (see ``forced_draws``)."""

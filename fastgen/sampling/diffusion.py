@@ -2,7 +2,7 @@
 
 Every sampler's update -- DDPM / DDIM, Euler / Heun on Karras sigmas, DPM-Solver++(2M),
 annealed Langevin, predictor-corrector (VE and VP), the probability-flow ODE and SGLD -- is
-one ``fastgen.ops.diffusion.diffusion_step`` (one Triton launch on the GPU): the generic
+one ``fastgen.ops.diffusion_step`` (one Triton launch on the GPU): the generic
 x_next = c_x0 x0 + c_eps eps + c_x x + c_aux aux + sigma z with the sampler's coefficients
 (the ``*_coefficients`` functions below state each sampler's math).  The Langevin corrector
 adds one small reduction first (``score_noise_norms``: its step size follows the norms).
@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from fastgen.ops.diffusion import diffusion_step, score_noise_norms
+from fastgen.ops.diffusion_step import diffusion_step, score_noise_norms
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "euler", "heun", "langevin", "pc_ve", "pc_vp", "pf_ode", "sgld")
 

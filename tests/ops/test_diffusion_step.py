@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from fastgen.ops import reference
-from fastgen.ops.diffusion import diffusion_step, score_noise_norms
+from fastgen.ops.diffusion_step import reference
+from fastgen.ops.diffusion_step import diffusion_step, score_noise_norms
 from fastgen.sampling import diffusion
 
 MU, STD = 0.3, 0.5

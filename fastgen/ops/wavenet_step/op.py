@@ -1,60 +1,23 @@
-"""Fused sampling steps: one launch per generated pixel or audio sample (or per block of samples).
+"""Fused WaveNet sampling steps: one launch per generated audio sample, or per block of samples.
 
-- ``gated_pixel_step``: every layer's horizontal stack, the head, the Gumbel-max draw and the
-  embedding of the drawn value for one pixel of a Gated PixelCNN (grey images, 3x3 kernels).
 - ``wavenet_step``: every WaveNet layer (with its queue), the head and the draw for one sample.
 - ``wavenet_steps``: the same for T samples in one launch of a persistent kernel, each drawn
   code fed back as the next input on the device (small batches: no launch per sample).
 
-References in ``fastgen.ops.reference``, Triton kernels in ``fastgen.kernels``; shapes are in
-the references' docstrings.  Sampling-only ops (no autograd) that write their outputs and
-state in place (declared in ``mutates_args``).
+References in ``fastgen.ops.wavenet_step.reference``, Triton kernels in
+``fastgen.kernels.wavenet_step``; shapes are in the references' docstrings.  Sampling-only ops
+(no autograd) that write their outputs and state in place (declared in ``mutates_args``).
 """
 from typing import List, Optional
 
 import torch
 
-from fastgen.ops import reference
 from fastgen.ops._backend import choose_backend, eager_or_registered, requested_backend
-
-
-def _gated_pixel_step_impl(p_in: torch.Tensor, p_out: torch.Tensor, v: torch.Tensor, cond_h: torch.Tensor,
-                           weights: List[torch.Tensor], gumbel: torch.Tensor, x_out: torch.Tensor,
-                           e_row: torch.Tensor, c: int, inv_temperature: float, scale: float) -> None:
-    from fastgen.kernels.gated_pixel_step import gated_pixel_step as launch
-    exact = not (p_in.is_cuda and torch.backends.cuda.matmul.allow_tf32)
-    launch(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, inv_temperature, scale,
-           precision="ieee" if exact else "tf32")
-
-
-# the registered op, for torch.compile (eager calls: ``eager_or_registered``)
-_gated_pixel_step_op = torch.library.custom_op("fastgen::gated_pixel_step",
-                                               mutates_args=("p_out", "x_out", "e_row"))(_gated_pixel_step_impl)
+from fastgen.ops.wavenet_step import reference
 
 
 def _power_of_two(n):
     return n >= 16 and n & (n - 1) == 0
-
-
-def gated_pixel_step(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, inv_temperature, scale,
-                     backend=None):
-    """Draw column c of the current row for every batch row; writes x_out [B], p_out
-    [L, B, CH] and e_row[:, c] [B, CH].  See ``fastgen.ops.reference.gated_pixel_step``."""
-    CH, HC = p_in.shape[2], weights[6].shape[1]
-    if not (_power_of_two(CH) and _power_of_two(HC)):
-        # the kernel tiles CH and the head width as powers of two >= 16
-        if requested_backend(backend) == "triton":
-            raise ValueError(f"gated_pixel_step on Triton needs channels and head channels that are powers "
-                             f"of two >= 16, got {CH} and {HC}")
-        backend = "reference"
-    if choose_backend("gated_pixel_step", p_in, backend) == "reference":
-        x, p_new, e = reference.gated_pixel_step(p_in, v, cond_h, weights, gumbel, c, inv_temperature, scale)
-        x_out.copy_(x)
-        p_out.copy_(p_new)
-        e_row[:, c] = e
-        return
-    step = eager_or_registered("gated_pixel_step", _gated_pixel_step_impl)
-    step(p_in, p_out, v, cond_h, list(weights), gumbel, x_out, e_row, c, float(inv_temperature), float(scale))
 
 
 _WAVENET_MATRICES = {0: "embed", 1: "wtap", 3: "wlc", 4: "wres", 6: "wskip", 8: "w1", 10: "w2"}
@@ -124,7 +87,7 @@ def _wavenet_step_impl(prev: torch.Tensor, code_out: torch.Tensor, queue: torch.
 def wavenet_step(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
                  kernel_size, inv_temperature, backend=None):
     """Draw sample t for every batch row: writes code_out [B] and pushes every layer's input
-    into its queue slot t mod span.  See ``fastgen.ops.reference.wavenet_step`` (shapes, and
+    into its queue slot t mod span.  See ``fastgen.ops.wavenet_step.reference.wavenet_step`` (shapes, and
     the fp16/bf16 numerics: matrices, queue and scratch in one dtype, everything else fp32)."""
     if _wavenet_checks("wavenet_step", queue, weights, gterm, local_t, gumbel, scratch, backend) == "reference":
         codes, pushed = reference.wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights,
@@ -151,7 +114,7 @@ def wavenet_steps(prev, codes_out, queue, queue_offsets, weights, gterm, local, 
     """Draw samples t0 .. t0+T-1 for every batch row, each drawn code the next step's input, in
     one launch of the persistent kernel: prev [B] (codes before t0; not changed), codes_out
     [T, B] long (written), local [T, B, LC] fp32 or None, gumbel [T, B, A] fp32; the queue is
-    updated in place as by T calls of ``wavenet_step``.  See ``fastgen.ops.reference.wavenet_steps``."""
+    updated in place as by T calls of ``wavenet_step``.  See ``fastgen.ops.wavenet_step.reference.wavenet_steps``."""
     T = gumbel.shape[0] if gumbel.dim() == 3 else -1
     B = prev.shape[0] if prev.dim() == 1 else -1
     if gumbel.dim() != 3 or B < 0 or gumbel.shape[1] != B:

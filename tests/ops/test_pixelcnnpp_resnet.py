@@ -3,7 +3,8 @@ reference, on random padded maps; error handling and backend choice; opcheck."""
 import pytest
 import torch
 
-from fastgen.ops import pixelcnnpp_resnet_at, reference
+from fastgen.ops import pixelcnnpp_resnet_at
+from fastgen.ops.pixelcnnpp_resnet import reference
 
 CASES = [  # (batch, channels, aux channels, kernel width, j0, j1 or None = the whole row, cond)
     pytest.param(1, 16, (), 2, 3, 4, False, id="B1-C16-noaux-2x2-pixel"),

@@ -6,7 +6,7 @@ path works channels-last (``[B, H, W, C]`` / ``[B, T, C]``) because that makes e
 contiguous run of channels; its outputs are channels-last tensors of the usual logical
 shape, so a stack of fastgen layers never converts layouts between layers.
 
-Backends (see ``fastgen.ops._backend``): the reference in ``fastgen.ops.reference`` on
+Backends (see ``fastgen.ops._backend``): the reference in ``fastgen.ops.conv.reference`` on
 CPU (and for float64), Triton on CUDA and under ``TRITON_INTERPRET=1``.  The Triton path is
 registered as ``torch.ops.fastgen.masked_conv2d`` / ``causal_conv1d`` (with fake kernels and
 autograd) and that op is what ``torch.compile`` sees.  Eager calls go through a plain
@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgen.ops import _validate, reference
+from fastgen.ops import _validate
+from fastgen.ops.conv import reference
 from fastgen.ops import _backend
 from fastgen.ops._backend import choose_backend
 
@@ -153,7 +154,7 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1, dilation=
 
     x: [B, C_in, H, W], weight: [C_out, C_in, k, k] (k odd), bias: [C_out] or None
     -> [B, C_out, H, W] = conv2d(x, weight * mask, bias, padding=d*(k//2), dilation=d),
-    mask from ``fastgen.ops.reference.pixelcnn_mask``.  Types 'A' and 'B'; ``color_groups=3``
+    mask from ``fastgen.ops.conv.reference.pixelcnn_mask``.  Types 'A' and 'B'; ``color_groups=3``
     gives the RGB ordering; ``stack='vertical'|'horizontal'`` the Gated PixelCNN stacks.
     dtypes float32/float16/bfloat16 on Triton; float32 uses TF32 exactly when ``nn.Conv2d``
     would (``torch.backends.cudnn.allow_tf32``); float64 runs on the reference.

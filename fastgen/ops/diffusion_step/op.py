@@ -4,14 +4,15 @@
 DDIM, Euler, Heun, DPM-Solver++(2M), Langevin, predictor-corrector, probability-flow ODE,
 SGLD) with classifier-free guidance, the prediction conversion ('eps' | 'x0' | 'v' | 'score')
 and x0 clipping fused into one pass (``fastgen.kernels.diffusion_step``; reference:
-``fastgen.ops.reference.diffusion_step``).  ``score_noise_norms`` is the per-sample reduction
+``fastgen.ops.diffusion_step.reference.diffusion_step``).  ``score_noise_norms`` is the per-sample reduction
 the predictor-corrector's Langevin step size needs (reference: ``reference.score_noise_norms``).
 """
 from typing import List, Optional, Tuple
 
 import torch
 
-from fastgen.ops import _backend, reference
+from fastgen.ops import _backend
+from fastgen.ops.diffusion_step import reference
 from fastgen.ops._backend import choose_backend, eager_or_registered
 
 PREDICTIONS = ("eps", "x0", "v", "score")

@@ -5,14 +5,14 @@
   the ``u`` stream), writing its ``mid`` and ``out`` maps in place.  Two Triton launches
   (conv1 + aux into mid, conv2 + gate + residual into out) instead of ~15 small torch ops.
 
-Reference and shapes in ``fastgen.ops.reference.pixelcnnpp_resnet_at``, kernels in
+Reference and shapes in ``fastgen.ops.pixelcnnpp_resnet.reference.pixelcnnpp_resnet_at``, kernels in
 ``fastgen.kernels.pixelcnnpp_resnet``.  Sampling only: no autograd.
 """
 from typing import List, Optional
 
 import torch
 
-from fastgen.ops import reference
+from fastgen.ops.pixelcnnpp_resnet import reference
 from fastgen.ops._backend import choose_backend, eager_or_registered, requested_backend
 
 
@@ -84,7 +84,7 @@ def _triton_reason(x, aux, weights, cond_bias):
 def pixelcnnpp_resnet_at(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1, left=1,
                          backend=None):
     """One GatedResnet at row i, columns j0 .. j1 - 1: writes ``mid`` and ``out`` there, in place
-    (nothing else).  See ``fastgen.ops.reference.pixelcnnpp_resnet_at`` for shapes and math.
+    (nothing else).  See ``fastgen.ops.pixelcnnpp_resnet.reference.pixelcnnpp_resnet_at`` for shapes and math.
 
     Backends: Triton on CUDA (and under TRITON_INTERPRET=1 when forced), the reference on the
     CPU.  Inputs the kernel cannot tile (channels not multiples of 16, non-fp32 weights) run on

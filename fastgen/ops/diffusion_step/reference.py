@@ -1,0 +1,96 @@
+"""Plain-PyTorch references of the diffusion step family: the specification of
+``diffusion_step`` and ``score_noise_norms`` (the CPU path and the tests call them).
+"""
+import torch
+
+
+def dynamic_threshold(x0, percentile):
+    """Imagen's dynamic thresholding scale per sample: s = max(1, percentile of |x0|) -> [B]."""
+    return torch.quantile(x0.abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0)
+
+
+def _prediction_to_x0(x32, out, s0, s1, prediction):
+    """x0 from a denoiser output read as 'eps' | 'x0' | 'v' | 'score' (Tweedie: x0 = (x + s1^2 s) / s0)."""
+    if prediction == "eps":
+        return (x32 - s1 * out) / s0
+    if prediction == "x0":
+        return out
+    if prediction == "v":
+        return s0 * x32 - s1 * out
+    return (x32 + s1 * s1 * out) / s0
+
+
+def guided(out, w):
+    """Classifier-free guidance: out = [cond; uncond] on the batch -> (1 + w) cond - w uncond."""
+    cond, uncond = out.chunk(2)
+    return (1.0 + w) * cond - w * uncond
+
+
+def diffusion_x0(x, out, s0, s1, prediction="eps", guidance=None, learned_variance=False):
+    """The x0 estimate a diffusion step starts from (after guidance), before any clipping."""
+    out = out.float()
+    if learned_variance:
+        out = out.chunk(2, dim=1)[0]
+    if guidance is not None:
+        out = guided(out, guidance)
+    return _prediction_to_x0(x.float(), out, s0, s1, prediction)
+
+
+def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, guidance=None,
+                   learned_variance=None, threshold_scale=None, aux=None, keep=None):
+    """One diffusion / score-based sampler step (the math of kernels/diffusion_step.py).
+
+    x: [B, ...]; out: the denoiser output [B, ...] ([2B, ...] = [cond; uncond] with
+    ``guidance`` w: out = (1 + w) cond - w uncond); prediction 'eps' | 'x0' | 'v' | 'score';
+    coefficients = (s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t), c_x0, c_eps, c_x, sigma[, c_aux]),
+    or a [B, 7] tensor of them per sample; noise: like x (used when sigma > 0, always with a
+    tensor); aux: like x, weighted by c_aux.  learned_variance = (log beta~, log beta): out has
+    twice x's channels, [prediction; v], and sigma^2 = exp(f log beta + (1 - f) log beta~),
+    f = (v + 1) / 2, per element (Nichol & Dhariwal 2021).  threshold_scale [B]: dynamic
+    thresholding (Saharia et al. 2022), x0 -> clamp(x0, -s, s) / s, instead of ``clip``.
+    -> y = c_x0 x0 + c_eps eps + c_x x + c_aux aux + sigma noise, with x0 clipped to [-1, 1] if
+    ``clip`` and eps = (x - s0 x0) / s1 recomputed from the (clipped) x0; with keep = (k_x0, k_x)
+    -> (y, k_x0 x0 + k_x x), the quantity a multistep sampler carries to its next step.
+    """
+    per_sample = torch.is_tensor(coefficients)
+    if per_sample:    # one row per sample, broadcast over the other dimensions
+        columns = coefficients.float().view(x.shape[0], 7, *[1] * (x.dim() - 1)).unbind(1)
+    else:
+        columns = (*coefficients, 0.0) if len(coefficients) == 6 else tuple(coefficients)
+    s0, s1, c_x0, c_eps, c_x, sigma, c_aux = columns
+    x32, out = x.float(), out.float()
+    v = None
+    if learned_variance is not None:     # out = [prediction; v] along the channels (Improved DDPM)
+        out, v = out.chunk(2, dim=1)
+    if guidance is not None:
+        out = guided(out, guidance)
+        v = v.chunk(2)[0] if v is not None else None
+    if v is not None and (per_sample or sigma != 0):
+        log_small, log_large = learned_variance
+        frac = (v + 1) / 2
+        sigma = torch.exp(0.5 * (frac * log_large + (1 - frac) * log_small))
+    x0 = _prediction_to_x0(x32, out, s0, s1, prediction)
+    if threshold_scale is not None:      # dynamic thresholding: clamp to [-s, s], then divide by s
+        scale = threshold_scale.view(-1, *[1] * (x.dim() - 1))
+        x0 = torch.maximum(torch.minimum(x0, scale), -scale) / scale
+    elif clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    eps = (x32 - s0 * x0) / s1
+    y = c_x0 * x0 + c_eps * eps + c_x * x32
+    if aux is not None:
+        y = y + c_aux * aux.float()
+    if torch.is_tensor(sigma) or sigma != 0:
+        y = y + sigma * noise.float()
+    if keep is None:
+        return y.to(x.dtype)
+    return y.to(x.dtype), (keep[0] * x0 + keep[1] * x32).to(x.dtype)
+
+
+def score_noise_norms(out, noise, guidance=None):
+    """Per-sample L2 norms for the predictor-corrector's step size -> [B, 2] float32:
+    (||out_b||, ||z_b||), with out [B, ...] guided as in ``diffusion_step`` ([2B, ...] =
+    [cond; uncond] with ``guidance``) and z = noise [B, ...]."""
+    out = out.float()
+    if guidance is not None:
+        out = guided(out, guidance)
+    return torch.stack([out.flatten(1).norm(dim=1), noise.float().flatten(1).norm(dim=1)], dim=1)
