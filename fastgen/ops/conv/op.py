@@ -8,11 +8,10 @@ shape, so a stack of fastgen layers never converts layouts between layers.
 
 Backends (see ``fastgen.ops._backend``): the reference in ``fastgen.ops.conv.reference`` on
 CPU (and for float64), Triton on CUDA and under ``TRITON_INTERPRET=1``.  The Triton path is
-registered as ``torch.ops.fastgen.masked_conv2d`` / ``causal_conv1d`` (with fake kernels and
-autograd) and that op is what ``torch.compile`` sees.  Eager calls go through a plain
-``autograd.Function`` over the same helpers instead: on an H100 with torch 2.11 the
-custom-op dispatcher added ~0.15 ms of host time per call, more than a 3x3 conv's kernel, and
-the Function can also keep the packed weight for backward and skip unneeded gradients.
+declared with ``fastgen.ops._define`` as ``torch.ops.fastgen.masked_conv2d`` / ``causal_conv1d``
+(fake kernels, autograd); that op is what ``torch.compile`` sees, while eager calls take the
+``autograd.Function`` the same declaration builds, which skips the dispatcher's host cost,
+keeps the packed weight for backward and skips unneeded gradients.
 """
 import functools
 from typing import List, Optional
@@ -21,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgen.ops import _validate
+from fastgen.ops import _backend, _validate
 from fastgen.ops.conv import reference
-from fastgen.ops import _backend
-from fastgen.ops._backend import choose_backend
+from fastgen.ops._define import define_autograd, define_op, dot_precision
 
 
 # --------------------------------------------------------------------------- taps
@@ -73,12 +71,9 @@ def _wgrad_splits(m, tiles, device):
 # ------------------------------------------------------- shared Triton forward/backward
 
 def _dot_precision(x):
-    """How the kernels multiply fp32: like ``nn.Conv2d`` does -- TF32 on the tensor cores when
-    ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default, ~1e-3 relative error),
-    exact fp32 products ("ieee", ~1e-6) otherwise and always on the CPU interpreter.
-    16-bit inputs always use the tensor cores ("tf32" is Triton's default setting)."""
-    exact = x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cudnn.allow_tf32)
-    return "ieee" if exact else "tf32"
+    """fastgen's TF32 rule for a conv (``fastgen.ops._define.dot_precision``): TF32 exactly when
+    ``nn.Conv2d`` would use it (``torch.backends.cudnn.allow_tf32``)."""
+    return dot_precision(x.dtype, x.device, tf32="conv")
 
 
 def _tap_forward(x_cl, w_packed, taps, bias):
@@ -163,11 +158,9 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1, dilation=
     """
     _check_masked_conv2d(x, weight, bias, mask_type, color_groups, dilation, stack)
     args = (mask_type, color_groups, dilation, stack)
-    if choose_backend("masked_conv2d", x, backend) == "reference":
+    if _masked_conv2d_kernel.backend(x, backend) == "reference":
         return reference.masked_conv2d(x, weight, bias, *args)
-    if torch.compiler.is_compiling():
-        return torch.ops.fastgen.masked_conv2d(x, weight, bias, *args)
-    return _MaskedConv2d.apply(x, weight, bias, *args)
+    return _masked_conv2d_kernel(x, weight, bias, *args)
 
 
 def _pack_masked_weight(weight, mask_type, color_groups, dilation, stack):
@@ -181,11 +174,12 @@ def _pack_masked_weight(weight, mask_type, color_groups, dilation, stack):
 
 
 def _masked_forward(x, weight, bias, mask_type, color_groups, dilation, stack):
-    """-> (y [B, C_out, H, W] channels-last, w_packed, x as a channels-last [B, C, H, W])."""
+    """-> (y [B, C_out, H, W] channels-last, what backward needs: (x as a channels-last
+    [B, C, H, W], weight, w_packed) -- so eager backward neither repacks nor transposes again)."""
     w_packed, taps = _pack_masked_weight(weight, mask_type, color_groups, dilation, stack)
     x_cl = _channels_last(x)
     y = _tap_forward(x_cl, w_packed, taps, bias).permute(0, 3, 1, 2)
-    return y, w_packed, x_cl.permute(0, 3, 1, 2)
+    return y, (x_cl.permute(0, 3, 1, 2), weight, w_packed)
 
 
 def _masked_backward(grad_y, x, weight, w_packed, mask_type, color_groups, dilation, stack,
@@ -206,65 +200,31 @@ def _masked_backward(grad_y, x, weight, w_packed, mask_type, color_groups, dilat
             gb.to(weight.dtype) if gb is not None else None]
 
 
-class _MaskedConv2d(torch.autograd.Function):
-    """Eager Triton path: keeps the packed weight, and x in the channels-last layout the
-    kernels read, for backward (so backward transposes neither again)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, *args):
-        y, w_packed, x_cl = _masked_forward(x, weight, bias, *args)
-        ctx.save_for_backward(x_cl, weight, w_packed)
-        ctx.args = args
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight, w_packed = ctx.saved_tensors
-        grads = _masked_backward(grad_y, x, weight, w_packed, *ctx.args, needs=ctx.needs_input_grad[:3])
-        return (*grads, *([None] * len(ctx.args)))
-
-
-@torch.library.custom_op("fastgen::masked_conv2d", mutates_args=())
-def _masked_conv2d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask_type: str,
-                      color_groups: int, dilation: int, stack: str) -> Tensor:
+@define_op("masked_conv2d", family="conv", tf32="conv",
+           fake=lambda x, weight, bias, *args: x.new_empty(x.shape[0], x.shape[2], x.shape[3],
+                                                           weight.shape[0]).permute(0, 3, 1, 2))
+def _masked_conv2d_kernel(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask_type: str,
+                          color_groups: int, dilation: int, stack: str) -> Tensor:
+    """PixelCNN masked 2-D convolution (types A/B, colour groups, Gated PixelCNN stacks)."""
     return _masked_forward(x, weight, bias, mask_type, color_groups, dilation, stack)[0]
 
 
-@_masked_conv2d_op.register_fake
-def _(x, weight, bias, mask_type, color_groups, dilation, stack):
-    B, _, H, W = x.shape
-    return x.new_empty(B, H, W, weight.shape[0]).permute(0, 3, 1, 2)
-
-
-@torch.library.custom_op("fastgen::masked_conv2d_backward", mutates_args=())
-def _masked_conv2d_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, mask_type: str,
-                               color_groups: int, dilation: int, stack: str) -> List[Tensor]:
+def _masked_conv2d_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], mask_type: str,
+                            color_groups: int, dilation: int, stack: str) -> List[Tensor]:
     args = (mask_type, color_groups, dilation, stack)
     w_packed, _ = _pack_masked_weight(weight, *args)
     return _masked_backward(grad_y, x, weight, w_packed, *args)
 
 
-@_masked_conv2d_backward_op.register_fake
-def _(grad_y, x, weight, mask_type, color_groups, dilation, stack):
-    B, c_in, H, W = x.shape
-    return [x.new_empty(B, H, W, c_in).permute(0, 3, 1, 2), torch.empty_like(weight),
-            weight.new_empty(weight.shape[0])]
-
-
-def _masked_conv2d_setup(ctx, inputs, output):
-    x, weight, bias, *args = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.args = args
-    ctx.has_bias = bias is not None
-
-
-def _masked_conv2d_grad(ctx, grad_y):
-    x, weight = ctx.saved_tensors
-    gx, gw, gb = torch.ops.fastgen.masked_conv2d_backward(grad_y, x, weight, *ctx.args)
-    return gx, gw, (gb if ctx.has_bias else None), None, None, None, None
-
-
-_masked_conv2d_op.register_autograd(_masked_conv2d_grad, setup_context=_masked_conv2d_setup)
+define_autograd(
+    _masked_conv2d_kernel, tensor_inputs=3,
+    forward=_masked_forward,
+    backward=lambda grad, saved, args, needs: _masked_backward(grad, *saved, *args[3:], needs=needs),
+    backward_op=_masked_conv2d_backward,
+    backward_fake=lambda grad_y, x, weight, bias, *args: [
+        x.new_empty(x.shape[0], x.shape[2], x.shape[3], x.shape[1]).permute(0, 3, 1, 2),
+        torch.empty_like(weight), weight.new_empty(weight.shape[0])],
+)
 
 
 # ------------------------------------------------------------------ causal_conv1d
@@ -290,21 +250,19 @@ def causal_conv1d(x, weight, bias=None, dilation=1, backend=None):
     channel stride is 1 (``[B, T, C]`` in memory) and reads such inputs without a copy.
     """
     _check_causal_conv1d(x, weight, bias, dilation)
-    if choose_backend("causal_conv1d", x, backend) == "reference":
+    if _causal_conv1d_kernel.backend(x, backend) == "reference":
         return reference.causal_conv1d(x, weight, bias, dilation)
-    if torch.compiler.is_compiling():
-        return torch.ops.fastgen.causal_conv1d(x, weight, bias, dilation)
-    return _CausalConv1d.apply(x, weight, bias, dilation)
+    return _causal_conv1d_kernel(x, weight, bias, dilation)
 
 
 def _causal_forward(x, weight, bias, dilation):
-    """-> (y [B, C_out, T] with channel stride 1, w_packed [k, C_in, C_out], x with channel
-    stride 1)."""
+    """-> (y [B, C_out, T] with channel stride 1, what backward needs: (x with channel stride 1,
+    weight, w_packed [k, C_in, C_out]))."""
     w_packed = weight.permute(2, 1, 0).contiguous()
     taps = _causal_taps(weight.shape[2], dilation)
     x_cl = _channels_last(x)
     y = _tap_forward(x_cl.unsqueeze(1), w_packed, taps, bias)[:, 0].transpose(1, 2)
-    return y, w_packed, x_cl.transpose(1, 2)
+    return y, (x_cl.transpose(1, 2), weight, w_packed)
 
 
 def _causal_backward(grad_y, x, weight, w_packed, dilation, needs=(True, True, True)):
@@ -316,55 +274,25 @@ def _causal_backward(grad_y, x, weight, w_packed, dilation, needs=(True, True, T
             gb.to(weight.dtype) if gb is not None else None]
 
 
-class _CausalConv1d(torch.autograd.Function):
-    """Eager Triton path: keeps the packed weight and the channels-last x for backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, dilation):
-        y, w_packed, x_cl = _causal_forward(x, weight, bias, dilation)
-        ctx.save_for_backward(x_cl, weight, w_packed)
-        ctx.dilation = dilation
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight, w_packed = ctx.saved_tensors
-        grads = _causal_backward(grad_y, x, weight, w_packed, ctx.dilation, needs=ctx.needs_input_grad[:3])
-        return (*grads, None)
-
-
-@torch.library.custom_op("fastgen::causal_conv1d", mutates_args=())
-def _causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) -> Tensor:
+@define_op("causal_conv1d", family="conv", tf32="conv",
+           fake=lambda x, weight, bias, dilation: x.new_empty(x.shape[0], x.shape[2],
+                                                              weight.shape[0]).transpose(1, 2))
+def _causal_conv1d_kernel(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) -> Tensor:
+    """Causal dilated 1-D convolution (WaveNet)."""
     return _causal_forward(x, weight, bias, dilation)[0]
 
 
-@_causal_conv1d_op.register_fake
-def _(x, weight, bias, dilation):
-    return x.new_empty(x.shape[0], x.shape[2], weight.shape[0]).transpose(1, 2)
-
-
-@torch.library.custom_op("fastgen::causal_conv1d_backward", mutates_args=())
-def _causal_conv1d_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, dilation: int) -> List[Tensor]:
+def _causal_conv1d_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                            dilation: int) -> List[Tensor]:
     return _causal_backward(grad_y, x, weight, weight.permute(2, 1, 0).contiguous(), dilation)
 
 
-@_causal_conv1d_backward_op.register_fake
-def _(grad_y, x, weight, dilation):
-    return [x.new_empty(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2),
-            torch.empty_like(weight), weight.new_empty(weight.shape[0])]
-
-
-def _causal_conv1d_setup(ctx, inputs, output):
-    x, weight, bias, dilation = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.dilation = dilation
-    ctx.has_bias = bias is not None
-
-
-def _causal_conv1d_grad(ctx, grad_y):
-    x, weight = ctx.saved_tensors
-    gx, gw, gb = torch.ops.fastgen.causal_conv1d_backward(grad_y, x, weight, ctx.dilation)
-    return gx, gw, (gb if ctx.has_bias else None), None
-
-
-_causal_conv1d_op.register_autograd(_causal_conv1d_grad, setup_context=_causal_conv1d_setup)
+define_autograd(
+    _causal_conv1d_kernel, tensor_inputs=3,
+    forward=_causal_forward,
+    backward=lambda grad, saved, args, needs: _causal_backward(grad, *saved, args[3], needs=needs),
+    backward_op=_causal_conv1d_backward,
+    backward_fake=lambda grad_y, x, weight, bias, dilation: [
+        x.new_empty(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2),
+        torch.empty_like(weight), weight.new_empty(weight.shape[0])],
+)
