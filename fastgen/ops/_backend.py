@@ -22,9 +22,15 @@ _log = logging.getLogger("fastgen")
 
 @functools.lru_cache(maxsize=None)
 def _configure_logging(level):
+    """``FASTGEN_LOG_LEVEL``: give the ``fastgen`` logger a handler of its own at that level.
+    The root logger and the application's handlers are left alone; records do not propagate
+    to the root as well, so they are printed once."""
     if level:
-        logging.basicConfig()
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+        _log.addHandler(handler)
         _log.setLevel(level.upper())
+        _log.propagate = False
 
 
 def log_decision(message, *args):
