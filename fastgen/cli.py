@@ -39,8 +39,9 @@ def cmd_info(args):
     print(f"device    {device} ({name})")
     print(f"native    {_native.status()}")
     from fastgen.kernels import _launch
-    launch = "direct after the first call per argument key" if _launch.enabled() else "Triton's (direct launch off)"
-    print(f"launch    {launch}")
+    direct, why = _launch.status()
+    launch = "direct after the first call per argument key" if direct else "Triton's (direct launch off)"
+    print(f"launch    {launch}: {why}")
     print("backends  (op: dtype -> backend)")
     for op in ("masked_conv2d", "causal_conv1d", "gated_pixel_step", "wavenet_step", "wavenet_steps",
                "pixelcnnpp_resnet_at", "diffusion_step"):

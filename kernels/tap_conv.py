@@ -160,25 +160,6 @@ def tap_conv_wgrad_kernel(
     tl.store(out, acc, mask=c_ok[:, None] & n_ok[None, :])
 
 
-_TUNED = {}   # (kernel, launch key) -> the triton.Config the autotuner chose
-
-
-def _launch_tuned(kernel, grid, key, out, *args, **constexprs):
-    """Launch an autotuned kernel that writes ``out``.  The first call for ``key`` goes
-    through the autotuner; later ones launch its choice through ``_launch.launch``, which
-    skips the autotuner's and the JIT's per-call bookkeeping (host time that small convs
-    are bound by).  ``key`` must determine the autotuner's own key (its key arguments and
-    the argument dtypes)."""
-    config = _TUNED.get((kernel, key))
-    if config is None:
-        kernel[grid](*args, **constexprs)
-        _TUNED[(kernel, key)] = kernel.best_config
-        return
-    constexprs = {**constexprs, **config.kwargs}
-    launch(kernel.fn, tuple(grid(constexprs)), args, constexprs, out,
-           num_warps=config.num_warps, num_stages=config.num_stages)
-
-
 class Taps(NamedTuple):
     """Kept taps t = 0..T-1 at window positions first + t (raster order, window ``width``
     wide, centre at (centre_y, centre_x)); offsets are scaled by ``dilation``."""
@@ -201,14 +182,13 @@ def tap_conv_forward(x, w_packed, taps, bias, y, precision, mirror=False):
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C_OUT, meta["BLOCK_N"]))
 
+    # tune_key: what determines the autotuner's choice (its key arguments and the dtypes)
     key = (C_IN, C_OUT, T, M, W, x.dtype, w_packed.dtype, y.dtype, bias is not None, precision)
-    _launch_tuned(
-        tap_conv_fwd_kernel, grid, key, y,
-        x, w_packed, bias if bias is not None else y, y,
-        M, H, W, C_IN, C_OUT, T, *taps, -1 if mirror else 1,
-        *x.stride(), *w_packed.stride(), *y.stride(),
-        HAS_BIAS=bias is not None, PRECISION=precision,
-    )
+    launch(tap_conv_fwd_kernel, grid,
+           (x, w_packed, bias if bias is not None else y, y,
+            M, H, W, C_IN, C_OUT, T, *taps, -1 if mirror else 1,
+            *x.stride(), *w_packed.stride(), *y.stride()),
+           dict(HAS_BIAS=bias is not None, PRECISION=precision), y, tune_key=key)
     return y
 
 
@@ -226,11 +206,7 @@ def tap_conv_weight_grad(x, gy, taps, partial, precision):
         return (triton.cdiv(C_IN, meta["BLOCK_C"]), triton.cdiv(C_OUT, meta["BLOCK_N"]), T * S)
 
     key = (C_IN, C_OUT, T, M, W, m_per_split, x.dtype, gy.dtype, precision)
-    _launch_tuned(
-        tap_conv_wgrad_kernel, grid, key, partial,
-        x, gy, partial,
-        M, H, W, C_IN, C_OUT, T, m_per_split, *taps,
-        *x.stride(), *gy.stride(),
-        PRECISION=precision,
-    )
+    launch(tap_conv_wgrad_kernel, grid,
+           (x, gy, partial, M, H, W, C_IN, C_OUT, T, m_per_split, *taps, *x.stride(), *gy.stride()),
+           dict(PRECISION=precision), partial, tune_key=key)
     return partial

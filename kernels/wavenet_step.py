@@ -26,6 +26,7 @@ the gating, the logits and the argmax stay fp32 in registers.
 import triton
 import triton.language as tl
 
+from fastgen.kernels._launch import launch
 from fastgen.kernels._tiles import gumbel_argmax_update, load_matrix, load_rows
 
 
@@ -185,7 +186,12 @@ def _sizes(weights, local):
 
 def _meta(R, S, A, LC, kernel_size, precision, block_b):
     return dict(R=R, S=S, K=kernel_size, LC=LC, LEVEL_BLOCK=max(16, min(128, triton.next_power_of_2(A))),
-                S_BLOCK=min(64, S), BLOCK_B=block_b, PRECISION=precision, num_warps=4)
+                S_BLOCK=min(64, S), BLOCK_B=block_b, PRECISION=precision)
+
+
+# Both kernels read and overwrite the queues (and the scratch) in place: launching them twice
+# is not harmless, so they take Triton's normal launch (``inplace=True``, kernels/_launch.py).
+NUM_WARPS = 4
 
 
 def wavenet_step(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
@@ -194,11 +200,12 @@ def wavenet_step(prev, code_out, queue, queue_offsets, weights, gterm, local_t, 
     embed, wtap, bconv, wlc, wres, bres, wskip, bskip, w1, b1, w2, b2 = weights
     B = prev.shape[0]
     L, R, S, A, LC = _sizes(weights, local_t)
-    wavenet_step_kernel[(triton.cdiv(B, block_b),)](
-        prev, code_out, embed, queue, queue_offsets, wtap, bconv, gterm, wlc,
-        local_t if local_t is not None else gterm, wres, bres, wskip, bskip, w1, b1, w2, b2,
-        gumbel, gumbel.stride(0), gumbel.stride(1), scratch,
-        B, L, t, cycle, A, inv_temperature, **_meta(R, S, A, LC, kernel_size, precision, block_b))
+    launch(wavenet_step_kernel, (triton.cdiv(B, block_b),),
+           (prev, code_out, embed, queue, queue_offsets, wtap, bconv, gterm, wlc,
+            local_t if local_t is not None else gterm, wres, bres, wskip, bskip, w1, b1, w2, b2,
+            gumbel, gumbel.stride(0), gumbel.stride(1), scratch,
+            B, L, t, cycle, A, inv_temperature),
+           _meta(R, S, A, LC, kernel_size, precision, block_b), code_out, num_warps=NUM_WARPS, inplace=True)
 
 
 def wavenet_steps(prev, codes_out, queue, queue_offsets, weights, gterm, local, gumbel, scratch, t0, cycle,
@@ -214,8 +221,9 @@ def wavenet_steps(prev, codes_out, queue, queue_offsets, weights, gterm, local, 
     embed, wtap, bconv, wlc, wres, bres, wskip, bskip, w1, b1, w2, b2 = weights
     T, B = codes_out.shape
     L, R, S, A, LC = _sizes(weights, local)
-    wavenet_steps_kernel[(triton.cdiv(B, block_b),)](
-        prev, codes_out, embed, queue, queue_offsets, wtap, bconv, gterm, wlc,
-        local if local is not None else gterm, wres, bres, wskip, bskip, w1, b1, w2, b2,
-        gumbel, gumbel.stride(0), gumbel.stride(1), gumbel.stride(2), scratch,
-        B, L, T, t0, cycle, A, inv_temperature, **_meta(R, S, A, LC, kernel_size, precision, block_b))
+    launch(wavenet_steps_kernel, (triton.cdiv(B, block_b),),
+           (prev, codes_out, embed, queue, queue_offsets, wtap, bconv, gterm, wlc,
+            local if local is not None else gterm, wres, bres, wskip, bskip, w1, b1, w2, b2,
+            gumbel, gumbel.stride(0), gumbel.stride(1), gumbel.stride(2), scratch,
+            B, L, T, t0, cycle, A, inv_temperature),
+           _meta(R, S, A, LC, kernel_size, precision, block_b), codes_out, num_warps=NUM_WARPS, inplace=True)
