@@ -107,27 +107,8 @@ def cmd_bench(args):
     from fastgen import bench
 
     device = _device()
-    quick = args.quick or device.type != "cuda"
-    if args.what in ("sampling", "wavenet", "diffusion"):
-        runner = {"sampling": bench.sampling_rows, "wavenet": bench.wavenet_rows, "diffusion": bench.diffusion_rows}
-        rows = runner[args.what](device, quick=quick)
-        if args.what == "sampling":
-            rows += bench.half_precision_sampling_rows(device, quick=quick)
-            rows += bench.pixelcnnpp_resnet_rows(device, quick=quick)
-        if args.json:
-            bench.save(rows, args.json, " ".join(["fastgen"] + sys.argv[1:]), device)
-        return 0
-    if device.type != "cuda":
-        print("No GPU here: small sizes on the CPU (Triton interpreter when TRITON_INTERPRET=1); "
-              "these times check the runner and are not speed claims.")
-    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")] if args.dtypes else None
-    cases = [c for c in bench.conv_cases(device, quick=quick, dtypes=dtypes) if args.filter in c.name]
-    print(f"{'case':<58} {'fastgen speedup (cl: channels-last input)':<38} median ms")
-    rows = bench.run_cases(cases, device, progress=lambda row: print(bench.format_row(row), flush=True))
-    if args.json:
-        bench.save(rows, args.json, " ".join(["fastgen"] + sys.argv[1:]), device)
-        print(f"wrote {args.json}")
-    return 0
+    return bench.run(args.what, device, quick=args.quick, json_path=args.json, name_filter=args.filter,
+                     dtypes=args.dtypes, command=" ".join(["fastgen"] + sys.argv[1:]))
 
 
 def main(argv=None):
