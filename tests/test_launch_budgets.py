@@ -1,0 +1,128 @@
+"""Launch and sync budgets of every fast sampler's hot loop, counted on the CPU.
+
+A sampler at small batch is bound by how many kernels it launches per generated pixel, audio
+sample or diffusion step (~14 us per eager launch from Python, ~1 us per node replayed in a
+CUDA graph, on the H100 in shared/anchors).  These tests count, with the Triton kernels forced
+and run by the interpreter (``tests/launch_counting.py``), the Triton launches and the other
+aten ops each sampler issues, and the host-device synchronisations inside its loop, and hold
+each to a budget: a change that adds launches or syncs to a hot loop fails here.
+
+The budgets are today's counts, rounded up a little (where the count depends on a model's
+size, at the size used here).  Tighten them when a sampler gets leaner; never loosen one
+without saying why in the commit.  Loops are measured *marginally* -- the counts of a run
+twice as long minus those of a run as long, so setup work is not charged to the loop."""
+import dataclasses
+
+import pytest
+import torch
+
+from fastgen.models import GatedPixelCNN, PixelCNNpp, WaveNet
+from fastgen.sampling import diffusion, sample
+from launch_counting import count_launches
+
+
+@dataclasses.dataclass
+class Budget:
+    triton: float       # Triton launches per item
+    ops: float          # other aten ops per item (each a launch or an allocation on a GPU)
+    syncs: float = 0.0  # host syncs per item inside the loop
+
+
+BUDGETS = {
+    # per pixel, grey 8x8, 3 layers of 16 channels: the fused step (1) plus the per-row vertical
+    # stack convs (3 per row = 0.375 per pixel); ops: per-pixel copies, clones, zeros
+    "gated_fused": Budget(triton=1.375, ops=4.4),
+    # per pixel, grey 4x4, 16 channels, nr_resnet 1 (two launches per GatedResnet step); ops:
+    # the mixture-of-logistics draw in torch ops
+    "pixelcnnpp": Budget(triton=10.5, ops=200.0),
+    # per audio sample, the per-step kernel (and an empty_like per sample)
+    "wavenet_per_step": Budget(triton=1.0, ops=1.0),
+    # per block of 256 samples (the persistent kernel's block)
+    "wavenet_persistent_per_block": Budget(triton=1.0, ops=25.0),
+    # per diffusion step, with a denoiser that launches nothing
+    "ddim": Budget(triton=1.0, ops=3.0),
+    "dpmpp2m": Budget(triton=1.0, ops=3.0),
+}
+
+
+def _within(name, measured_triton, measured_ops, measured_syncs):
+    budget = BUDGETS[name]
+    assert measured_syncs <= budget.syncs, f"{name}: {measured_syncs} host syncs per item in the loop"
+    assert measured_triton <= budget.triton, f"{name}: {measured_triton} Triton launches per item > {budget.triton}"
+    assert measured_ops <= budget.ops, f"{name}: {measured_ops} other ops per item > {budget.ops}"
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("FASTGEN_BACKEND", "triton")
+
+
+def _every_kernel_through_the_entry_point(counts):
+    assert counts.entry_point == counts.triton, "a kernel launched without fastgen.kernels._launch.launch"
+
+
+def test_gated_pixelcnn_fused_sampler(triton_backend):
+    torch.manual_seed(0)
+    model = GatedPixelCNN((1, 8, 8), levels=16, channels=16, layers=3).eval()
+    sample(model, 2, generator=torch.Generator().manual_seed(0))          # compile, tune
+    with count_launches() as counts:
+        sample(model, 2, generator=torch.Generator().manual_seed(0))
+    _every_kernel_through_the_entry_point(counts)
+    _within("gated_fused", *counts.per(8 * 8))
+
+
+def test_pixelcnnpp_cached_sampler(triton_backend):
+    torch.manual_seed(0)
+    model = PixelCNNpp((1, 4, 4), levels=16, channels=16, nr_resnet=1, nr_mix=2).eval()
+    with count_launches() as counts:
+        sample(model, 1, generator=torch.Generator().manual_seed(0))
+    _every_kernel_through_the_entry_point(counts)
+    _within("pixelcnnpp", *counts.per(4 * 4))
+
+
+def _marginal(run, short, long):
+    """Counts per item of the extra ``long - short`` items (setup cancels out)."""
+    with count_launches() as a:
+        run(short)
+    with count_launches() as b:
+        run(long)
+    _every_kernel_through_the_entry_point(b)
+    extra = long - short
+    return (b.triton - a.triton) / extra, (b.ops - a.ops) / extra, (b.syncs - a.syncs) / extra
+
+
+@pytest.mark.parametrize("persistent", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["per_step", "persistent"])
+def test_wavenet_fused_generation(triton_backend, persistent):
+    torch.manual_seed(0)
+    model = WaveNet(layers=2, cycle=2, residual_channels=16, skip_channels=16, quantization=16).eval()
+
+    def run(n):
+        model.generate(n, 2, generator=torch.Generator().manual_seed(0), persistent=persistent)
+    if persistent:      # per block of 256 samples
+        triton, ops, syncs = (256 * v for v in _marginal(run, 256, 512))
+        _within("wavenet_persistent_per_block", triton, ops, syncs)
+    else:
+        _within("wavenet_per_step", *_marginal(run, 20, 40))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
+def test_diffusion_step_loop(sampler):
+    eps = torch.randn(4, 3, 8, 8)
+
+    def run(steps):
+        diffusion.sample(lambda x, t: eps, (4, 3, 8, 8), sampler=sampler, steps=steps, seed=0, backend="triton",
+                         device="cpu")
+    _within(sampler, *_marginal(run, 10, 20))
+
+
+def test_counter_sees_launches_ops_and_syncs():
+    """The counter itself: a kernel launch, ops and a host sync are each counted."""
+    from fastgen import ops
+    x, w = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3)
+    ops.masked_conv2d(x, w, backend="triton")            # first call: builds and caches the taps
+    with count_launches() as counts:
+        y = ops.masked_conv2d(x, w, backend="triton")
+        y.sum().item()
+    assert counts.triton >= 1 and counts.entry_point == counts.triton
+    assert counts.ops >= 1 and counts.syncs == 1
