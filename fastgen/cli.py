@@ -5,6 +5,9 @@
     fastgen sample wavenet --checkpoint CKPT --seconds S --out out.wav
                                  generate audio (progress bar with samples/s)
     fastgen info                 versions, device, the backend each op uses, native extension
+    fastgen compile-gate [--arch 80,90] [--out DIR] [--quick]
+                                 compile every kernel at every configuration the library launches
+                                 for sm_80 / sm_90 (no GPU needed): registers, spills, shared memory
     fastgen bench conv|sampling|wavenet|diffusion [--quick] [--json PATH]
                                  time the conv kernels against cuDNN / torch.compile, the
                                  PixelCNN samplers, WaveNet generation or diffusion steps here
@@ -22,7 +25,7 @@ def _device():
 
 def cmd_info(args):
     from fastgen import __version__, _native
-    from fastgen.ops._backend import can_run_triton, choose_backend, triton_version
+    from fastgen.ops._backend import can_run_triton, triton_version
 
     device = _device()
     try:
@@ -42,16 +45,18 @@ def cmd_info(args):
     direct, why = _launch.status()
     launch = "direct after the first call per argument key" if direct else "Triton's (direct launch off)"
     print(f"launch    {launch}: {why}")
-    print("backends  (op: dtype -> backend)")
-    for op in ("masked_conv2d", "causal_conv1d", "gated_pixel_step", "wavenet_step", "wavenet_steps",
-               "pixelcnnpp_resnet_at", "diffusion_step"):
-        dtypes = (torch.float32, torch.bfloat16, torch.float64) if "conv" in op else (torch.float32,)
-        for dtype in dtypes:
-            probe = torch.empty(0, dtype=dtype, device=device)
-            backend = choose_backend(op, probe)
-            _, why = can_run_triton(device, dtype)
-            note = "" if backend == "triton" else f"  ({why})"
-            print(f"  {op:<20} {str(dtype)[6:]:<9} -> {backend}{note}")
+    dtypes = (torch.float32, torch.bfloat16, torch.float64)
+    print("ops       by family -- backend here for float32 / bfloat16 / float64; the flag fp32 TF32 follows")
+    from fastgen.ops._define import TF32_FLAG_NAMES, ops_by_family
+    for family, ops in ops_by_family().items():
+        print(f"  {family}")
+        for op in ops:
+            backends = " / ".join(op.backend(torch.empty(0, dtype=d, device=device)) for d in dtypes)
+            print(f"    {op.name:<21} {backends:<34} {TF32_FLAG_NAMES[op.tf32]}")
+            print(f"    {'':<21} {op.summary}")
+    reasons = {str(d)[6:]: can_run_triton(device, d)[1] for d in dtypes}
+    print("          no triton: " + "; ".join(f"{d}: {why}" for d, why in reasons.items() if why != "ok")
+          if any(why != "ok" for why in reasons.values()) else "")
     return 0
 
 
@@ -136,6 +141,11 @@ def main(argv=None):
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("info", help="versions, device and backends")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("compile-gate", help="compile every kernel for sm_80 / sm_90 (no GPU needed); fail on "
+                                            "compile errors, spills or too much shared memory")
+    from fastgen import compile_gate
+    compile_gate.add_arguments(p)
+    p.set_defaults(func=compile_gate.cmd)
     p = sub.add_parser("bench", help="time fastgen against the alternatives on this machine")
     p.add_argument("what", choices=["conv", "sampling", "wavenet", "diffusion"], help="which benchmark")
     p.add_argument("--quick", action="store_true", help="small sizes (always on without a GPU)")

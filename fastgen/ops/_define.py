@@ -50,6 +50,7 @@ TF32_FLAGS = {
     # the op replaces matmuls (the fused sampling steps are chains of small GEMMs)
     "matmul": lambda: torch.backends.cuda.matmul.allow_tf32,
 }
+TF32_FLAG_NAMES = {"conv": "torch.backends.cudnn.allow_tf32", "matmul": "torch.backends.cuda.matmul.allow_tf32"}
 
 
 def dot_precision(dtype: torch.dtype, device: torch.device, tf32: str) -> str:
