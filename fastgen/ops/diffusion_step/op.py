@@ -4,41 +4,85 @@
 DDIM, Euler, Heun, DPM-Solver++(2M), Langevin, predictor-corrector, probability-flow ODE,
 SGLD) with classifier-free guidance, the prediction conversion ('eps' | 'x0' | 'v' | 'score')
 and x0 clipping fused into one pass (``fastgen.kernels.diffusion_step``; reference:
-``fastgen.ops.diffusion_step.reference.diffusion_step``).  ``score_noise_norms`` is the per-sample reduction
-the predictor-corrector's Langevin step size needs (reference: ``reference.score_noise_norms``).
+``fastgen.ops.diffusion_step.reference.diffusion_step``).  ``score_noise_norms`` is the
+per-sample reduction the predictor-corrector's Langevin step size needs (reference:
+``reference.score_noise_norms``).
+
+Both are declared with ``fastgen.ops._define.define_op`` as ``torch.ops.fastgen.diffusion_step``
+/ ``score_noise_norms`` (what torch.compile sees; eager calls skip the dispatcher).  TF32: the
+kernels are elementwise math and one reduction -- no ``tl.dot``, so no TF32 flag changes what
+they compute.  They are declared ``tf32="matmul"`` because that flag's default (off, exact
+fp32) is what the eager PyTorch update they replace computes, should a dot ever be added.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch import Tensor
 
 from fastgen.ops import _backend
+from fastgen.ops._define import define_op
 from fastgen.ops.diffusion_step import reference
-from fastgen.ops._backend import choose_backend, eager_or_registered
+from fastgen.ops.diffusion_step.bundles import KeptStep, StepCoefficients
 
 PREDICTIONS = ("eps", "x0", "v", "score")
-COEFFICIENTS = ("s0", "s1", "c_x0", "c_eps", "c_x", "sigma", "c_aux")
+
+# The kernels compute element indices in 32-bit integers (program id x block + lane).
+_MAX_ELEMENTS = 2 ** 31 - 1
 
 
-def _check_like(name, tensor, x):
+def _too_large(out: Tensor) -> Optional[str]:
+    """Why the kernels cannot take a denoiser output this large (None if they can): ``out`` is
+    the largest tensor they index ([2B, ...] with guidance, twice the channels with a learned
+    variance)."""
+    if out.numel() > _MAX_ELEMENTS:
+        return f"the denoiser output has {out.numel()} elements; the kernels index at most 2^31 - 1"
+    return None
+
+
+def _check_tensor(name: str, value) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_like(name: str, tensor: Optional[Tensor], x: Tensor) -> None:
     if tensor is not None and (tuple(tensor.shape) != tuple(x.shape) or tensor.device != x.device):
         raise ValueError(f"{name} must have the shape and device of x {tuple(x.shape)} {x.device}, "
                          f"got {tuple(tensor.shape)} {tensor.device}")
 
 
-def diffusion_step(x, out, coefficients, prediction="eps", clip=False, guidance=None, noise=None, seed=None,
-                   offset=0, learned_variance=None, threshold=None, backend=None, aux=None, keep=None):
+def _check_per_sample(coefficients: Tensor, x: Tensor) -> None:
+    if tuple(coefficients.shape) != (x.shape[0], 7) or coefficients.dtype != torch.float32 \
+            or coefficients.device != x.device:
+        raise ValueError(f"per-sample coefficients must be a float32 tensor [{x.shape[0]}, 7] on {x.device}, got "
+                         f"{coefficients.dtype} {tuple(coefficients.shape)} on {coefficients.device}")
+
+
+def diffusion_step(x: Tensor, out: Tensor, coefficients: Union[StepCoefficients, Sequence[float], Tensor],
+                   prediction: str = "eps", clip: bool = False, guidance: Optional[float] = None,
+                   noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
+                   learned_variance: Optional[Sequence[float]] = None, threshold: Optional[float] = None,
+                   backend: Optional[str] = None, aux: Optional[Tensor] = None,
+                   keep: Optional[Sequence[float]] = None) -> Union[Tensor, KeptStep]:
     """x_next = c_x0 x0 + c_eps eps + c_x x + c_aux aux + sigma z for x [B, ...] and denoiser
-    output ``out`` ([2B, ...] = [cond; uncond] when ``guidance`` is a number).  z: ``noise`` (a
-    tensor like x), or, on the Triton backend, Philox normals drawn in the kernel from
-    (``seed``, ``offset`` + element index).
-    coefficients = (sqrt(abar_t), sqrt(1 - abar_t), c_x0, c_eps, c_x, sigma[, c_aux]) as numbers,
-    or a float32 tensor [B, 7] on x's device with one row per sample (``COEFFICIENTS`` order;
-    z is then always added: pass noise= or seed=).  aux: a tensor like x weighted by c_aux
-    (Heun's half step, DPM-Solver++'s previous x0).  keep = (k_x0, k_x): also return
-    k_x0 x0 + k_x x, i.e. (x_next, kept).
-    learned_variance = (log beta~, log beta): ``out`` carries [prediction; v] on the channels
-    and each element's sigma interpolates the two log-variances (Improved DDPM).
-    threshold = p: Imagen's dynamic thresholding at percentile p instead of ``clip``."""
+    output ``out`` [B, ...] ([2B, ...] = [cond; uncond] when ``guidance`` is a number w:
+    (1 + w) cond - w uncond).  z: ``noise`` (a tensor like x), or, on the Triton backend,
+    Philox normals drawn in the kernel from (``seed``, ``offset`` + element index).
+
+    coefficients: a ``StepCoefficients`` (s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t), c_x0, c_eps,
+    c_x, sigma, c_aux) -- what ``fastgen.sampling.diffusion``'s coefficient functions return --
+    or, as before it existed, a plain sequence of its first 6 (c_aux = 0) or all 7 numbers; or a
+    float32 tensor [B, 7] on x's device with one row per sample (columns in ``COEFFICIENTS``
+    order; z is then always added: pass noise= or seed=).
+    aux: a tensor like x weighted by c_aux (Heun's half step, DPM-Solver++'s previous x0).
+    keep = (k_x0, k_x) (e.g. ``KeepCoefficients``): also return k_x0 x0 + k_x x, as
+    ``KeptStep(x_next, kept)``.
+    learned_variance = (log beta~, log beta) (``LearnedVariance``): ``out`` carries
+    [prediction; v] on the channels and each element's sigma interpolates the two
+    log-variances (Improved DDPM).  threshold = p: Imagen's dynamic thresholding at percentile p
+    instead of ``clip``.  backend: None (automatic), 'reference' or 'triton'.
+    dtypes: x float32/float16/bfloat16 on Triton (math in fp32), float64 on the reference."""
+    _check_tensor("x", x)
+    _check_tensor("out", out)
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     expected = [2 * x.shape[0] if guidance is not None else x.shape[0], *x.shape[1:]]
@@ -46,59 +90,67 @@ def diffusion_step(x, out, coefficients, prediction="eps", clip=False, guidance=
         expected[1] *= 2                        # [prediction; v] along the channels
     expected = tuple(expected)
     if tuple(out.shape) != expected:
-        raise ValueError(f"the denoiser output has shape {tuple(out.shape)} but x has shape {tuple(x.shape)}"
-                         + (" (guidance needs [cond; uncond] outputs, twice the batch)" if guidance is not None else ""))
+        why = " (guidance needs [cond; uncond] outputs, twice the batch)" if guidance is not None else ""
+        raise ValueError(f"the denoiser output has shape {tuple(out.shape)} but x has shape {tuple(x.shape)}{why}")
+    if out.device != x.device:
+        raise ValueError(f"out is on {out.device} but x is on {x.device}; they must match")
     per_sample = torch.is_tensor(coefficients)
     if per_sample:
-        if tuple(coefficients.shape) != (x.shape[0], 7) or coefficients.dtype != torch.float32 \
-                or coefficients.device != x.device:
-            raise ValueError(f"per-sample coefficients must be a float32 tensor [{x.shape[0]}, 7] on {x.device}, got "
-                             f"{coefficients.dtype} {tuple(coefficients.shape)} on {coefficients.device}")
+        _check_per_sample(coefficients, x)
         if learned_variance is not None:   # the learned sigma would override a row's sigma = 0
             raise ValueError("learned_variance cannot be combined with per-sample coefficients")
-        scalars = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # unused by the kernel: it reads the rows
+        # The kernel reads the rows; the scalar arguments are placeholders.
+        scalars = StepCoefficients(1.0, 1.0, 0.0, 0.0, 0.0, 0.0)
     else:
-        if len(coefficients) not in (6, 7):
-            raise ValueError(f"coefficients must be {COEFFICIENTS[:6]} or {COEFFICIENTS}, "
-                             f"got {len(coefficients)} values")
-        scalars = [float(c) for c in coefficients] + [0.0] * (7 - len(coefficients))
-        if scalars[6] != 0 and aux is None:
+        scalars = StepCoefficients.of(coefficients)
+        if scalars.c_aux != 0 and aux is None:
             raise ValueError("c_aux (coefficients[6]) is nonzero: pass aux=")
     _check_like("noise", noise, x)
     _check_like("aux", aux, x)
     if keep is not None and len(keep) != 2:
         raise ValueError(f"keep must be (k_x0, k_x), got {keep!r}")
-    adds_noise = per_sample or scalars[5] != 0
+    adds_noise = per_sample or scalars.sigma != 0
     if adds_noise and noise is None and seed is None:
         raise ValueError("this step adds noise (sigma > 0 or per-sample coefficients): pass noise= or seed=")
     scale = None
     if threshold is not None:     # Imagen's dynamic thresholding needs a per-sample percentile first
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be a percentile in (0, 1], got {threshold!r}")
-        s0, s1 = ((coefficients[:, 0].view(-1, *[1] * (x.dim() - 1)), coefficients[:, 1].view(-1, *[1] * (x.dim() - 1)))
-                  if per_sample else scalars[:2])
+        if per_sample:                # each sample's s0, s1, broadcast over its elements
+            rows = coefficients.view(-1, 7, *[1] * (x.dim() - 1))
+            s0, s1 = rows[:, 0], rows[:, 1]
+        else:
+            s0, s1 = scalars.s0, scalars.s1
         x0 = reference.diffusion_x0(x, out, s0, s1, prediction, guidance, learned_variance is not None)
         scale = reference.dynamic_threshold(x0, threshold)
-    use = choose_backend("diffusion_step", x, backend)
-    if use == "reference":
+    if _diffusion_step_kernel.backend(x, backend, unsupported=_too_large(out)) == "reference":
         if adds_noise and noise is None:
             raise ValueError("the reference backend needs an explicit noise tensor (seed= is Triton-only)")
         return reference.diffusion_step(x, out, noise, coefficients if per_sample else scalars, prediction, clip,
                                         guidance, learned_variance, scale, aux, keep)
-    y, kept = eager_or_registered("diffusion_step", _diffusion_step_impl)(
-        x, out, noise, scalars, coefficients if per_sample else None, aux,
+    y, kept = _diffusion_step_kernel(
+        x, out, noise, list(scalars), coefficients if per_sample else None, aux,
         None if keep is None else [float(k) for k in keep], prediction, clip,
         None if guidance is None else float(guidance), seed or 0, offset,
         None if learned_variance is None else [float(v) for v in learned_variance], scale)
-    return y if keep is None else (y, kept)
+    return y if keep is None else KeptStep(y, kept)
 
 
-def _diffusion_step_impl(x: torch.Tensor, out: torch.Tensor, noise: Optional[torch.Tensor],
-                         coefficients: List[float], per_sample: Optional[torch.Tensor], aux: Optional[torch.Tensor],
-                         keep: Optional[List[float]], prediction: str, clip: bool, guidance: Optional[float],
-                         seed: int, offset: int, learned_variance: Optional[List[float]],
-                         threshold_scale: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> (y like x, kept like x, or an empty tensor without ``keep``)."""
+def _diffusion_step_fake(x, out, noise, coefficients, per_sample, aux, keep, *options):
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return y, (torch.empty_like(y) if keep is not None else x.new_empty(0))
+
+
+@define_op("diffusion_step", family="diffusion_step", tf32="matmul", fake=_diffusion_step_fake)
+def _diffusion_step_kernel(x: Tensor, out: Tensor, noise: Optional[Tensor], coefficients: List[float],
+                           per_sample: Optional[Tensor], aux: Optional[Tensor], keep: Optional[List[float]],
+                           prediction: str, clip: bool, guidance: Optional[float], seed: int, offset: int,
+                           learned_variance: Optional[List[float]],
+                           threshold_scale: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """One diffusion / score-based sampler step, fused (guidance, prediction, x0 clipping, update, noise).
+
+    -> (y like x, kept like x -- or an empty tensor without ``keep``).  coefficients: the 7
+    ``COEFFICIENTS`` (placeholders when ``per_sample`` [B, 7] is given)."""
     from fastgen.kernels.diffusion_step import diffusion_step as launch
     x, out = x.contiguous(), out.contiguous()
     y = _backend.empty(*x.shape, dtype=x.dtype, device=x.device)
@@ -112,22 +164,13 @@ def _diffusion_step_impl(x: torch.Tensor, out: torch.Tensor, noise: Optional[tor
     return y, kept
 
 
-# the registered op, for torch.compile (eager calls: ``eager_or_registered``)
-_diffusion_step_op = torch.library.custom_op("fastgen::diffusion_step", mutates_args=())(_diffusion_step_impl)
-
-
-@_diffusion_step_op.register_fake
-def _(x, out, noise, coefficients, per_sample, aux, keep, prediction, clip, guidance, seed, offset, learned_variance,
-      threshold_scale):
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    return y, (torch.empty_like(y) if keep is not None else x.new_empty(0))
-
-
-def score_noise_norms(out, noise=None, seed=None, offset=0, guidance=None, backend=None):
+def score_noise_norms(out: Tensor, noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
+                      guidance: Optional[float] = None, backend: Optional[str] = None) -> Tensor:
     """Per-sample L2 norms -> [B, 2] float32: (||out_b||, ||z_b||), out [B, ...] (guided like
     ``diffusion_step``: [2B, ...] = [cond; uncond] with ``guidance``), z = ``noise`` [B, ...] or,
     on the Triton backend, the Philox normals ``diffusion_step`` draws with the same
     (``seed``, ``offset``) -- so a corrector's step size sees exactly the z its update adds."""
+    _check_tensor("out", out)
     batch = out.shape[0] // (2 if guidance is not None else 1)
     if guidance is not None and out.shape[0] % 2:
         raise ValueError(f"guidance needs [cond; uncond] outputs (an even batch), got {tuple(out.shape)}")
@@ -136,17 +179,19 @@ def score_noise_norms(out, noise=None, seed=None, offset=0, guidance=None, backe
                          f"got {tuple(noise.shape)} on {noise.device}")
     if noise is None and seed is None:
         raise ValueError("score_noise_norms needs noise= or seed=")
-    use = choose_backend("diffusion_step", out, backend)
-    if use == "reference":
+    if _score_noise_norms_kernel.backend(out, backend, unsupported=_too_large(out)) == "reference":
         if noise is None:
             raise ValueError("the reference backend needs an explicit noise tensor (seed= is Triton-only)")
         return reference.score_noise_norms(out, noise, guidance)
-    norms = eager_or_registered("score_noise_norms", _score_noise_norms_impl)
-    return norms(out, noise, None if guidance is None else float(guidance), seed or 0, offset)
+    return _score_noise_norms_kernel(out, noise, None if guidance is None else float(guidance), seed or 0, offset)
 
 
-def _score_noise_norms_impl(out: torch.Tensor, noise: Optional[torch.Tensor], guidance: Optional[float], seed: int,
-                            offset: int) -> torch.Tensor:
+@define_op("score_noise_norms", family="diffusion_step", tf32="matmul",
+           fake=lambda out, noise, guidance, seed, offset: out.new_empty(
+               out.shape[0] // (2 if guidance is not None else 1), 2, dtype=torch.float32))
+def _score_noise_norms_kernel(out: Tensor, noise: Optional[Tensor], guidance: Optional[float], seed: int,
+                              offset: int) -> Tensor:
+    """Per-sample norms of the (guided) denoiser output and of z (the predictor-corrector's step size)."""
     from fastgen.kernels.diffusion_step import norms_blocks, score_noise_norms as launch
     out = out.contiguous()
     batch = out.shape[0] // (2 if guidance is not None else 1)
@@ -155,12 +200,3 @@ def _score_noise_norms_impl(out: torch.Tensor, noise: Optional[torch.Tensor], gu
     launch(out, None if noise is None else noise.contiguous(), partial, sample_size, guidance, seed, offset)
     return partial.sum(dim=1).sqrt()       # a fixed-order sum: the same norms run to run
 
-
-# the registered op, for torch.compile (eager calls: ``eager_or_registered``)
-_score_noise_norms_op = torch.library.custom_op("fastgen::score_noise_norms",
-                                                mutates_args=())(_score_noise_norms_impl)
-
-
-@_score_noise_norms_op.register_fake
-def _(out, noise, guidance, seed, offset):
-    return out.new_empty(out.shape[0] // (2 if guidance is not None else 1), 2, dtype=torch.float32)

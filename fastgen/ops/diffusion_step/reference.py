@@ -1,10 +1,15 @@
 """Plain-PyTorch references of the diffusion step family: the specification of
 ``diffusion_step`` and ``score_noise_norms`` (the CPU path and the tests call them).
 """
+from typing import Optional, Sequence, Union
+
 import torch
+from torch import Tensor
+
+from fastgen.ops.diffusion_step.bundles import KeptStep, StepCoefficients
 
 
-def dynamic_threshold(x0, percentile):
+def dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
     """Imagen's dynamic thresholding scale per sample: s = max(1, percentile of |x0|) -> [B]."""
     return torch.quantile(x0.abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0)
 
@@ -20,13 +25,14 @@ def _prediction_to_x0(x32, out, s0, s1, prediction):
     return (x32 + s1 * s1 * out) / s0
 
 
-def guided(out, w):
+def guided(out: Tensor, w: float) -> Tensor:
     """Classifier-free guidance: out = [cond; uncond] on the batch -> (1 + w) cond - w uncond."""
     cond, uncond = out.chunk(2)
     return (1.0 + w) * cond - w * uncond
 
 
-def diffusion_x0(x, out, s0, s1, prediction="eps", guidance=None, learned_variance=False):
+def diffusion_x0(x: Tensor, out: Tensor, s0: Union[float, Tensor], s1: Union[float, Tensor], prediction: str = "eps",
+                 guidance: Optional[float] = None, learned_variance: bool = False) -> Tensor:
     """The x0 estimate a diffusion step starts from (after guidance), before any clipping."""
     out = out.float()
     if learned_variance:
@@ -36,27 +42,32 @@ def diffusion_x0(x, out, s0, s1, prediction="eps", guidance=None, learned_varian
     return _prediction_to_x0(x.float(), out, s0, s1, prediction)
 
 
-def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, guidance=None,
-                   learned_variance=None, threshold_scale=None, aux=None, keep=None):
+def diffusion_step(x: Tensor, out: Tensor, noise: Optional[Tensor],
+                   coefficients: Union[StepCoefficients, Sequence[float], Tensor], prediction: str = "eps",
+                   clip: bool = False, guidance: Optional[float] = None,
+                   learned_variance: Optional[Sequence[float]] = None, threshold_scale: Optional[Tensor] = None,
+                   aux: Optional[Tensor] = None,
+                   keep: Optional[Sequence[float]] = None) -> Union[Tensor, KeptStep]:
     """One diffusion / score-based sampler step (the math of kernels/diffusion_step.py).
 
     x: [B, ...]; out: the denoiser output [B, ...] ([2B, ...] = [cond; uncond] with
     ``guidance`` w: out = (1 + w) cond - w uncond); prediction 'eps' | 'x0' | 'v' | 'score';
-    coefficients = (s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t), c_x0, c_eps, c_x, sigma[, c_aux]),
-    or a [B, 7] tensor of them per sample; noise: like x (used when sigma > 0, always with a
-    tensor); aux: like x, weighted by c_aux.  learned_variance = (log beta~, log beta): out has
-    twice x's channels, [prediction; v], and sigma^2 = exp(f log beta + (1 - f) log beta~),
-    f = (v + 1) / 2, per element (Nichol & Dhariwal 2021).  threshold_scale [B]: dynamic
-    thresholding (Saharia et al. 2022), x0 -> clamp(x0, -s, s) / s, instead of ``clip``.
+    coefficients: a ``StepCoefficients`` (s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t), c_x0, c_eps,
+    c_x, sigma, c_aux), a plain sequence of its first 6 or all 7 numbers, or a [B, 7] tensor of
+    them per sample; noise: like x (used when sigma > 0, always with a tensor); aux: like x,
+    weighted by c_aux.  learned_variance = (log beta~, log beta): out has twice x's channels,
+    [prediction; v], and sigma^2 = exp(f log beta + (1 - f) log beta~), f = (v + 1) / 2, per
+    element (Nichol & Dhariwal 2021).  threshold_scale [B]: dynamic thresholding (Saharia et al.
+    2022), x0 -> clamp(x0, -s, s) / s, instead of ``clip``.
     -> y = c_x0 x0 + c_eps eps + c_x x + c_aux aux + sigma noise, with x0 clipped to [-1, 1] if
     ``clip`` and eps = (x - s0 x0) / s1 recomputed from the (clipped) x0; with keep = (k_x0, k_x)
-    -> (y, k_x0 x0 + k_x x), the quantity a multistep sampler carries to its next step.
+    -> ``KeptStep(y, k_x0 x0 + k_x x)``, the quantity a multistep sampler carries to its next step.
     """
     per_sample = torch.is_tensor(coefficients)
     if per_sample:    # one row per sample, broadcast over the other dimensions
         columns = coefficients.float().view(x.shape[0], 7, *[1] * (x.dim() - 1)).unbind(1)
     else:
-        columns = (*coefficients, 0.0) if len(coefficients) == 6 else tuple(coefficients)
+        columns = StepCoefficients.of(coefficients)
     s0, s1, c_x0, c_eps, c_x, sigma, c_aux = columns
     x32, out = x.float(), out.float()
     v = None
@@ -83,10 +94,11 @@ def diffusion_step(x, out, noise, coefficients, prediction="eps", clip=False, gu
         y = y + sigma * noise.float()
     if keep is None:
         return y.to(x.dtype)
-    return y.to(x.dtype), (keep[0] * x0 + keep[1] * x32).to(x.dtype)
+    k_x0, k_x = keep
+    return KeptStep(y.to(x.dtype), (k_x0 * x0 + k_x * x32).to(x.dtype))
 
 
-def score_noise_norms(out, noise, guidance=None):
+def score_noise_norms(out: Tensor, noise: Tensor, guidance: Optional[float] = None) -> Tensor:
     """Per-sample L2 norms for the predictor-corrector's step size -> [B, 2] float32:
     (||out_b||, ||z_b||), with out [B, ...] guided as in ``diffusion_step`` ([2B, ...] =
     [cond; uncond] with ``guidance``) and z = noise [B, ...]."""
