@@ -91,6 +91,13 @@ def test_known_gaussian_moments(sampler, steps, kw):
     assert abs(x.std().item() - STD) < 0.05 * STD + 0.01, (x.mean().item(), x.std().item())
 
 
+def test_samplers_are_the_registry_names():
+    """One place to add a sampler: ``SAMPLERS`` is derived from the registry (same order as before)."""
+    assert diffusion.SAMPLERS == tuple(diffusion.REGISTRY) == (
+        "ddpm", "ddim", "dpmpp2m", "euler", "heun", "langevin", "pc_ve", "pc_vp", "pf_ode", "sgld")
+    assert all(isinstance(spec, diffusion.Sampler) for spec in diffusion.REGISTRY.values())
+
+
 def test_classifier_free_guidance_calls_the_denoiser_once_per_step():
     calls = []
 
@@ -114,6 +121,10 @@ def test_errors():
         diffusion.sample(lambda x, t: x[:, :2], (2, 3), "ddim", 10, device="cpu")
     with pytest.raises(ValueError, match="needs both cond and uncond"):
         diffusion.sample(den, (2, 3), "ddim", 10, guidance=1.0, cond=torch.ones(2), device="cpu")
+    with pytest.raises(ValueError, match="variance must be one of"):
+        diffusion.sample(den, (2, 3), "ddpm", 10, variance="smal", device="cpu")
+    with pytest.raises(ValueError, match="variance='learned' is for the 'ddpm' sampler"):
+        diffusion.sample(den, (2, 3), "ddim", 10, variance="learned", device="cpu")
     with pytest.raises(ValueError, match="prediction must be one of"):
         diffusion_step(torch.zeros(2), torch.zeros(2), (1, 1, 1, 0, 0, 0), prediction="epsilon")
     with pytest.raises(ValueError, match="pass noise= or seed="):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastgen.ops.diffusion_step import reference
-from fastgen.ops.diffusion_step import diffusion_step, score_noise_norms
+from fastgen.ops.diffusion_step import COEFFICIENTS, KeptStep, StepCoefficients, diffusion_step, score_noise_norms
 from fastgen.sampling import diffusion
 
 MU, STD = 0.3, 0.5
@@ -172,7 +172,8 @@ def test_score_noise_norms_match_reference_and_the_step_philox_noise(guided):
 def test_per_sample_coefficients_match_the_scalar_step_row_by_row():
     g = torch.Generator().manual_seed(8)
     x, out, z, aux = (_randn(g, *SHAPE) for _ in range(4))
-    rows = [diffusion.ddpm_coefficients(0.4, 0.7) + (0.3,), diffusion.ddim_coefficients(0.2, 0.5, 1.0) + (-1.0,),
+    rows = [diffusion.ddpm_coefficients(0.4, 0.7)._replace(c_aux=0.3),
+            diffusion.ddim_coefficients(0.2, 0.5, 1.0)._replace(c_aux=-1.0),
             (1.0, 2.0, 0.5, -0.25, 1.0, 0.1, 0.0)]
     table = torch.tensor(rows, dtype=torch.float32)
     y = _both_backends(x, out, table, "eps", clip=True, noise=z, aux=aux)
@@ -180,6 +181,49 @@ def test_per_sample_coefficients_match_the_scalar_step_row_by_row():
         one = diffusion_step(x[b:b + 1], out[b:b + 1], row, "eps", clip=True, noise=z[b:b + 1], aux=aux[b:b + 1],
                              backend="reference")
         torch.testing.assert_close(y[b:b + 1], one, rtol=1e-5, atol=1e-5)
+
+
+def test_coefficient_bundle_and_plain_sequences_give_the_same_step():
+    """StepCoefficients is what the coefficient functions return; plain 6- and 7-number sequences
+    (c_aux = 0 when omitted) are still accepted, on both backends, with the same result."""
+    g = torch.Generator().manual_seed(11)
+    x, out, z = _randn(g, *SHAPE), _randn(g, *SHAPE), _randn(g, *SHAPE)
+    bundle = diffusion.ddpm_coefficients(0.4, 0.7)
+    assert isinstance(bundle, StepCoefficients) and bundle.c_aux == 0.0
+    assert StepCoefficients._fields == COEFFICIENTS
+    expected = _both_backends(x, out, bundle, noise=z)
+    for plain in (tuple(bundle[:6]), list(bundle), [float(c) for c in bundle]):
+        torch.testing.assert_close(_both_backends(x, out, plain, noise=z), expected, rtol=0, atol=0)
+    for backend in ("reference", "triton"):
+        kept = diffusion_step(x, out, diffusion.euler_coefficients(2.0, 1.5), "x0", keep=diffusion.heun_keep(2.0, 1.5),
+                              backend=backend)
+        assert isinstance(kept, KeptStep)
+    step = diffusion.dpmpp2m_coefficients(0.2, 0.45)
+    assert isinstance(step.coefficients, StepCoefficients) and step.h > 0
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="coefficients must be a StepCoefficients"):
+        diffusion_step(x, x, 1.0)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        diffusion_step([0.0, 0.0], x, (1, 1, 1, 0, 0, 0))
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        diffusion_step(x, None, (1, 1, 1, 0, 0, 0))
+    with pytest.raises(ValueError, match="out is on meta but x is on cpu"):
+        diffusion_step(x, torch.zeros(2, 3, device="meta"), (1, 1, 1, 0, 0, 0))
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        score_noise_norms("out", seed=1)
+
+
+def test_outputs_beyond_32_bit_indexing_are_refused_by_the_kernel_with_the_reason():
+    """The kernels index elements in int32: a larger output (meta tensors: nothing allocated)
+    is declared unsupported -- a forced Triton backend says why instead of overflowing."""
+    x = torch.empty(2 ** 30 + 1, 2, device="meta")
+    with pytest.raises(ValueError, match=r"diffusion_step on Triton: .* index at most 2\^31 - 1"):
+        diffusion_step(x, x, (1.0, 1.0, 1.0, 0.0, 0.0, 0.0), backend="triton")
+    with pytest.raises(ValueError, match=r"score_noise_norms on Triton: .* index at most 2\^31 - 1"):
+        score_noise_norms(x, seed=1, backend="triton")
 
 
 def test_score_prediction_is_tweedie():
