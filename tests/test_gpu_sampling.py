@@ -160,8 +160,8 @@ def test_diffusion_new_fused_steps_compiled_on_gpu(name):
         return
     coefficients, kw = {
         "heun": (diffusion.heun_correction_coefficients(2.0, 1.0), dict(prediction="x0", aux=aux, keep=(1.0, 0.5))),
-        "dpmpp2m": (diffusion.dpmpp2m_coefficients(0.3, 0.5, 0.2)[0], dict(prediction="v", aux=aux, keep=(1.0, 0.0),
-                                                                           clip=True)),
+        "dpmpp2m": (diffusion.dpmpp2m_coefficients(0.3, 0.5, 0.2).coefficients,
+                    dict(prediction="v", aux=aux, keep=(1.0, 0.0), clip=True)),
         "langevin": (diffusion.langevin_coefficients(0.01, 0.5), dict(prediction="score", noise=noise)),
         "pc_ve_predictor": (diffusion.ve_predictor_coefficients(3.0, 2.0), dict(prediction="score", noise=noise)),
         "pf_ode": (diffusion.pf_ode_coefficients(3.0, 2.0), dict(prediction="score")),
