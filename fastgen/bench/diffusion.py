@@ -42,7 +42,7 @@ def step_cases(device: torch.device, quick: bool = False) -> list[Case]:
     a, a_prev, eta, s, s_next, step, snr = 0.4, 0.7, 0.5, 2.0, 1.5, 0.01, 0.16
     ddpm = d.ddpm_coefficients(a, a_prev)
     ddim = d.ddim_coefficients(a, a_prev, eta)
-    dpm, _ = d.dpmpp2m_coefficients(a, a_prev, 0.3)
+    dpm = d.dpmpp2m_coefficients(a, a_prev, 0.3).coefficients
     ve = d.ve_predictor_coefficients(s, s_next)
     norm = lambda v: v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1))
     fused = ops.diffusion_step
@@ -65,7 +65,7 @@ def step_cases(device: torch.device, quick: bool = False) -> list[Case]:
                  lambda x, out, noise, aux: reference.diffusion_step(x, out, noise, ddpm), 4),
         "ddim_eta": (lambda: fused(x, out, ddim, noise=noise), lambda: fused(x, out, ddim, seed=1),
                      lambda x, out, noise, aux: root(a_prev) * (x - root(1 - a) * out) / root(a)
-                     + ddim[3] * out + ddim[5] * noise, 4),
+                     + ddim.c_eps * out + ddim.sigma * noise, 4),
         "euler": (lambda: fused(x, out, d.euler_coefficients(s, s_next), "x0"), None,
                   lambda x, out, noise, aux: x + (s_next - s) * (x - out) / s, 3),
         "heun_correction": (lambda: fused(x, out, d.heun_correction_coefficients(s, s_next), "x0", aux=aux),
