@@ -5,18 +5,19 @@ Triton.  Native kernels (e.g. persistent sampling loops) compile at first use th
 NVRTC via cupy and are cached per GPU architecture; their absence is never an error.
 """
 import os
+from typing import List
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 
 
-def cuda_sources():
+def cuda_sources() -> List[str]:
     """The ``.cu`` files a native build would compile (empty in an installed wheel)."""
     if not os.path.isdir(CSRC):
         return []
     return sorted(f for f in os.listdir(CSRC) if f.endswith(".cu"))
 
 
-def status():
+def status() -> str:
     """One line for ``fastgen info``: whether native kernels exist and can be built here."""
     sources = cuda_sources()
     if not sources:

@@ -15,6 +15,7 @@
 import argparse
 import platform
 import sys
+from typing import List, Optional
 
 import torch
 
@@ -23,7 +24,7 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def cmd_info(args):
+def cmd_info(args: argparse.Namespace) -> int:
     from fastgen import __version__, _native
     from fastgen.ops._backend import can_run_triton, triton_version
 
@@ -60,7 +61,7 @@ def cmd_info(args):
     return 0
 
 
-def cmd_demo(args):
+def cmd_demo(args: argparse.Namespace) -> int:
     from fastgen import demo
 
     if args.steps is not None and args.steps < 0:
@@ -74,7 +75,7 @@ def cmd_demo(args):
     return 0
 
 
-def cmd_sample(args):
+def cmd_sample(args: argparse.Namespace) -> int:
     import time
 
     from tqdm import tqdm
@@ -108,7 +109,7 @@ def cmd_sample(args):
     return 0
 
 
-def cmd_bench(args):
+def cmd_bench(args: argparse.Namespace) -> int:
     from fastgen import bench
 
     device = _device()
@@ -116,7 +117,7 @@ def cmd_bench(args):
                      dtypes=args.dtypes, command=" ".join(["fastgen"] + sys.argv[1:]))
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="Fast kernels for deep generative models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a Gated PixelCNN (or a DDPM) on the bundled 8x8 digits and sample it")

@@ -8,8 +8,10 @@ bits/dim and the fast-vs-naive sampling time.
 import math
 import os
 import time
+from typing import Dict, Optional, Union
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from fastgen.data import load_digits
@@ -17,7 +19,7 @@ from fastgen.models import GatedPixelCNN
 from fastgen.sampling import sample
 
 
-def independent_baseline_bits(train, test, levels):
+def independent_baseline_bits(train: Tensor, test: Tensor, levels: int) -> float:
     """Bits/dim of a per-pixel categorical fitted to the training images (add-one smoothing):
     the model that ignores every dependency between pixels."""
     flat_train = train.flatten(1)                               # [N, D]
@@ -29,7 +31,7 @@ def independent_baseline_bits(train, test, levels):
 
 
 @torch.no_grad()
-def evaluate_bits(model, images, labels, batch=256):
+def evaluate_bits(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 256) -> float:
     model.eval()
     total = 0.0
     for i in range(0, len(images), batch):
@@ -38,7 +40,7 @@ def evaluate_bits(model, images, labels, batch=256):
     return total / len(images)
 
 
-def save_grid(images, levels, path, rows, scale=8):
+def save_grid(images: Tensor, levels: int, path: Union[str, os.PathLike], rows: int, scale: int = 8) -> None:
     """Save long images [N, 1, H, W] in [0, levels) as a grey grid PNG (N = rows * cols)."""
     from PIL import Image
     n, _, H, W = images.shape
@@ -53,7 +55,8 @@ def save_grid(images, levels, path, rows, scale=8):
                                              Image.NEAREST).save(path)
 
 
-def run(steps=1000, out_dir=".", device=None, seed=0, batch=64, channels=32, layers=5):
+def run(steps: int = 1000, out_dir: str = ".", device: Optional[Union[torch.device, str]] = None,
+        seed: int = 0, batch: int = 64, channels: int = 32, layers: int = 5) -> Dict[str, float]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     train, test = load_digits("train"), load_digits("test")

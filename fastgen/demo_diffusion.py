@@ -8,6 +8,7 @@ and back for the picture.
 """
 import os
 import time
+from typing import Dict, Optional, Union
 
 import torch
 from tqdm import tqdm
@@ -25,7 +26,9 @@ SAMPLERS = [("DDPM, 100 steps", "ddpm", 100, {}),
             ("DDPM + Langevin corrector (pc_vp), 50 steps", "pc_vp", 50, {})]
 
 
-def run(steps=2000, out_dir=".", device=None, seed=0, batch=128, channels=32, guidance=1.5):
+def run(steps: int = 2000, out_dir: str = ".", device: Optional[Union[torch.device, str]] = None,
+        seed: int = 0, batch: int = 128, channels: int = 32,
+        guidance: float = 1.5) -> Dict[str, Optional[float]]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     train = load_digits("train")

@@ -7,6 +7,7 @@ Floor: 2 * numel * element_size bytes / 2.99 TB/s.
 """
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from fastgen.kernels._launch import launch
 
@@ -24,7 +25,7 @@ def transpose_kernel(src_ptr, dst_ptr, C, S, ssb, ssc, sss, sdb, sds, sdc,
     tl.store(dst_ptr + b * sdb + offs_c[:, None] * sdc + offs_s[None, :] * sds, tile, mask=ok)
 
 
-def to_channels_last(src, dst):
+def to_channels_last(src: Tensor, dst: Tensor) -> Tensor:
     """src: [B, C, S] -> dst: [B, S, C] (written).  Returns dst."""
     B, C, S = src.shape
     grid = (triton.cdiv(S, 64), triton.cdiv(C, 64), B)

@@ -25,10 +25,11 @@ Kernels here are dumb on purpose: pointers, strides, block sizes.  Shape checks,
 weight packing and autograd live in ``fastgen/ops``.
 """
 import os
-from typing import NamedTuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from fastgen.kernels._launch import launch
 
@@ -170,7 +171,8 @@ class Taps(NamedTuple):
     dilation: int
 
 
-def tap_conv_forward(x, w_packed, taps, bias, y, precision, mirror=False):
+def tap_conv_forward(x: Tensor, w_packed: Tensor, taps: Taps, bias: Optional[Tensor], y: Tensor,
+                     precision: str, mirror: bool = False) -> Tensor:
     """Launch the forward sum.  x: [B, H, W, C_IN], w_packed: [T, C_IN, C_OUT],
     taps: ``Taps``; ``mirror`` negates every offset (the input gradient);
     bias: [C_OUT] or None, y: [B, H, W, C_OUT] (written);
@@ -179,7 +181,7 @@ def tap_conv_forward(x, w_packed, taps, bias, y, precision, mirror=False):
     T, _, C_OUT = w_packed.shape
     M = B * H * W
 
-    def grid(meta):
+    def grid(meta: Dict[str, Any]) -> Tuple[int, int]:
         return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C_OUT, meta["BLOCK_N"]))
 
     # tune_key: what determines the autotuner's choice (its key arguments and the dtypes)
@@ -192,7 +194,7 @@ def tap_conv_forward(x, w_packed, taps, bias, y, precision, mirror=False):
     return y
 
 
-def tap_conv_weight_grad(x, gy, taps, partial, precision):
+def tap_conv_weight_grad(x: Tensor, gy: Tensor, taps: Taps, partial: Tensor, precision: str) -> Tensor:
     """Launch the weight-gradient sum into ``partial: fp32 [S, T, C_IN, C_OUT]`` (S pixel
     splits, summed by the caller).  x: [B, H, W, C_IN], gy: [B, H, W, C_OUT]."""
     B, H, W, C_IN = x.shape
@@ -202,7 +204,7 @@ def tap_conv_weight_grad(x, gy, taps, partial, precision):
         return partial
     m_per_split = triton.cdiv(triton.cdiv(M, S), 256) * 256  # a multiple of every BLOCK_M
 
-    def grid(meta):
+    def grid(meta: Dict[str, Any]) -> Tuple[int, int, int]:
         return (triton.cdiv(C_IN, meta["BLOCK_C"]), triton.cdiv(C_OUT, meta["BLOCK_N"]), T * S)
 
     key = (C_IN, C_OUT, T, M, W, m_per_split, x.dtype, gy.dtype, precision)

@@ -3,12 +3,14 @@ synthetic dataset of chords and chirps for tests and examples.  Audio is float i
 import math
 import os
 import wave
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
+from torch import Tensor
 
 
-def load_wav(path):
+def load_wav(path: Union[str, os.PathLike]) -> Tuple[Tensor, int]:
     """-> (audio float32 [T] (mono) or [channels, T], sample_rate).  16-bit PCM only."""
     with wave.open(os.fspath(path), "rb") as f:
         if f.getsampwidth() != 2:
@@ -18,7 +20,7 @@ def load_wav(path):
     return (data if channels == 1 else data.view(-1, channels).T.contiguous()), rate
 
 
-def save_wav(path, audio, sample_rate=16000):
+def save_wav(path: Union[str, os.PathLike], audio: Union[Tensor, np.ndarray], sample_rate: int = 16000) -> None:
     """audio: float [T] (mono) or [channels, T] in [-1, 1] -> 16-bit PCM WAV."""
     audio = torch.as_tensor(audio).detach().float().cpu()
     if audio.dim() == 1:
@@ -33,7 +35,7 @@ def save_wav(path, audio, sample_rate=16000):
         f.writeframes(pcm.astype("<i2").tobytes())
 
 
-def synthetic_audio(n, length, sample_rate=16000, seed=0):
+def synthetic_audio(n: int, length: int, sample_rate: int = 16000, seed: int = 0) -> Tensor:
     """``n`` clips [n, length]: half random three-note chords, half linear chirps, with a
     short fade in/out, peak amplitude 0.8."""
     g = torch.Generator().manual_seed(seed)
@@ -57,16 +59,17 @@ class WavFolder(torch.utils.data.Dataset):
     """Random fixed-length mono segments from every ``.wav`` under ``root`` (one per file and
     epoch): item -> float [segment]."""
 
-    def __init__(self, root, segment=16000, sample_rate=None):
+    def __init__(self, root: Union[str, os.PathLike], segment: int = 16000,
+                 sample_rate: Optional[int] = None) -> None:
         self.paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.lower().endswith(".wav"))
         if not self.paths:
             raise ValueError(f"no .wav files under {root}")
         self.segment, self.sample_rate = segment, sample_rate
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Tensor:
         audio, rate = load_wav(self.paths[i])
         if self.sample_rate is not None and rate != self.sample_rate:
             raise ValueError(f"{self.paths[i]}: sample rate {rate}, expected {self.sample_rate}")

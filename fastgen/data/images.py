@@ -3,7 +3,8 @@
 Every loader returns an ``ImageData``: ``images`` uint8/long ``[N, C, H, W]`` with values in
 ``[0, levels)``, ``labels`` long ``[N]`` (or None) and ``levels``.
 """
-from typing import NamedTuple, Optional
+import os
+from typing import Literal, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ class ImageData(NamedTuple):
     levels: int
 
 
-def load_digits(split="train", test_fraction=0.2, seed=0):
+def load_digits(split: Literal["train", "test", "all"] = "train", test_fraction: float = 0.2,
+                seed: int = 0) -> ImageData:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 17 grey levels 0..16).
 
     ``split``: 'train', 'test' or 'all'; the split is a fixed shuffle (``seed``) so the test
@@ -36,7 +38,8 @@ def load_digits(split="train", test_fraction=0.2, seed=0):
     return ImageData(images[pick], labels[pick], 17)
 
 
-def load_array(path, levels=256, labels_path=None):
+def load_array(path: Union[str, os.PathLike], levels: int = 256,
+               labels_path: Optional[Union[str, os.PathLike]] = None) -> ImageData:
     """Images from a ``.npy`` file: ``[N, H, W]`` or ``[N, C, H, W]`` (or ``[N, H, W, C]`` with
     C in {1, 3, 4}) of integers in ``[0, levels)``."""
     array = np.load(path)

@@ -9,15 +9,16 @@ models are trained with (``DDPM(cond_drop=...)``) so one network gives both halv
 classifier-free guidance.  Sample with ``fastgen.sampling.diffusion.sample(model, ...)``.
 """
 import math
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from fastgen.sampling.diffusion import linear_betas
 
 
-def timestep_embedding(t, dim):
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding [B, dim] of timesteps t [B] (Vaswani et al. frequencies)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
@@ -26,7 +27,7 @@ def timestep_embedding(t, dim):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin, cout, temb, dropout, groups):
+    def __init__(self, cin: int, cout: int, temb: int, dropout: float, groups: int) -> None:
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(groups, cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(temb, cout)
@@ -34,19 +35,19 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x, temb):
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x))) + self.temb(F.silu(temb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
 
 class Attention(nn.Module):
-    def __init__(self, channels, groups, heads=1):
+    def __init__(self, channels: int, groups: int, heads: int = 1) -> None:
         super().__init__()
         self.norm, self.qkv = nn.GroupNorm(groups, channels), nn.Conv2d(channels, 3 * channels, 1)
         self.proj, self.heads = nn.Conv2d(channels, channels, 1), heads
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).view(B, 3, self.heads, C // self.heads, H * W).unbind(1)
         out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
@@ -54,8 +55,10 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels=3, channels=64, channel_mult=(1, 2, 2), blocks=2, attention_at=(16,),
-                 image_size=32, dropout=0.1, num_classes=None, groups=8, out_channels=None):
+    def __init__(self, in_channels: int = 3, channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2),
+                 blocks: int = 2, attention_at: Sequence[int] = (16,), image_size: int = 32,
+                 dropout: float = 0.1, num_classes: Optional[int] = None, groups: int = 8,
+                 out_channels: Optional[int] = None) -> None:
         super().__init__()
         self.num_classes, self.channels = num_classes, channels
         temb = 4 * channels
@@ -93,7 +96,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(),
                                  nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
 
-    def forward(self, x, t, cond=None):
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         if t.dim() != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"t must have shape [{x.shape[0]}] (one timestep per image), got {tuple(t.shape)}")
         temb = self.time(timestep_embedding(t, self.channels))
@@ -131,8 +134,9 @@ class DDPM(nn.Module):
     ``vlb_weight`` L_vlb of Improved DDPM (Nichol & Dhariwal 2021), the KL term seeing the
     predicted mean through a stop-gradient; sample with ``variance='learned'``."""
 
-    def __init__(self, model, betas=None, prediction="eps", cond_drop=0.0, learned_variance=False,
-                 vlb_weight=0.001):
+    def __init__(self, model: nn.Module, betas: Optional[Union[Tensor, Sequence[float]]] = None,
+                 prediction: Literal["eps", "x0", "v"] = "eps", cond_drop: float = 0.0,
+                 learned_variance: bool = False, vlb_weight: float = 0.001) -> None:
         super().__init__()
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
@@ -167,7 +171,8 @@ class DDPM(nn.Module):
         per_element = torch.where(first, nll, kl) / math.log(2)
         return per_element.flatten(1).mean(1)
 
-    def loss(self, x0, cond=None, generator=None):
+    def loss(self, x0: Tensor, cond: Optional[Tensor] = None,
+             generator: Optional[torch.Generator] = None) -> Tensor:
         """x0: images [B, C, H, W] in [-1, 1] -> the mean squared error of the prediction."""
         B = x0.shape[0]
         t = torch.randint(len(self.abar), (B,), generator=generator).to(x0.device)
@@ -192,19 +197,20 @@ class NCSN(nn.Module):
     ``sigmas``: E || sigma score(x + sigma z, sigma) + z ||^2.  Sample with
     ``fastgen.sampling.diffusion.sample(ncsn, shape, 'langevin' | 'pc_ve' | 'pf_ode', sigmas=...)``."""
 
-    def __init__(self, unet, sigmas=None):
+    def __init__(self, unet: nn.Module, sigmas: Optional[Union[Tensor, Sequence[float]]] = None) -> None:
         super().__init__()
         self.unet = unet
         sigmas = torch.logspace(0, -2, 10) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32)
         self.register_buffer("sigmas", sigmas.float())
 
-    def forward(self, x, sigma, cond=None):
+    def forward(self, x: Tensor, sigma: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         if sigma.dim() != 1 or sigma.shape[0] != x.shape[0]:
             raise ValueError(f"sigma must have shape [{x.shape[0]}], got {tuple(sigma.shape)}")
         scale = sigma.view(-1, *[1] * (x.dim() - 1))
         return self.unet(x, 250 * sigma.log(), cond) / scale
 
-    def loss(self, x, cond=None, generator=None):
+    def loss(self, x: Tensor, cond: Optional[Tensor] = None,
+             generator: Optional[torch.Generator] = None) -> Tensor:
         """Denoising score matching, sigma drawn uniformly from ``sigmas`` for each sample."""
         pick = torch.randint(len(self.sigmas), (x.shape[0],), generator=generator).to(x.device)
         sigma = self.sigmas[pick]

@@ -1,5 +1,8 @@
 """Drop-in convolution layers: thin modules over ``fastgen.ops``."""
-from torch import nn
+from typing import Literal, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
 
 from fastgen.nn import functional as F
 from fastgen.ops.conv import reference
@@ -16,8 +19,10 @@ class MaskedConv2d(nn.Conv2d):
     ``stack='vertical'|'horizontal'`` gives the masks of the Gated PixelCNN stacks.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, mask_type="B", color_groups=1,
-                 dilation=1, bias=True, stack="raster", device=None, dtype=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 mask_type: Literal["A", "B"] = "B", color_groups: int = 1, dilation: int = 1,
+                 bias: bool = True, stack: Literal["raster", "vertical", "horizontal"] = "raster",
+                 device: Optional[Union[torch.device, str]] = None, dtype: Optional[torch.dtype] = None) -> None:
         if not isinstance(kernel_size, int) or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd int, got {kernel_size!r}")
         if mask_type not in ("A", "B"):
@@ -34,11 +39,11 @@ class MaskedConv2d(nn.Conv2d):
                                        color_groups, stack, device=device)
         self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.masked_conv2d(x, self.weight, self.bias, self.mask_type, self.color_groups,
                                self.dilation[0], self.stack)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (super().extra_repr() + f", mask_type={self.mask_type!r}, color_groups={self.color_groups}"
                 + (f", stack={self.stack!r}" if self.stack != "raster" else ""))
 
@@ -50,12 +55,13 @@ class CausalConv1d(nn.Conv1d):
     so output t depends only on inputs t, t-d, ..., t-d*(k-1).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, dilation=1, bias=True,
-                 device=None, dtype=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
+                 bias: bool = True, device: Optional[Union[torch.device, str]] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias,
                          device=device, dtype=dtype)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.causal_conv1d(x, self.weight, self.bias, self.dilation[0])
 
 
@@ -71,7 +77,8 @@ class GatedMaskedConv2d(nn.Module):
     blind spot.  Use type 'A' for the first layer (with v = h = the embedded input) and 'B' after.
     """
 
-    def __init__(self, channels, kernel_size=3, mask_type="B", cond_channels=None):
+    def __init__(self, channels: int, kernel_size: int = 3, mask_type: Literal["A", "B"] = "B",
+                 cond_channels: Optional[int] = None) -> None:
         super().__init__()
         self.mask_type = mask_type
         self.vertical = MaskedConv2d(channels, 2 * channels, kernel_size, mask_type, stack="vertical")
@@ -83,7 +90,7 @@ class GatedMaskedConv2d(nn.Module):
             self.cond_vertical = nn.Linear(cond_channels, 2 * channels, bias=False)
             self.cond_horizontal = nn.Linear(cond_channels, 2 * channels, bias=False)
 
-    def forward(self, v, h, cond=None):
+    def forward(self, v: Tensor, h: Tensor, cond: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if (cond is None) != (self.cond_channels is None):
             raise ValueError("cond must be given exactly when the layer was built with cond_channels "
                              f"(cond_channels={self.cond_channels}, cond is {'None' if cond is None else 'given'})")

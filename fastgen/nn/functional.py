@@ -8,17 +8,18 @@
 import math
 
 import torch
+from torch import Tensor
 
 from fastgen.ops import causal_conv1d, masked_conv2d, pixelcnn_mask
 
 
-def gated_activation(a):
+def gated_activation(a: Tensor) -> Tensor:
     """a: [B, 2C, ...] -> [B, C, ...] = tanh(first half) * sigmoid(second half)."""
     value, gate = a.chunk(2, dim=1)
     return torch.tanh(value) * torch.sigmoid(gate)
 
 
-def mu_law_encode(audio, levels=256):
+def mu_law_encode(audio: Tensor, levels: int = 256) -> Tensor:
     """audio in [-1, 1] -> long codes in [0, levels): y = sign(x) ln(1 + mu|x|) / ln(1 + mu),
     mu = levels - 1, then y quantized uniformly (ITU-T G.711 companding, as in WaveNet)."""
     mu = levels - 1
@@ -27,7 +28,7 @@ def mu_law_encode(audio, levels=256):
     return ((y + 1) / 2 * mu + 0.5).floor().long().clamp(0, mu)
 
 
-def mu_law_decode(codes, levels=256):
+def mu_law_decode(codes: Tensor, levels: int = 256) -> Tensor:
     """Inverse of ``mu_law_encode`` (up to quantization): codes -> audio in [-1, 1]."""
     mu = levels - 1
     y = codes.float() * (2.0 / mu) - 1.0

@@ -11,8 +11,10 @@
 import functools
 import logging
 import os
+from typing import Any, Callable, Literal, Optional, Tuple, Union
 
 import torch
+from torch import Tensor
 
 BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -33,7 +35,7 @@ def _configure_logging(level):
         _log.propagate = False
 
 
-def log_decision(message, *args):
+def log_decision(message: str, *args: Any) -> None:
     # torch.compile cannot trace logging calls: decisions are logged in eager mode only.
     if torch.compiler.is_compiling():
         return
@@ -45,7 +47,7 @@ def log_decision(message, *args):
 _triton_version = []  # filled on first use: [version or None]
 
 
-def triton_version():
+def triton_version() -> Optional[str]:
     """The installed Triton's version, or None."""
     if not _triton_version:
         try:
@@ -56,12 +58,12 @@ def triton_version():
     return _triton_version[0]
 
 
-def interpreting():
+def interpreting() -> bool:
     """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def can_run_triton(device, dtype):
+def can_run_triton(device: Union[torch.device, str], dtype: torch.dtype) -> Tuple[bool, str]:
     """(ok, reason): whether the Triton kernels can run tensors of this device and dtype."""
     if triton_version() is None:
         return False, "triton is not installed"
@@ -75,7 +77,7 @@ def can_run_triton(device, dtype):
     return True, "ok"
 
 
-def requested_backend(backend=None):
+def requested_backend(backend: Optional[str] = None) -> Optional[Literal["reference", "triton"]]:
     """The backend the caller or ``FASTGEN_BACKEND`` asks for, or None for automatic."""
     name = backend if backend is not None else os.environ.get("FASTGEN_BACKEND") or None
     if name is not None and name not in BACKENDS:
@@ -84,7 +86,7 @@ def requested_backend(backend=None):
     return name
 
 
-def choose_backend(op, tensor, backend=None):
+def choose_backend(op: str, tensor: Tensor, backend: Optional[str] = None) -> Literal["reference", "triton"]:
     """Pick the backend for ``op`` on inputs like ``tensor``; returns 'reference' or 'triton'."""
     wanted = requested_backend(backend)
     ok, why = can_run_triton(tensor.device, tensor.dtype)
@@ -96,12 +98,12 @@ def choose_backend(op, tensor, backend=None):
     return wanted
 
 
-def empty(*shape, dtype, device):
+def empty(*shape: int, dtype: torch.dtype, device: Union[torch.device, str]) -> Tensor:
     """Allocate an output the kernel will overwrite (the tests poison this with NaN)."""
     return torch.empty(*shape, dtype=dtype, device=device)
 
 
-def eager_or_registered(name, impl):
+def eager_or_registered(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
     """``impl`` -- the op's function without the custom-op dispatcher, whose host cost (~0.15 ms
     per call on the H100 host we measured) would dominate a sampling step whose kernel takes
     microseconds -- for plain eager calls; the registered ``torch.ops.fastgen.<name>`` while
@@ -112,7 +114,7 @@ def eager_or_registered(name, impl):
     if torch.compiler.is_compiling():
         return op
 
-    def call(*args):
+    def call(*args: Any) -> Any:
         if torch.is_grad_enabled() and any(_requires_grad(a) for a in args):
             return op(*args)
         return impl(*args)

@@ -1,8 +1,13 @@
 """Argument checks shared by the ops: each error names the argument and what was expected."""
+from typing import Any, Container, Optional, TypeVar
+
 import torch
+from torch import Tensor
+
+_T = TypeVar("_T")
 
 
-def tensor(name, value, ndim, legend):
+def tensor(name: str, value: Any, ndim: int, legend: str) -> Tensor:
     """``value`` must be a floating-point tensor with ``ndim`` dimensions (``legend``: e.g. '[B, C, H, W]')."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {legend}, got {type(value).__name__}")
@@ -13,7 +18,7 @@ def tensor(name, value, ndim, legend):
     return value
 
 
-def same_dtype_and_device(**named):
+def same_dtype_and_device(**named: Optional[Tensor]) -> None:
     """All given tensors (None entries skipped) share the first one's dtype and device."""
     items = [(n, t) for n, t in named.items() if t is not None]
     first_name, first = items[0]
@@ -24,19 +29,19 @@ def same_dtype_and_device(**named):
             raise ValueError(f"{n} is on {t.device} but {first_name} is on {first.device}; they must match")
 
 
-def positive_int(name, value):
+def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
-def one_of(name, value, choices):
+def one_of(name: str, value: _T, choices: Container[_T]) -> _T:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
-def bias(value, out_channels):
+def bias(value: Optional[Tensor], out_channels: int) -> Optional[Tensor]:
     if value is None:
         return None
     tensor("bias", value, 1, "[C_out]")

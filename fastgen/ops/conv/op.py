@@ -14,7 +14,7 @@ declared with ``fastgen.ops._define`` as ``torch.ops.fastgen.masked_conv2d`` / `
 keeps the packed weight for backward and skips unneeded gradients.
 """
 import functools
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -143,8 +143,10 @@ def _check_masked_conv2d(x, weight, bias, mask_type, color_groups, dilation, sta
         raise ValueError(f"color_groups = {color_groups} must divide C_in = {c_in} and C_out = {c_out}")
 
 
-def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1, dilation=1, stack="raster",
-                  backend=None):
+def masked_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  mask_type: Literal["A", "B"] = "B", color_groups: int = 1, dilation: int = 1,
+                  stack: Literal["raster", "vertical", "horizontal"] = "raster",
+                  backend: Optional[Literal["reference", "triton"]] = None) -> Tensor:
     """PixelCNN masked convolution (stride 1, "same" padding), with autograd.
 
     x: [B, C_in, H, W], weight: [C_out, C_in, k, k] (k odd), bias: [C_out] or None
@@ -241,7 +243,8 @@ def _check_causal_conv1d(x, weight, bias, dilation):
     _validate.positive_int("dilation", dilation)
 
 
-def causal_conv1d(x, weight, bias=None, dilation=1, backend=None):
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1,
+                  backend: Optional[Literal["reference", "triton"]] = None) -> Tensor:
     """Causal dilated 1-D convolution with autograd: output length equals input length.
 
     x: [B, C_in, T], weight: [C_out, C_in, k], bias: [C_out] or None

@@ -3,15 +3,21 @@
 no second copy of the math.  Shapes: B batch, C channels, H/W image size, T length, k kernel
 size, d dilation.
 """
+from typing import Literal, Optional, Union
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 
 STACKS = ("raster", "vertical", "horizontal")
 
 
-def pixelcnn_mask(out_channels, in_channels, kernel_size, mask_type="B", color_groups=1,
-                  stack="raster", dtype=torch.float32, device=None):
+def pixelcnn_mask(out_channels: int, in_channels: int, kernel_size: int,
+                  mask_type: Literal["A", "B"] = "B", color_groups: int = 1,
+                  stack: Literal["raster", "vertical", "horizontal"] = "raster",
+                  dtype: torch.dtype = torch.float32,
+                  device: Optional[Union[torch.device, str]] = None) -> Tensor:
     """A PixelCNN mask, ``[C_out, C_in, k, k]`` of 0/1 (van den Oord et al. 2016), c = k // 2.
 
     ``stack`` picks which taps exist:
@@ -41,7 +47,9 @@ def pixelcnn_mask(out_channels, in_channels, kernel_size, mask_type="B", color_g
     return mask
 
 
-def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1, dilation=1, stack="raster"):
+def masked_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  mask_type: Literal["A", "B"] = "B", color_groups: int = 1, dilation: int = 1,
+                  stack: Literal["raster", "vertical", "horizontal"] = "raster") -> Tensor:
     """PixelCNN masked convolution, stride 1, "same" padding.
 
     x: [B, C_in, H, W], weight: [C_out, C_in, k, k] (k odd), bias: [C_out] or None
@@ -53,7 +61,7 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1, dilation=
     return F.conv2d(x, weight * mask, bias, padding=dilation * (k // 2), dilation=dilation)
 
 
-def causal_conv1d(x, weight, bias=None, dilation=1):
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1) -> Tensor:
     """Causal dilated convolution: output length equals input length.
 
     x: [B, C_in, T], weight: [C_out, C_in, k], bias: [C_out] or None
