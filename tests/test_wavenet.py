@@ -1,5 +1,6 @@
-"""WaveNet: causality and receptive field, naive == fast == streamed generation, conditioning,
-training, audio I/O and the sample command."""
+"""WaveNet: causality and receptive field, naive == fast == streamed generation (per step,
+persistent, the captured block path), conditioning, training, audio I/O and the sample command.
+The fused step ops themselves are tested in tests/ops/test_wavenet_step.py."""
 import pytest
 import torch
 
@@ -146,28 +147,6 @@ def test_sample_command_writes_a_wav(tmp_path, capsys):
     assert "samples/s" in capsys.readouterr().out
 
 
-def test_fused_wavenet_step_triton_matches_reference():
-    from fastgen.ops.wavenet_step import wavenet_step
-    torch.manual_seed(0)
-    model = WaveNet(layers=4, cycle=2, residual_channels=16, skip_channels=32, quantization=300,
-                    kernel_size=3, local_channels=16, hop=4, global_classes=2).eval()
-    B = 3
-    cache = model.incremental(B, torch.tensor([0, 1, 1]))
-    cache.queue.normal_()                                            # a mid-sequence state
-    prev = torch.randint(300, (B,))
-    local_t = torch.randn(B, 16)
-    gumbel = -torch.log(-torch.log(torch.rand(B, 2, 300)))[:, 0]    # a strided view
-    results = {}
-    for backend in ("reference", "triton"):
-        queue, codes = cache.queue.clone(), torch.full((B,), -1)
-        wavenet_step(prev, codes, queue, cache.queue_offsets, cache.weights, cache.gterm, local_t, gumbel,
-                     torch.empty(B, 32), 5, model.cycle, model.kernel_size, 1 / 0.8, backend=backend)
-        results[backend] = (codes, queue)
-    assert torch.equal(results["triton"][0], results["reference"][0])
-    torch.testing.assert_close(results["triton"][1], results["reference"][1], rtol=1e-6, atol=1e-6)
-    assert not torch.equal(results["reference"][1], cache.queue)     # the step pushed into the queues
-
-
 @pytest.mark.parametrize("kernel_size,conditioned", [(2, False), (3, True)])
 def test_generation_with_fused_triton_step_matches_naive(monkeypatch, kernel_size, conditioned):
     monkeypatch.setenv("FASTGEN_BACKEND", "triton")
@@ -182,10 +161,40 @@ def test_generation_with_fused_triton_step_matches_naive(monkeypatch, kernel_siz
     assert torch.equal(naive, fast)
 
 
+# ------------------------------------------------------------ the cache and the captured block path
+@pytest.fixture
+def graphs(monkeypatch):
+    """``generate(cuda_graph=True)`` captures through a fresh graph cache whose graphs replay
+    eagerly (``EagerReplayBackend``): the captured block path -- static inputs, the cache's
+    state copied in and out, one graph replayed by later calls -- runs on the CPU."""
+    from fastgen.sampling import audio
+    from fastgen.sampling.graphs import EagerReplayBackend, GraphCache
+    cache = GraphCache(backend=EagerReplayBackend())
+    monkeypatch.setattr(audio, "GRAPHS", cache)
+    return cache
+
+
+def test_caches_implement_the_sampling_protocols():
+    """mu-law models give a PersistentDrawCache (which prefers the persistent kernel on CUDA
+    only), mixture-of-logistics models a StepCache; generate refuses a cache that is neither."""
+    from fastgen.sampling.audio import DrawCache, PersistentDrawCache, StepCache, generate
+    fused = _model("k2-mulaw").incremental(2)
+    assert isinstance(fused, PersistentDrawCache) and not isinstance(fused, StepCache)
+    assert not fused.prefers_persistent()                       # a CPU cache: one launch per sample
+    step = _model("k2-mol").incremental(2)
+    assert isinstance(step, StepCache) and not isinstance(step, DrawCache)
+
+    class NoCache(WaveNet):
+        def incremental(self, batch, global_cond=None, dtype=torch.float32):
+            return object()
+
+    with pytest.raises(TypeError, match="model.incremental must return a StepCache or a DrawCache"):
+        generate(NoCache(layers=2, cycle=2, residual_channels=4, skip_channels=4, quantization=8), 3)
+
+
 @pytest.mark.parametrize("conditioned", [False, True])
-def test_block_generation_matches_step_by_step(monkeypatch, conditioned):
-    """The block path (static buffers; what a CUDA graph replays on a GPU) draws the same codes."""
-    from fastgen.models.wavenet import _FusedQueueCache
+def test_block_generation_matches_step_by_step(graphs, conditioned):
+    """The captured block path (static buffers; what a CUDA graph replays on a GPU) draws the same codes."""
     torch.manual_seed(0)
     model = WaveNet(layers=3, cycle=2, residual_channels=8, skip_channels=8, quantization=16,
                     local_channels=4 if conditioned else None, hop=10,
@@ -193,28 +202,53 @@ def test_block_generation_matches_step_by_step(monkeypatch, conditioned):
     local = torch.randn(2, 4, 31) if conditioned else None
     gc = torch.tensor([0, 1]) if conditioned else None
     stepwise = model.generate(300, 2, local, gc, "fast", torch.Generator().manual_seed(5), return_codes=True)
-    monkeypatch.setattr(_FusedQueueCache, "blocks", True)
-    blocked = model.generate(300, 2, local, gc, "fast", torch.Generator().manual_seed(5), return_codes=True)
-    assert torch.equal(blocked, stepwise)
+    blocked = model.generate(300, 2, local, gc, "fast", torch.Generator().manual_seed(5), return_codes=True,
+                             cuda_graph=True)
+    assert torch.equal(blocked, stepwise) and graphs.captures == 1
     naive = model.generate(300, 2, local, gc, "naive", torch.Generator().manual_seed(5), return_codes=True)
     assert torch.equal(naive, stepwise)
 
 
-def test_eager_queue_baseline_block_path_matches(monkeypatch):
+@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
+def test_captured_block_is_replayed_by_later_calls_with_their_own_state(graphs, persistent):
+    """One graph per model and configuration, replayed by later generate calls: each replay
+    starts from the replaying call's own state -- its queues, global and local conditioning,
+    previous code and noise -- so every call draws its own step-by-step codes.  A new
+    temperature captures a new graph; the graphs keep the model alive no longer than the user."""
+    import gc as garbage
+    import weakref
+    torch.manual_seed(0)
+    # dilations up to 32: the first 32 steps after a block read queue slots the block wrote
+    model = WaveNet(layers=6, cycle=6, residual_channels=8, skip_channels=8, quantization=16, local_channels=4,
+                    hop=10, global_classes=2).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))                      # sharp logits: a wrong state changes draws
+    calls = [(torch.randn(2, 4, 31), torch.tensor([0, 1]), 5, 1.0),     # (local, global, seed, temperature)
+             (torch.randn(2, 4, 31), torch.tensor([1, 1]), 6, 1.0),
+             (torch.randn(2, 4, 31), torch.tensor([1, 0]), 7, 0.5)]
+    for i, (local, gc, seed, temperature) in enumerate(calls):
+        run = lambda **kw: model.generate(300, 2, local, gc, generator=torch.Generator().manual_seed(seed),
+                                          temperature=temperature, return_codes=True, persistent=persistent, **kw)
+        assert torch.equal(run(cuda_graph=True), run()), f"call {i}"
+        assert graphs.captures == (1 if i < 2 else 2)           # the temperature is baked into the graph
+    assert len(graphs) == 2
+    model_ref = weakref.ref(model)
+    del model, run
+    garbage.collect()
+    assert model_ref() is None and len(graphs) == 0
+
+
+def test_eager_queue_baseline_block_path_matches(graphs):
     """The benchmark's CUDA-graph baseline (eager queue step behind draw_at) draws the same codes."""
-    from fastgen.bench import EagerQueueDraw
+    from fastgen.bench import EagerQueueDraw, ModelWithCache
+    from fastgen.sampling.audio import generate
     torch.manual_seed(0)
     model = WaveNet(layers=3, cycle=2, residual_channels=8, skip_channels=8, quantization=16).eval()
     reference = model.generate(300, 2, generator=torch.Generator().manual_seed(4), return_codes=True)
-
-    def baseline(batch, global_cond=None):
-        cache = EagerQueueDraw(model, batch, global_cond)
-        cache.blocks = True                       # run the block path eagerly on the CPU
-        return cache
-
-    monkeypatch.setattr(model, "incremental", baseline)
-    blocked = model.generate(300, 2, generator=torch.Generator().manual_seed(4), return_codes=True)
-    assert torch.equal(blocked, reference)
+    blocked = generate(ModelWithCache(model, EagerQueueDraw), 300, 2, generator=torch.Generator().manual_seed(4),
+                       cuda_graph=True)
+    assert torch.equal(blocked, reference) and graphs.captures == 1
 
 
 # ------------------------------------------------------------ persistent kernel, fp16/bf16
@@ -227,48 +261,6 @@ def _fused_model(kernel_size, conditioned, quantization=40, skip=32, spread=0.1)
         for p in model.parameters():
             p.add_(spread * torch.randn_like(p))
     return model
-
-
-def _reference_steps(cache, prev, local, gumbel, t0, inv_temperature):
-    """The per-step reference (fastgen.ops.wavenet_step.reference.wavenet_step) run T times."""
-    from fastgen.ops.wavenet_step import reference
-    m, queue, codes = cache.model, cache.queue.clone(), []
-    for i in range(gumbel.shape[0]):
-        prev, pushed = reference.wavenet_step(prev, queue, cache.queue_offsets, t0 + i, m.cycle, m.kernel_size,
-                                              cache.weights, cache.gterm, None if local is None else local[i],
-                                              gumbel[i], inv_temperature)
-        reference.wavenet_push(queue, pushed, cache.queue_offsets, t0 + i, m.cycle, m.kernel_size)
-        codes.append(prev)
-    return torch.stack(codes), queue
-
-
-@pytest.mark.parametrize("kernel_size,conditioned,batch", [
-    pytest.param(2, False, 1, id="k2-B1"),
-    pytest.param(3, True, 19, id="k3-local-global-B19"),     # two tiles of 16, the second ragged
-])
-def test_persistent_kernel_matches_per_step_reference(kernel_size, conditioned, batch):
-    """wavenet_steps on Triton (interpreter), launched for three consecutive blocks, draws the
-    codes and leaves the queues of the per-step reference looped over the same steps."""
-    from fastgen.ops.wavenet_step import wavenet_steps
-    model = _fused_model(kernel_size, conditioned)
-    cache = model.incremental(batch, torch.arange(batch) % 2 if conditioned else None)
-    cache.queue.normal_()                                            # a mid-sequence state
-    blocks, T, t0 = 3, 4, 6
-    prev = torch.randint(40, (batch,))
-    local = torch.randn(blocks * T, batch, 16) if conditioned else None
-    gumbel = -torch.log(-torch.log(torch.rand(blocks * T, batch, 2, 40)))[:, :, 1]   # a strided view
-    expected_codes, expected_queue = _reference_steps(cache, prev, local, gumbel, t0, 1 / 0.7)
-    queue, codes, start = cache.queue.clone(), torch.full((blocks * T, batch), -1), prev.clone()
-    for b in range(blocks):
-        part = slice(b * T, (b + 1) * T)
-        wavenet_steps(start, codes[part], queue, cache.queue_offsets, cache.weights, cache.gterm,
-                      None if local is None else local[part], gumbel[part], torch.empty(batch, 32),
-                      t0 + b * T, model.cycle, kernel_size, 1 / 0.7, backend="triton")
-        start = codes[part][-1]
-    assert torch.equal(codes, expected_codes)
-    torch.testing.assert_close(queue, expected_queue, rtol=1e-6, atol=1e-6)
-    assert not torch.allclose(queue, cache.queue)                   # the steps pushed into the queues
-    assert expected_codes.unique().numel() > 3
 
 
 @pytest.mark.parametrize("kernel_size,conditioned,batch", [
@@ -300,11 +292,10 @@ def test_persistent_generation_matches_per_step_naive_and_stream_on_triton(monke
     assert persistent.unique().numel() > 3
 
 
-def test_persistent_generation_over_real_block_boundaries(monkeypatch):
+def test_persistent_generation_over_real_block_boundaries(graphs):
     """Reference backend (fast on the CPU), 300 samples: persistent launches of NOISE_BLOCK = 256
-    and the CUDA-graph block path (one persistent launch per period of 256) cross the noise
+    and the captured block path (one persistent launch per period of 256) cross the noise
     block, stream chunks of 70 cross both; all equal the per-step and naive codes."""
-    from fastgen.models.wavenet import _FusedQueueCache
     model = _fused_model(3, True, skip=16)
     local, gc = torch.randn(2, 16, 76), torch.tensor([1, 0])
     run = lambda **kw: model.generate(300, 2, local, gc, generator=torch.Generator().manual_seed(7),
@@ -315,39 +306,7 @@ def test_persistent_generation_over_real_block_boundaries(monkeypatch):
     chunks = list(model.stream(300, 2, list(local.split(25, dim=2)), gc, chunk=70, temperature=0.9,
                                generator=torch.Generator().manual_seed(7), return_codes=True, persistent=True))
     assert torch.equal(torch.cat(chunks, dim=1), stepwise)
-    monkeypatch.setattr(_FusedQueueCache, "blocks", True)
-    assert torch.equal(run(persistent=True), stepwise)
-
-
-def test_fp16_kernels_match_fp16_reference():
-    """fp16 weights/queues (interpreter): both kernels equal the reference's fp16 numerics
-    (left operands rounded to fp16, fp32 accumulation): codes identical, queues within one
-    fp16 rounding (2e-3 absolute at |h| ~ 1)."""
-    from fastgen.ops.wavenet_step import wavenet_step, wavenet_steps
-    model = _fused_model(3, True)
-    B, T = 3, 5
-    cache = model.incremental(B, torch.tensor([0, 1, 1]), dtype=torch.float16)
-    assert cache.queue.dtype == cache.weights[1].dtype == torch.float16 and cache.weights[2].dtype == torch.float32
-    cache.queue.normal_()
-    prev = torch.randint(40, (B,))
-    local = torch.randn(T, B, 16)
-    gumbel = -torch.log(-torch.log(torch.rand(T, B, 40)))
-    args = (cache.queue_offsets, cache.weights, cache.gterm)
-    results = {}
-    for backend in ("reference", "triton"):
-        queue, codes = cache.queue.clone(), torch.full((T, B), -1)
-        wavenet_steps(prev, codes, queue, *args, local, gumbel, torch.empty(B, 32, dtype=torch.float16), 3,
-                      model.cycle, 3, 1.0, backend=backend)
-        q1, c1 = cache.queue.clone(), torch.full((B,), -1)
-        wavenet_step(prev, c1, q1, *args, local[0], gumbel[0], torch.empty(B, 32, dtype=torch.float16), 3,
-                     model.cycle, 3, 1.0, backend=backend)
-        results[backend] = codes, queue, c1, q1
-    for got, want in zip(results["triton"], results["reference"]):
-        if got.dtype == torch.long:
-            assert torch.equal(got, want)
-        else:
-            torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=2e-3)
-    assert torch.equal(results["triton"][2], results["triton"][0][0])
+    assert torch.equal(run(persistent=True, cuda_graph=True), stepwise)
 
 
 def test_fp16_draws_agree_with_fp32():
@@ -396,49 +355,14 @@ def test_persistent_and_dtype_errors():
     with pytest.raises(ValueError, match="needs the fused step of output='mulaw' models"):
         mol.generate(4, 1, dtype=torch.bfloat16)
 
-    from fastgen.ops.wavenet_step import wavenet_steps
-    model = _fused_model(2, False)                   # channels the Triton kernels take
-    cache = model.incremental(2, dtype=torch.bfloat16)
-    prev, gumbel, scratch = torch.zeros(2, dtype=torch.long), torch.zeros(3, 2, 40), cache.scratch
-    args = (cache.queue_offsets, cache.weights, cache.gterm, None, gumbel, scratch, 0, model.cycle, 2, 1.0)
-    with pytest.raises(ValueError, match="bfloat16 does not run in the Triton interpreter"):
-        wavenet_steps(prev, torch.zeros(3, 2, dtype=torch.long), cache.queue, *args,
-                      backend="triton")
-    with pytest.raises(TypeError, match="queue must have the weights' dtype torch.bfloat16"):
-        wavenet_steps(prev, torch.zeros(3, 2, dtype=torch.long), cache.queue.float(), *args)
-    with pytest.raises(ValueError, match=r"codes_out must be long \[3, 2\]"):
-        wavenet_steps(prev, torch.zeros(2, 3, dtype=torch.long), cache.queue, *args)
-    with pytest.raises(TypeError, match="gumbel must be float32"):
-        wavenet_steps(prev, torch.zeros(3, 2, dtype=torch.long), cache.queue, cache.queue_offsets,
-                      cache.weights, cache.gterm, None, gumbel.half(), scratch, 0, model.cycle, 2, 1.0)
 
-
-def test_wavenet_ops_opcheck():
-    """torch.library.opcheck (schema, fake tensors, in-place mutations) for both WaveNet ops."""
-    model = _fused_model(3, True)
-    cache = model.incremental(2, torch.tensor([0, 1]))
-    cache.queue.normal_()
-    prev = torch.tensor([3, 7])
-    gumbel = -torch.log(-torch.log(torch.rand(2, 2, 40)))
-    local = torch.randn(2, 2, 16)
-    common = (cache.queue_offsets, list(cache.weights), cache.gterm)
-    torch.library.opcheck(torch.ops.fastgen.wavenet_steps.default,
-                          (prev, torch.zeros(2, 2, dtype=torch.long), cache.queue.clone(), *common, local, gumbel,
-                           cache.scratch, 1, model.cycle, 3, 1.0))
-    torch.library.opcheck(torch.ops.fastgen.wavenet_step.default,
-                          (prev, torch.zeros(2, dtype=torch.long), cache.queue.clone(), *common, local[0], gumbel[0],
-                           cache.scratch, 1, model.cycle, 3, 1.0))
-
-
-def test_kernel_size_4_stays_exact_past_the_block_period(monkeypatch):
+def test_kernel_size_4_stays_exact_past_the_block_period(graphs):
     """Spans d (K-1) = 3d are not powers of two: the cache's slot period must be a multiple of
     every span (lcm), or queue slots go wrong after the first block of 256 samples."""
-    from fastgen.models.wavenet import _FusedQueueCache
     model = _fused_model(4, False, spread=0.3)
     draw = lambda **kw: model.generate(300, 1, generator=torch.Generator().manual_seed(1), return_codes=True, **kw)
     naive = draw(method="naive")
     assert torch.equal(draw(persistent=False), naive)
     assert torch.equal(draw(persistent=True), naive)
-    monkeypatch.setattr(_FusedQueueCache, "blocks", True)     # the block (CUDA-graph) path, eagerly
-    assert torch.equal(draw(persistent=True), naive)
-    assert torch.equal(draw(persistent=False), naive)
+    assert torch.equal(draw(persistent=True, cuda_graph=True), naive)    # the captured block path
+    assert torch.equal(draw(persistent=False, cuda_graph=True), naive)

@@ -13,22 +13,30 @@ discretized mixture of logistics (``output='mol'``) evaluated as per-level log-p
 Local conditioning ``local [B, local_channels, frames]`` is upsampled by a transposed conv
 with kernel = stride = ``hop`` (each frame maps to its own ``hop`` samples, so conditioning
 can arrive in pieces); global conditioning is an id ``[B]`` (e.g. a speaker).
-Generation lives in ``fastgen.sampling.audio``; ``generate`` and ``stream`` call it.
+Generation lives in ``fastgen.sampling.audio``; ``generate`` and ``stream`` call it.  The model
+implements its ``AudioModel`` protocol; its fast caches are ``_FusedQueueCache`` (mu-law models: the
+fused step ``fastgen.ops.wavenet_step``, per sample or persistent, which the cache chooses) and
+``_QueueCache`` (the eager per-layer queue step).
 """
 import math
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from fastgen.nn import CausalConv1d
 from fastgen.nn.functional import gated_activation, mu_law_decode, mu_law_encode
+from fastgen.ops.wavenet_step import WAVENET_DTYPES, WaveNetStepWeights, wavenet_step, wavenet_steps
 
 
 class WaveNet(nn.Module):
-    def __init__(self, layers=30, cycle=10, residual_channels=64, skip_channels=256, quantization=256,
-                 kernel_size=2, output="mulaw", nr_mix=10, local_channels=None, hop=256,
-                 global_classes=None, global_dim=32):
+    """The model (see the module docstring); implements ``fastgen.sampling.audio.AudioModel``."""
+
+    def __init__(self, layers: int = 30, cycle: int = 10, residual_channels: int = 64, skip_channels: int = 256,
+                 quantization: int = 256, kernel_size: int = 2, output: str = "mulaw", nr_mix: int = 10,
+                 local_channels: Optional[int] = None, hop: int = 256, global_classes: Optional[int] = None,
+                 global_dim: int = 32):
         super().__init__()
         self.config = dict(layers=layers, cycle=cycle, residual_channels=residual_channels,
                            skip_channels=skip_channels, quantization=quantization, kernel_size=kernel_size,
@@ -56,12 +64,12 @@ class WaveNet(nn.Module):
         out_channels = quantization if output == "mulaw" else 3 * nr_mix
         self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(S, S, 1), nn.ReLU(), nn.Conv1d(S, out_channels, 1))
 
-    def save(self, path, **extra):
+    def save(self, path, **extra) -> None:
         """Write a checkpoint (config + weights + ``extra``, e.g. sample_rate) for ``load``."""
         torch.save({"config": self.config, "state_dict": self.state_dict(), **extra}, path)
 
     @classmethod
-    def load(cls, path, map_location="cpu"):
+    def load(cls, path, map_location="cpu") -> Tuple["WaveNet", dict]:
         """-> (model, the checkpoint dict)."""
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         model = cls(**checkpoint["config"])
@@ -69,12 +77,12 @@ class WaveNet(nn.Module):
         return model, checkpoint
 
     @property
-    def receptive_field(self):
+    def receptive_field(self) -> int:
         """Samples of the past one prediction can see (including the shifted input)."""
         return sum(d * (self.kernel_size - 1) for d in self.dilations) + 1
 
     # ----------------------------------------------------------------- checks
-    def check_codes(self, x):
+    def check_codes(self, x: Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dtype not in (torch.long, torch.int32, torch.int16):
             raise TypeError(f"codes must be an integer tensor [B, T], got {getattr(x, 'dtype', type(x))}")
         if x.dim() != 2:
@@ -82,7 +90,8 @@ class WaveNet(nn.Module):
         if x.numel() and (x.min() < 0 or x.max() >= self.quantization):
             raise ValueError(f"codes must lie in [0, {self.quantization})")
 
-    def check_cond(self, local, global_cond, batch, length=None):
+    def check_cond(self, local: Optional[Tensor], global_cond: Optional[Tensor], batch: int,
+                   length: Optional[int] = None) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         """Returns (upsampled local [B, Lc, T'] or None, global embedding [B, G] or None)."""
         if (local is None) != (not self.local_channels):
             raise ValueError("local conditioning must be given exactly when the model has local_channels "
@@ -99,7 +108,7 @@ class WaveNet(nn.Module):
             up = self.upsample(local.float())
         return up, g
 
-    def check_global(self, global_cond, batch):
+    def check_global(self, global_cond: Optional[Tensor], batch: int) -> Optional[Tensor]:
         """-> the global embedding [B, G] or None; checks the ids."""
         if (global_cond is None) != (not self.global_classes):
             raise ValueError("global_cond must be given exactly when the model has global_classes "
@@ -113,19 +122,20 @@ class WaveNet(nn.Module):
         return self.global_embed(global_cond)
 
     # ----------------------------------------------------------------- model
-    def shifted_input(self, x, previous=None):
+    def shifted_input(self, x: Tensor, previous: Optional[Tensor] = None) -> Tensor:
         """Embedding of the previous sample at every position: [B, R, T].  ``previous`` is the
         code before x[:, 0] (silence when None)."""
         silence = self.quantization // 2
         first = torch.full_like(x[:, :1], silence) if previous is None else previous[:, None]
         return self.embed(torch.cat([first, x[:, :-1]], dim=1)).transpose(1, 2)
 
-    def forward(self, x, local=None, global_cond=None):
+    def forward(self, x: Tensor, local: Optional[Tensor] = None, global_cond: Optional[Tensor] = None) -> Tensor:
         self.check_codes(x)
         up, g = self.check_cond(local, global_cond, x.shape[0], x.shape[1])
         return self.window_logits(x, None if up is None else up[:, :, :x.shape[1]], g)
 
-    def window_logits(self, x, local_up=None, g=None, previous=None):
+    def window_logits(self, x: Tensor, local_up: Optional[Tensor] = None, g: Optional[Tensor] = None,
+                      previous: Optional[Tensor] = None) -> Tensor:
         """Logits [B, quantization, T] for codes x [B, T] (no checks).  local_up: upsampled
         local conditioning aligned with x; g: global embedding [B, G]; previous: the code
         before x[:, 0] (silence when None) -- how the naive generator runs on a window."""
@@ -142,7 +152,7 @@ class WaveNet(nn.Module):
             h = h + res(u)
         return self.levels_log_probs(self.head(skip))
 
-    def levels_log_probs(self, out):
+    def levels_log_probs(self, out: Tensor) -> Tensor:
         """Head output [B, P, T] -> per-level logits [B, quantization, T]."""
         if self.output == "mulaw":
             return out
@@ -158,16 +168,18 @@ class WaveNet(nn.Module):
         log_mass = torch.log((upper - lower).clamp(min=1e-12))
         return torch.logsumexp(F.log_softmax(logit_w, dim=1)[:, None] + log_mass, dim=2)
 
-    def loss(self, audio, local=None, global_cond=None):
+    def loss(self, audio: Tensor, local: Optional[Tensor] = None, global_cond: Optional[Tensor] = None) -> Tensor:
         """NLL of the mu-law codes of ``audio`` ([B, T] in [-1, 1]) in bits per sample."""
         if not torch.is_tensor(audio) or not audio.is_floating_point() or audio.dim() != 2:
             raise ValueError("audio must be a float tensor [B, T] with values in [-1, 1]")
         codes = mu_law_encode(audio, self.quantization)
         return F.cross_entropy(self(codes, local, global_cond), codes) / math.log(2)
 
-    def generate(self, n_samples, batch=1, local=None, global_cond=None, method="fast", generator=None,
-                 temperature=1.0, return_codes=False, progress=None, cuda_graph=False, persistent=None,
-                 dtype=None):
+    def generate(self, n_samples: int, batch: int = 1, local: Optional[Tensor] = None,
+                 global_cond: Optional[Tensor] = None, method: str = "fast",
+                 generator: Optional[torch.Generator] = None, temperature: float = 1.0, return_codes: bool = False,
+                 progress: Optional[Callable[[int], object]] = None, cuda_graph: bool = False,
+                 persistent: Optional[bool] = None, dtype: Optional[torch.dtype] = None) -> Tensor:
         """Generate ``n_samples`` per batch row: audio [batch, n_samples] in [-1, 1] (or codes).
         ``cuda_graph``: on a GPU, replay blocks of fused steps as a CUDA graph.  ``persistent``:
         draw blocks of samples in one launch of the persistent kernel (None: for small batches on
@@ -178,8 +190,10 @@ class WaveNet(nn.Module):
                          cuda_graph, persistent, dtype)
         return codes if return_codes else mu_law_decode(codes, self.quantization)
 
-    def stream(self, n_samples, batch=1, local_chunks=None, global_cond=None, chunk=4096, generator=None,
-               temperature=1.0, return_codes=False, persistent=None, dtype=None):
+    def stream(self, n_samples: int, batch: int = 1, local_chunks: Optional[Iterable[Tensor]] = None,
+               global_cond: Optional[Tensor] = None, chunk: int = 4096, generator: Optional[torch.Generator] = None,
+               temperature: float = 1.0, return_codes: bool = False, persistent: Optional[bool] = None,
+               dtype: Optional[torch.dtype] = None) -> Iterator[Tensor]:
         """Yield audio chunks ``[batch, <= chunk]`` as they are produced.  ``local_chunks`` is an
         iterable of local-conditioning pieces [batch, local_channels, frames] that may arrive
         while generating; each piece is consumed when the samples need it."""
@@ -188,7 +202,8 @@ class WaveNet(nn.Module):
                             persistent=persistent, dtype=dtype):
             yield codes if return_codes else mu_law_decode(codes, self.quantization)
 
-    def incremental(self, batch, global_cond=None, dtype=torch.float32):
+    def incremental(self, batch: int, global_cond: Optional[Tensor] = None,
+                    dtype: torch.dtype = torch.float32) -> Union["_FusedQueueCache", "_QueueCache"]:
         """The fast generator's cache; ``dtype`` (fp16/bf16: weights and queues in 16 bits) needs
         the fused step of mu-law models."""
         if self.output == "mulaw":
@@ -198,40 +213,48 @@ class WaveNet(nn.Module):
                              f"output={self.output!r} (generate it in float32)")
         return _QueueCache(self, batch, global_cond)
 
-    def packed_step_weights(self, dtype=torch.float32):
-        """The weights of ``fastgen.ops.wavenet_step`` (contiguous): the matrices (embed, wtap,
-        wlc, wres, wskip, w1, w2) in ``dtype``, the biases in fp32."""
+    def packed_step_weights(self, dtype: torch.dtype = torch.float32) -> WaveNetStepWeights:
+        """The weights of ``fastgen.ops.wavenet_step`` as a ``WaveNetStepWeights`` (contiguous
+        copies): the matrices in ``dtype``, the biases in fp32."""
         R = self.embed.embedding_dim
         mat = lambda conv: conv.weight[:, :, 0].T                          # 1x1 conv -> [in, out]
         wlc = (torch.stack([mat(c) for c in self.local]) if self.local_channels
                else torch.zeros(len(self.convs), 1, 2 * R, device=self.embed.weight.device))
-        packed = tuple(t.detach().float().contiguous() for t in (
-            self.embed.weight,
-            torch.stack([conv.weight.permute(2, 1, 0) for conv in self.convs]),   # [L, k, R, 2R]
-            torch.stack([conv.bias for conv in self.convs]),
-            wlc,
-            torch.stack([mat(c) for c in self.res]), torch.stack([c.bias for c in self.res]),
-            torch.stack([mat(c) for c in self.skip]), torch.stack([c.bias for c in self.skip]),
-            mat(self.head[1]), self.head[1].bias, mat(self.head[3]), self.head[3].bias))
-        matrices = (0, 1, 3, 4, 6, 8, 10)
-        return tuple(w.to(dtype) if i in matrices else w for i, w in enumerate(packed))
+        packed = WaveNetStepWeights(
+            embed=self.embed.weight,
+            wtap=torch.stack([conv.weight.permute(2, 1, 0) for conv in self.convs]),   # [L, k, R, 2R]
+            bconv=torch.stack([conv.bias for conv in self.convs]),
+            wlc=wlc,
+            wres=torch.stack([mat(c) for c in self.res]), bres=torch.stack([c.bias for c in self.res]),
+            wskip=torch.stack([mat(c) for c in self.skip]), bskip=torch.stack([c.bias for c in self.skip]),
+            w1=mat(self.head[1]), b1=self.head[1].bias, w2=mat(self.head[3]), b2=self.head[3].bias)
+        packed = WaveNetStepWeights(*(t.detach().float().contiguous() for t in packed))
+        return packed._replace(**{name: getattr(packed, name).to(dtype) for name in WaveNetStepWeights.MATRICES})
+
+
+# Batches up to this size generate with the persistent kernel by default on CUDA (one launch
+# per block of samples instead of one per sample).  Both kernels use the same grid
+# (cdiv(B, 16) programs); the threshold is a conservative choice, not yet measured on a GPU.
+PERSISTENT_MAX_BATCH = 64
 
 
 class _FusedQueueCache:
     """Fast generation with fused launches: one per sample (``fastgen.ops.wavenet_step``) or one
-    per block of samples (``fastgen.ops.wavenet_steps``, the persistent kernel).  All layers'
-    queues in one tensor [slots, B, R], layer l owning d_l (k-1) rows; queues, scratch and the
-    weight matrices in ``dtype`` (fp32, fp16 or bf16)."""
+    per block of samples (``fastgen.ops.wavenet_steps``, the persistent kernel) -- a
+    ``fastgen.sampling.audio.PersistentDrawCache``.  All layers' queues in one tensor
+    [slots, B, R], layer l owning d_l (k-1) rows; queues, scratch [B, S] and the weight
+    matrices in ``dtype`` (fp32, fp16 or bf16); gterm [L, B, 2R] fp32 (global conditioning).
 
-    blocks = False   # run generate's block path (static buffers) even without a CUDA graph
+    It keeps no reference to its model (only the numbers it needs): a captured CUDA graph
+    keeps the cache it was captured with alive, and must not keep the model alive with it."""
 
-    def __init__(self, model, batch, global_cond, dtype=torch.float32):
-        from fastgen.ops.wavenet_step import WAVENET_DTYPES
+    def __init__(self, model: WaveNet, batch: int, global_cond: Optional[Tensor],
+                 dtype: torch.dtype = torch.float32):
         if dtype not in WAVENET_DTYPES:
             raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
-        self.model = model
         device = model.embed.weight.device
         R = model.embed.embedding_dim
+        self.batch, self.cycle, self.kernel_size = batch, model.cycle, model.kernel_size
         spans = [d * (model.kernel_size - 1) for d in model.dilations]
         offsets = torch.tensor([0] + spans[:-1]).cumsum(0)
         self.queue = torch.zeros(sum(spans), batch, R, device=device, dtype=dtype)
@@ -241,38 +264,45 @@ class _FusedQueueCache:
         gterm = [proj(g) for proj in model.global_proj] if g is not None else [
             torch.zeros(batch, 2 * R, device=device) for _ in spans]
         self.gterm = torch.stack(gterm).detach().float().contiguous()
-        self.scratch = torch.empty(batch, self.weights[8].shape[0], device=device, dtype=dtype)
+        self.scratch = torch.empty(batch, self.weights.w1.shape[0], device=device, dtype=dtype)
         # the queues' slot pattern repeats every `period` steps: a multiple of every span (with
         # kernel 2 or 3 the spans are powers of two and this is max(spans, 256))
         self.period = math.lcm(256, *spans)
-        # (class attribute ``blocks``: tests set it to run the block path eagerly on the CPU)
 
-    def state(self):
-        return [self.queue]
+    def state(self) -> List[Tensor]:
+        """This generation's own tensors that the draws read or write: the queues and the global
+        conditioning term (the packed weights are the model's, the same for every generation)."""
+        return [self.queue, self.gterm]
 
-    def draw_at(self, previous, codes_out, local_t, gumbel, temperature, t):
-        """Draw sample t into codes_out [B] (t matters only modulo ``period``)."""
-        from fastgen.ops.wavenet_step import wavenet_step
-        m = self.model
+    def prefers_persistent(self) -> bool:
+        """Whether ``generate``/``stream`` use ``draw_steps`` (persistent kernel) over
+        ``draw_at`` (one launch per sample) when the caller leaves ``persistent=None``: small
+        batches on CUDA, where a launch per sample costs more than the step itself."""
+        return self.queue.is_cuda and self.batch <= PERSISTENT_MAX_BATCH
+
+    def draw_at(self, previous: Tensor, codes_out: Tensor, local_t: Optional[Tensor], gumbel: Tensor,
+                temperature: float, t: int) -> None:
+        """Draw sample t into codes_out [B] (t matters only modulo ``period``); previous [B],
+        local_t [B, Lc] or None, gumbel [B, quantization]."""
         local = None if local_t is None else local_t.float().contiguous()
         wavenet_step(previous, codes_out, self.queue, self.queue_offsets, self.weights, self.gterm, local,
-                     gumbel, self.scratch, t % self.period, m.cycle, m.kernel_size, 1.0 / temperature)
+                     gumbel, self.scratch, t % self.period, self.cycle, self.kernel_size, 1.0 / temperature)
 
-    def draw_steps(self, previous, codes_out, local, gumbel, temperature, t0):
+    def draw_steps(self, previous: Tensor, codes_out: Tensor, local: Optional[Tensor], gumbel: Tensor,
+                   temperature: float, t0: int) -> None:
         """Draw samples t0 .. t0+T-1 into codes_out [T, B] in one launch of the persistent
         kernel; local [T, B, Lc] or None, gumbel [T, B, quantization]."""
-        from fastgen.ops.wavenet_step import wavenet_steps
-        m = self.model
         local = None if local is None else local.float().contiguous()
         wavenet_steps(previous, codes_out, self.queue, self.queue_offsets, self.weights, self.gterm, local,
-                      gumbel, self.scratch, t0 % self.period, m.cycle, m.kernel_size, 1.0 / temperature)
+                      gumbel, self.scratch, t0 % self.period, self.cycle, self.kernel_size, 1.0 / temperature)
 
 
 class _QueueCache:
     """Fast generation state (Paine et al. 2016): per layer, a queue of its last
-    d * (k - 1) inputs, so one step costs one matrix-vector product per layer."""
+    d * (k - 1) inputs, so one step costs one matrix-vector product per layer -- a
+    ``fastgen.sampling.audio.StepCache`` (the models without a fused step: output='mol')."""
 
-    def __init__(self, model, batch, global_cond):
+    def __init__(self, model: WaveNet, batch: int, global_cond: Optional[Tensor]):
         self.model = model
         R = model.embed.embedding_dim
         k = model.kernel_size
@@ -286,7 +316,7 @@ class _QueueCache:
         # weights as matrices: conv tap j multiplies the input from (k - 1 - j) * d steps ago
         self.taps = [conv.weight.permute(2, 0, 1) for conv in model.convs]          # [k, 2R, R]
 
-    def step(self, previous, local_t=None):
+    def step(self, previous: Tensor, local_t: Optional[Tensor] = None) -> Tensor:
         """previous: codes [B] of the last sample (silence at the start); local_t: upsampled
         local conditioning at this step [B, Lc] or None -> logits [B, quantization]."""
         m, k = self.model, self.model.kernel_size

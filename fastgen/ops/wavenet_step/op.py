@@ -5,116 +5,126 @@
   code fed back as the next input on the device (small batches: no launch per sample).
 
 References in ``fastgen.ops.wavenet_step.reference``, Triton kernels in
-``fastgen.kernels.wavenet_step``; shapes are in the references' docstrings.  Sampling-only ops
-(no autograd) that write their outputs and state in place (declared in ``mutates_args``).
+``fastgen.kernels.wavenet_step``; shapes are in the references' docstrings, the weights travel
+as a ``WaveNetStepWeights``.  Sampling-only ops (no autograd) that write their outputs and
+state in place (declared in ``mutates_args``).
+
+Declared with ``fastgen.ops._define.define_op`` as ``torch.ops.fastgen.wavenet_step`` /
+``wavenet_steps``.  TF32: the steps replace the unfused layers' matmuls, so they follow
+``torch.backends.cuda.matmul.allow_tf32`` (``tf32="matmul"``; off by default: exact fp32 dots
+for fp32 weights; 16-bit weights always take the tensor cores).
 """
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
+from torch import Tensor
 
-from fastgen.ops._backend import choose_backend, eager_or_registered, requested_backend
+from fastgen.ops._define import define_op
 from fastgen.ops.wavenet_step import reference
+from fastgen.ops.wavenet_step.bundles import WaveNetStepWeights
 
-
-def _power_of_two(n):
-    return n >= 16 and n & (n - 1) == 0
-
-
-_WAVENET_MATRICES = {0: "embed", 1: "wtap", 3: "wlc", 4: "wres", 6: "wskip", 8: "w1", 10: "w2"}
-_WAVENET_FP32 = {2: "bconv", 5: "bres", 7: "bskip", 9: "b1", 11: "b2"}
 WAVENET_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Batches up to this size generate with the persistent kernel by default on CUDA (one launch
-# per block of samples instead of one per sample).  Both kernels use the same grid
-# (cdiv(B, 16) programs); the threshold is a conservative choice, not yet measured on a GPU.
-WAVENET_PERSISTENT_MAX_BATCH = 64
+
+def _bundle(op: str, weights: Sequence[Tensor]) -> WaveNetStepWeights:
+    """``weights`` as a ``WaveNetStepWeights`` (the twelve tensors in its order are accepted too)."""
+    if isinstance(weights, WaveNetStepWeights):
+        return weights
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(WaveNetStepWeights._fields):
+        got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+        raise ValueError(f"{op}: weights must be a WaveNetStepWeights (WaveNet.packed_step_weights()), got {got}")
+    return WaveNetStepWeights(*weights)
 
 
-def wavenet_persistent_preferred(batch, device):
-    """Whether ``generate``/``stream`` use ``wavenet_steps`` (persistent) over ``wavenet_step``
-    (one launch per sample) when the caller leaves ``persistent=None``: small batches on CUDA."""
-    return torch.device(device).type == "cuda" and batch <= WAVENET_PERSISTENT_MAX_BATCH
-
-
-def _wavenet_checks(op, queue, weights, gterm, local, gumbel, scratch, backend):
-    """Dtype and layout checks shared by the WaveNet ops; -> the backend ('reference' | 'triton')."""
-    if len(weights) != 12:
-        raise ValueError(f"{op}: weights must be the 12 tensors of WaveNet.packed_step_weights, got {len(weights)}")
-    wdtype = weights[1].dtype
+def _check(op: str, queue: Tensor, weights: WaveNetStepWeights, gterm: Tensor, local: Optional[Tensor],
+           gumbel: Tensor, scratch: Tensor) -> None:
+    """The dtype rules shared by both ops: TypeError naming the argument."""
+    wdtype = weights.dtype
     if wdtype not in WAVENET_DTYPES:
         raise TypeError(f"{op}: weights must be float32, float16 or bfloat16, got {wdtype}")
-    for i, name in _WAVENET_MATRICES.items():
-        if weights[i].dtype != wdtype:
-            raise TypeError(f"{op}: weight {name} is {weights[i].dtype}; every matrix must be {wdtype} like wtap")
-    for name, tensor in [*((n, weights[i]) for i, n in _WAVENET_FP32.items()), ("gterm", gterm),
-                         ("gumbel", gumbel), ("local", local)]:
+    for name in WaveNetStepWeights.MATRICES:
+        if getattr(weights, name).dtype != wdtype:
+            raise TypeError(f"{op}: weight {name} is {getattr(weights, name).dtype}; every matrix must be "
+                            f"{wdtype} like wtap")
+    fp32 = [(name, getattr(weights, name)) for name in WaveNetStepWeights.BIASES]
+    for name, tensor in [*fp32, ("gterm", gterm), ("gumbel", gumbel), ("local", local)]:
         if tensor is not None and tensor.dtype != torch.float32:
             raise TypeError(f"{op}: {name} must be float32 (biases and conditioning stay fp32), got {tensor.dtype}")
     for name, tensor in (("queue", queue), ("scratch", scratch)):
         if tensor.dtype != wdtype:
             raise TypeError(f"{op}: {name} must have the weights' dtype {wdtype}, got {tensor.dtype}")
-    R, S = weights[1].shape[2], weights[8].shape[0]
+
+
+def _unsupported(queue: Tensor, weights: WaveNetStepWeights, local: Optional[Tensor]) -> Optional[str]:
+    """Why the Triton kernels cannot take these inputs, or None."""
+    R, S = weights.wtap.shape[2], weights.w1.shape[0]
     LC = 0 if local is None else local.shape[-1]
-    if not (_power_of_two(R) and _power_of_two(S) and (LC == 0 or _power_of_two(LC))):
-        if requested_backend(backend) == "triton":
-            raise ValueError(f"{op} on Triton needs residual, skip and local channels that are "
-                             f"powers of two >= 16, got {R}, {S}, {LC}")
-        backend = "reference"
-    chosen = choose_backend(op, queue, backend)
-    if chosen == "triton" and wdtype == torch.bfloat16 and not queue.is_cuda:
-        raise ValueError(f"{op}: bfloat16 does not run in the Triton interpreter (numpy has no bfloat16); "
-                         "use backend='reference' on the CPU or a CUDA device")
-    return chosen
+    if not all(n >= 16 and n & (n - 1) == 0 for n in (R, S, *((LC,) if LC else ()))):
+        # the kernels tile the residual, skip and local channels whole, as powers of two
+        return f"residual, skip and local channels must be powers of two >= 16, got {R}, {S}, {LC}"
+    if weights.dtype == torch.bfloat16 and not queue.is_cuda:
+        return ("bfloat16 does not run in the Triton interpreter (numpy has no bfloat16); use "
+                "backend='reference' on the CPU or a CUDA device")
+    return None
 
 
-def _dot_precision(tensor, weights):
-    """How the WaveNet kernels' dots multiply: exact fp32 ("ieee") for fp32 weights unless TF32
-    matmuls are allowed; 16-bit weights pass Triton's default ("tf32"), the setting the conv
-    kernels' 16-bit dots were verified with on a GPU (it only affects fp32 operands)."""
-    exact = weights[1].dtype == torch.float32 and not (tensor.is_cuda and torch.backends.cuda.matmul.allow_tf32)
-    return "ieee" if exact else "tf32"
-
-
-def _wavenet_step_impl(prev: torch.Tensor, code_out: torch.Tensor, queue: torch.Tensor,
-                       queue_offsets: torch.Tensor, weights: List[torch.Tensor], gterm: torch.Tensor,
-                       local_t: Optional[torch.Tensor], gumbel: torch.Tensor, scratch: torch.Tensor, t: int,
-                       cycle: int, kernel_size: int, inv_temperature: float) -> None:
+@define_op("wavenet_step", family="wavenet_step", tf32="matmul", mutates_args=("code_out", "queue", "scratch"))
+def _wavenet_step_kernel(prev: Tensor, code_out: Tensor, queue: Tensor, queue_offsets: Tensor, weights: List[Tensor],
+                         gterm: Tensor, local_t: Optional[Tensor], gumbel: Tensor, scratch: Tensor, t: int,
+                         cycle: int, kernel_size: int, inv_temperature: float) -> None:
+    """WaveNet: one audio sample's layers, queue pushes, head and Gumbel-max draw in one launch."""
     from fastgen.kernels.wavenet_step import wavenet_step as launch
-    launch(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
-           kernel_size, inv_temperature, precision=_dot_precision(prev, weights))
+    w = WaveNetStepWeights(*weights)
+    launch(prev, code_out, queue, queue_offsets, w, gterm, local_t, gumbel, scratch, t, cycle, kernel_size,
+           inv_temperature, precision=_wavenet_step_kernel.precision(queue, w.dtype))
 
 
-def wavenet_step(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
-                 kernel_size, inv_temperature, backend=None):
+@define_op("wavenet_steps", family="wavenet_step", tf32="matmul", mutates_args=("codes_out", "queue", "scratch"))
+def _wavenet_steps_kernel(prev: Tensor, codes_out: Tensor, queue: Tensor, queue_offsets: Tensor,
+                          weights: List[Tensor], gterm: Tensor, local: Optional[Tensor], gumbel: Tensor,
+                          scratch: Tensor, t0: int, cycle: int, kernel_size: int, inv_temperature: float) -> None:
+    """WaveNet: a block of audio samples in one launch of a persistent kernel (codes fed back on chip)."""
+    from fastgen.kernels.wavenet_step import wavenet_steps as launch
+    w = WaveNetStepWeights(*weights)
+    launch(prev, codes_out, queue, queue_offsets, w, gterm, local, gumbel, scratch, t0, cycle, kernel_size,
+           inv_temperature, precision=_wavenet_steps_kernel.precision(queue, w.dtype))
+
+
+def wavenet_step(prev: Tensor, code_out: Tensor, queue: Tensor, queue_offsets: Tensor,
+                 weights: WaveNetStepWeights, gterm: Tensor, local_t: Optional[Tensor], gumbel: Tensor,
+                 scratch: Tensor, t: int, cycle: int, kernel_size: int, inv_temperature: float,
+                 backend: Optional[str] = None) -> None:
     """Draw sample t for every batch row: writes code_out [B] and pushes every layer's input
-    into its queue slot t mod span.  See ``fastgen.ops.wavenet_step.reference.wavenet_step`` (shapes, and
-    the fp16/bf16 numerics: matrices, queue and scratch in one dtype, everything else fp32)."""
-    if _wavenet_checks("wavenet_step", queue, weights, gterm, local_t, gumbel, scratch, backend) == "reference":
+    into its queue slot t mod span.  See ``fastgen.ops.wavenet_step.reference.wavenet_step``
+    (shapes, and the fp16/bf16 numerics: matrices, queue and scratch [B, S] in one dtype,
+    everything else fp32).
+
+    Backends: Triton on CUDA (and under TRITON_INTERPRET=1 when forced), the reference on the
+    CPU.  The kernels need residual, skip and local channels that are powers of two >= 16 and
+    cannot run bfloat16 in the interpreter; other inputs run on the reference, or raise a
+    ValueError when the Triton backend was forced."""
+    weights = _bundle("wavenet_step", weights)
+    _check("wavenet_step", queue, weights, gterm, local_t, gumbel, scratch)
+    why = _unsupported(queue, weights, local_t)
+    if _wavenet_step_kernel.backend(queue, backend, unsupported=why) == "reference":
         codes, pushed = reference.wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights,
                                                gterm, local_t, gumbel, inv_temperature)
         code_out.copy_(codes)
         reference.wavenet_push(queue, pushed, queue_offsets, t, cycle, kernel_size)
         return
-    step = eager_or_registered("wavenet_step", _wavenet_step_impl)
-    step(prev, code_out, queue, queue_offsets, list(weights), gterm, local_t, gumbel, scratch, t, cycle, kernel_size,
-         float(inv_temperature))
+    _wavenet_step_kernel(prev, code_out, queue, queue_offsets, list(weights), gterm, local_t, gumbel, scratch,
+                         int(t), int(cycle), int(kernel_size), float(inv_temperature))
 
 
-def _wavenet_steps_impl(prev: torch.Tensor, codes_out: torch.Tensor, queue: torch.Tensor,
-                        queue_offsets: torch.Tensor, weights: List[torch.Tensor], gterm: torch.Tensor,
-                        local: Optional[torch.Tensor], gumbel: torch.Tensor, scratch: torch.Tensor, t0: int,
-                        cycle: int, kernel_size: int, inv_temperature: float) -> None:
-    from fastgen.kernels.wavenet_step import wavenet_steps as launch
-    launch(prev, codes_out, queue, queue_offsets, weights, gterm, local, gumbel, scratch, t0, cycle,
-           kernel_size, inv_temperature, precision=_dot_precision(prev, weights))
-
-
-def wavenet_steps(prev, codes_out, queue, queue_offsets, weights, gterm, local, gumbel, scratch, t0, cycle,
-                  kernel_size, inv_temperature, backend=None):
+def wavenet_steps(prev: Tensor, codes_out: Tensor, queue: Tensor, queue_offsets: Tensor,
+                  weights: WaveNetStepWeights, gterm: Tensor, local: Optional[Tensor], gumbel: Tensor,
+                  scratch: Tensor, t0: int, cycle: int, kernel_size: int, inv_temperature: float,
+                  backend: Optional[str] = None) -> None:
     """Draw samples t0 .. t0+T-1 for every batch row, each drawn code the next step's input, in
     one launch of the persistent kernel: prev [B] (codes before t0; not changed), codes_out
     [T, B] long (written), local [T, B, LC] fp32 or None, gumbel [T, B, A] fp32; the queue is
-    updated in place as by T calls of ``wavenet_step``.  See ``fastgen.ops.wavenet_step.reference.wavenet_steps``."""
+    updated in place as by T calls of ``wavenet_step``.  See
+    ``fastgen.ops.wavenet_step.reference.wavenet_steps``; backends as ``wavenet_step``."""
     T = gumbel.shape[0] if gumbel.dim() == 3 else -1
     B = prev.shape[0] if prev.dim() == 1 else -1
     if gumbel.dim() != 3 or B < 0 or gumbel.shape[1] != B:
@@ -125,38 +135,19 @@ def wavenet_steps(prev, codes_out, queue, queue_offsets, weights, gterm, local, 
                          f"{tuple(codes_out.shape)}")
     if local is not None and (local.dim() != 3 or local.shape[:2] != (T, B)):
         raise ValueError(f"wavenet_steps: local must be [{T}, {B}, local_channels], got {tuple(local.shape)}")
-    if _wavenet_checks("wavenet_steps", queue, weights, gterm, local, gumbel, scratch, backend) == "reference":
+    weights = _bundle("wavenet_steps", weights)
+    _check("wavenet_steps", queue, weights, gterm, local, gumbel, scratch)
+    why = _unsupported(queue, weights, local)
+    if _wavenet_steps_kernel.backend(queue, backend, unsupported=why) == "reference":
         codes, new_queue = reference.wavenet_steps(prev, queue, queue_offsets, t0, cycle, kernel_size, weights,
                                                    gterm, local, gumbel, inv_temperature)
         codes_out.copy_(codes)
         queue.copy_(new_queue)
         return
+    # the kernel writes codes_out [T, B] densely: a strided view gets a dense buffer, copied back
     out = codes_out if codes_out.is_contiguous() else torch.empty_like(codes_out, memory_format=torch.contiguous_format)
-    steps = eager_or_registered("wavenet_steps", _wavenet_steps_impl)
-    steps(prev.contiguous(), out, queue, queue_offsets, list(weights), gterm,
-          None if local is None else local.contiguous(), gumbel, scratch, t0, cycle, kernel_size, float(inv_temperature))
+    _wavenet_steps_kernel(prev.contiguous(), out, queue, queue_offsets, list(weights), gterm,
+                          None if local is None else local.contiguous(), gumbel, scratch, int(t0), int(cycle),
+                          int(kernel_size), float(inv_temperature))
     if out is not codes_out:
         codes_out.copy_(out)
-
-
-# The registered ops (what torch.compile traces; eager calls run the _impl functions through
-# ``eager_or_registered``).  Both WaveNet ops only write their arguments in place (declared in
-# mutates_args) and return nothing, so their fake implementations have nothing to build.
-_wavenet_step_op = torch.library.custom_op("fastgen::wavenet_step",
-                                           mutates_args=("code_out", "queue", "scratch"))(_wavenet_step_impl)
-
-
-@_wavenet_step_op.register_fake
-def _wavenet_step_fake(prev, code_out, queue, queue_offsets, weights, gterm, local_t, gumbel, scratch, t, cycle,
-                       kernel_size, inv_temperature):
-    return None
-
-
-_wavenet_steps_op = torch.library.custom_op("fastgen::wavenet_steps",
-                                            mutates_args=("codes_out", "queue", "scratch"))(_wavenet_steps_impl)
-
-
-@_wavenet_steps_op.register_fake
-def _wavenet_steps_fake(prev, codes_out, queue, queue_offsets, weights, gterm, local, gumbel, scratch, t0, cycle,
-                        kernel_size, inv_temperature):
-    return None

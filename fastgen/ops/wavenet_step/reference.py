@@ -1,7 +1,15 @@
 """Plain-PyTorch references of the WaveNet sampling steps: the specification of
 ``wavenet_step`` / ``wavenet_steps`` (the CPU path and the tests call them).
+
+Shape legend: B batch, L layers, k kernel size, R residual channels, S skip channels,
+A quantization levels, LC local-conditioning channels (weights: ``WaveNetStepWeights``).
 """
+from typing import Optional, Sequence, Tuple
+
 import torch
+from torch import Tensor
+
+from fastgen.ops.wavenet_step.bundles import WaveNetStepWeights
 
 
 def _mm(x, w):
@@ -10,14 +18,15 @@ def _mm(x, w):
     return x.to(w.dtype).float() @ w.float()
 
 
-def wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights, gterm, local_t, gumbel,
-                 inv_temperature):
+def wavenet_step(prev: Tensor, queue: Tensor, queue_offsets: Tensor, t: int, cycle: int, kernel_size: int,
+                 weights: Sequence[Tensor], gterm: Tensor, local_t: Optional[Tensor], gumbel: Tensor,
+                 inv_temperature: float) -> Tuple[Tensor, Tensor]:
     """One WaveNet generation step (the math of kernels/wavenet_step.py).
 
     prev: codes [B] of the previous sample; queue [slots, B, R] holds layer l's past inputs
     in rows queue_offsets[l] .. + d_l (k-1) (slot = time mod span); gterm [L, B, 2R];
-    local_t [B, LC] or None; weights = (embed [A, R], wtap [L, k, R, 2R], bconv [L, 2R],
-    wlc [L, LC, 2R], wres [L, R, R], bres, wskip [L, R, S], bskip, w1 [S, S], b1, w2 [S, A], b2).
+    local_t [B, LC] or None; gumbel [B, A]; weights: a ``WaveNetStepWeights`` (or its
+    twelve tensors in that order).
     -> (codes [B], pushed [L, B, R] fp32: each layer's input at t, for slot t mod span).
 
     Precision: the matrices and the queue may be fp16/bf16 (biases, gterm, local, gumbel fp32);
@@ -25,29 +34,30 @@ def wavenet_step(prev, queue, queue_offsets, t, cycle, kernel_size, weights, gte
     everything else (h, skip, gating, logits, argmax) is fp32.  The queue keeps h rounded to
     its dtype.
     """
-    embed, wtap, bconv, wlc, wres, bres, wskip, bskip, w1, b1, w2, b2 = weights
-    L, k, R, _ = wtap.shape
-    h = embed[prev].float()
+    w = WaveNetStepWeights(*weights)
+    L, k, R, _ = w.wtap.shape
+    h = w.embed[prev].float()
     skip = 0
     pushed = []
     for layer in range(L):
         d = 2 ** (layer % cycle)
         span = d * (k - 1)
         offset = int(queue_offsets[layer])
-        z = _mm(h, wtap[layer, k - 1]) + bconv[layer] + gterm[layer]
+        z = _mm(h, w.wtap[layer, k - 1]) + w.bconv[layer] + gterm[layer]
         for j in range(k - 1):
-            z = z + _mm(queue[offset + (t - (k - 1 - j) * d) % span], wtap[layer, j])
+            z = z + _mm(queue[offset + (t - (k - 1 - j) * d) % span], w.wtap[layer, j])
         if local_t is not None:
-            z = z + _mm(local_t, wlc[layer])
+            z = z + _mm(local_t, w.wlc[layer])
         u = torch.tanh(z[:, :R]) * torch.sigmoid(z[:, R:])
-        skip = skip + _mm(u, wskip[layer]) + bskip[layer]
+        skip = skip + _mm(u, w.wskip[layer]) + w.bskip[layer]
         pushed.append(h)
-        h = h + _mm(u, wres[layer]) + bres[layer]
-    logits = _mm(torch.relu(_mm(torch.relu(skip), w1) + b1), w2) + b2
+        h = h + _mm(u, w.wres[layer]) + w.bres[layer]
+    logits = _mm(torch.relu(_mm(torch.relu(skip), w.w1) + w.b1), w.w2) + w.b2
     return (logits * inv_temperature + gumbel).argmax(dim=1), torch.stack(pushed)
 
 
-def wavenet_push(queue, pushed, queue_offsets, t, cycle, kernel_size):
+def wavenet_push(queue: Tensor, pushed: Tensor, queue_offsets: Tensor, t: int, cycle: int,
+                 kernel_size: int) -> None:
     """Write ``pushed`` [L, B, R] (from ``wavenet_step`` at time t) into the queue's slots
     t mod span, in place (rounded to the queue's dtype)."""
     for layer in range(pushed.shape[0]):
@@ -55,8 +65,9 @@ def wavenet_push(queue, pushed, queue_offsets, t, cycle, kernel_size):
         queue[int(queue_offsets[layer]) + t % span] = pushed[layer]
 
 
-def wavenet_steps(prev, queue, queue_offsets, t0, cycle, kernel_size, weights, gterm, local, gumbel,
-                  inv_temperature):
+def wavenet_steps(prev: Tensor, queue: Tensor, queue_offsets: Tensor, t0: int, cycle: int, kernel_size: int,
+                  weights: Sequence[Tensor], gterm: Tensor, local: Optional[Tensor], gumbel: Tensor,
+                  inv_temperature: float) -> Tuple[Tensor, Tensor]:
     """T WaveNet generation steps t0 .. t0+T-1, each drawn code the next step's input (the math
     of the persistent kernel in kernels/wavenet_step.py): ``wavenet_step`` and ``wavenet_push``
     in a loop.  local [T, B, LC] or None, gumbel [T, B, A]; the other arguments as in
