@@ -47,12 +47,21 @@ def test_fused_wavenet_generation_matches_naive_on_gpu(kernel_size):
 
 
 def test_wavenet_cuda_graph_generation_matches_eager_on_gpu():
+    """generate(cuda_graph=True) draws the eager codes; a later call with other noise and global
+    conditioning replays the block graph the first call captured (fastgen.sampling.graphs.GRAPHS)
+    from its own state, and draws its own eager codes too."""
     from fastgen.models import WaveNet
+    from fastgen.sampling.graphs import GRAPHS
     torch.manual_seed(0)
-    model = WaveNet(layers=10, cycle=5, residual_channels=32, skip_channels=64, quantization=256).cuda().eval()
-    eager = model.generate(700, 3, generator=torch.Generator().manual_seed(2), return_codes=True)
-    graphed = model.generate(700, 3, generator=torch.Generator().manual_seed(2), return_codes=True, cuda_graph=True)
-    assert torch.equal(eager, graphed)
+    model = WaveNet(layers=10, cycle=5, residual_channels=32, skip_channels=64, quantization=256,
+                    global_classes=3).cuda().eval()
+    captures = GRAPHS.captures
+    for seed, ids in ((2, [0, 1, 2]), (3, [2, 2, 0])):
+        gc = torch.tensor(ids, device="cuda")
+        run = lambda **kw: model.generate(700, 3, global_cond=gc, generator=torch.Generator().manual_seed(seed),
+                                          return_codes=True, **kw)
+        assert torch.equal(run(), run(cuda_graph=True)), f"seed {seed}"
+    assert GRAPHS.captures == captures + 1
 
 
 @pytest.mark.parametrize("kernel_size,batch", [(2, 1), (3, 19)])
