@@ -51,7 +51,8 @@ class EagerQueueDraw:
         self.period = math.lcm(256, *(d * (model.kernel_size - 1) for d in model.dilations))
 
     def state(self):
-        return self.inner.queues
+        """Every tensor a captured block reads and writes: the queues and the global terms."""
+        return [*self.inner.queues, *(self.inner.global_terms or [])]
 
     def draw_at(self, previous, codes_out, local_t, gumbel, temperature, t):
         self.inner.t = t                       # the queue slots depend on t modulo period only
