@@ -95,16 +95,22 @@ def gated_pixel_step_kernel(
 
 def gated_pixel_step(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, inv_temperature, scale,
                      precision="ieee", block_b=16):
-    """Launch one step; ``weights`` = (wh, bh, wl, bl, wo, bo, w1, b1, w2, b2, embed_w, embed_b)."""
+    """Launch one step; ``weights``: the twelve tensors of a ``GatedStepWeights``, in its order."""
+    wh, bh, wl, bl, wo, bo, w1, b1, w2, b2, embed_w, embed_b = weights
     L, B, CH = p_in.shape
     W = v.shape[2]
-    HC = weights[6].shape[1]
-    levels = weights[8].shape[1]
+    HC = w1.shape[1]
+    levels = w2.shape[1]
     grid = (triton.cdiv(B, block_b),)
+    # num_stages: Triton's default (3) software-pipelines the layer loop's weight loads, buffering
+    # 3 layers of [CH, 2CH] tiles in shared memory: 343 KB at CH = 64, 1.27 MB at CH = 128 -- over
+    # every GPU's per-block limit, so the launch would fail (fastgen compile-gate, sm_80/sm_90).
+    # Unpipelined it takes 38 / 75 KB; at CH <= 32 the pipelined kernel fits and spills less.
+    stages = 3 if CH <= 32 else 1
     # Direct launch (kernels/_launch.py): idempotent -- it reads p_in and writes p_out, x_out, e_row.
     launch(gated_pixel_step_kernel, grid,
            (p_in, p_out, v, cond_h, *weights, gumbel, gumbel.stride(0), gumbel.stride(1), x_out, e_row,
             B, L, c, W, levels, inv_temperature, scale),
            dict(CH=CH, HC=HC, LEVEL_BLOCK=max(16, min(128, triton.next_power_of_2(levels))), BLOCK_B=block_b,
                 PRECISION=precision),
-           x_out, num_warps=4, unspecialized=("c",))
+           x_out, num_warps=4, num_stages=stages, unspecialized=("c",))

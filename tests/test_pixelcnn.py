@@ -183,41 +183,6 @@ def test_demo_runs(tmp_path, capsys):
     assert (tmp_path / "completion.png").stat().st_size > 0
 
 
-def _step_inputs(L=3, B=5, CH=16, HC=32, W=6, levels=150, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.3
-    weights = (r(L, 2, CH, 2 * CH), r(L, 2 * CH), r(L, 2 * CH, 2 * CH), r(L, 2 * CH), r(L, CH, CH), r(L, CH),
-               r(CH, HC), r(HC), r(HC, levels), r(levels), r(CH), r(CH))
-    gumbel = -torch.log(-torch.log(torch.rand(B, 2, levels, generator=g)))[:, 1]   # a strided view
-    return r(L, B, CH), r(L, B, W, 2 * CH), r(L, B, 2 * CH), weights, gumbel
-
-
-def test_fused_gated_pixel_step_triton_matches_reference():
-    from fastgen.ops.gated_pixel_step import gated_pixel_step
-    p_in, v, cond_h, weights, gumbel = _step_inputs()
-    L, B, CH = p_in.shape
-    outs = {}
-    for backend in ("reference", "triton"):
-        p_out, x_out, e_row = torch.full_like(p_in, float("nan")), torch.full((B,), -1), torch.zeros(B, 6, CH)
-        gated_pixel_step(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, 2, 1 / 0.9, 2 / 149,
-                         backend=backend)
-        outs[backend] = (x_out, p_out, e_row)
-    assert torch.equal(outs["triton"][0], outs["reference"][0])
-    assert outs["reference"][0].unique().numel() > 1
-    torch.testing.assert_close(outs["triton"][1], outs["reference"][1], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outs["triton"][2], outs["reference"][2], rtol=1e-5, atol=1e-5)
-    assert (outs["triton"][2][:, [0, 1, 3, 4, 5]] == 0).all()     # only column c is written
-
-
-def test_fused_step_refuses_unsupported_shapes_on_forced_triton():
-    from fastgen.ops.gated_pixel_step import gated_pixel_step
-    p_in, v, cond_h, weights, gumbel = _step_inputs(CH=16, HC=24, levels=8)
-    with pytest.raises(ValueError, match="powers of two"):
-        gated_pixel_step(p_in, torch.empty_like(p_in), v, cond_h, weights, gumbel,
-                         torch.empty(p_in.shape[1], dtype=torch.long), torch.zeros(5, 6, 16), 0, 1.0, 0.1,
-                         backend="triton")
-
-
 @pytest.mark.parametrize("levels,num_classes", [(9, None), (150, 3)])
 def test_fast_sampler_with_fused_triton_step_matches_naive(monkeypatch, levels, num_classes):
     monkeypatch.setenv("FASTGEN_BACKEND", "triton")

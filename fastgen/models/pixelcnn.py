@@ -1,20 +1,22 @@
 """PixelCNN (van den Oord et al. 2016) and Gated PixelCNN (van den Oord et al., NeurIPS 2016).
 
 Both model p(x) = prod_i p(x_i | x_<i) over pixels in raster order with a softmax over
-``levels`` values per channel, and implement the sampling protocol of
-``fastgen.sampling.autoregressive`` (``incremental`` computes only what a new pixel changes).
+``levels`` values per channel, and implement the sampling protocols ``fastgen.sampling.ImageModel``
+and ``PixelCache`` (``incremental`` computes only what a new pixel changes).
 
 Shapes: images x are long ``[B, C, H, W]`` with values in [0, levels); logits are
 ``[B, levels, C, H, W]``; ``loss`` is the negative log-likelihood in bits per dimension.
 """
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from fastgen.nn import GatedMaskedConv2d, MaskedConv2d
 from fastgen.nn.functional import gated_activation
+from fastgen.ops.gated_pixel_step import GatedStepWeights, gated_pixel_step
 
 
 class _PixelModel(nn.Module):
@@ -48,23 +50,36 @@ class _PixelModel(nn.Module):
             raise ValueError(f"x values must lie in [0, {self.levels}) (levels={self.levels}), "
                              f"got [{int(x.min())}, {int(x.max())}]")
 
-    def embed_cond(self, cond, batch):
-        """cond -> [B, cond_dim] float, or None; checks that it matches the model."""
+    def check_cond(self, cond: Optional[Tensor], batch: int) -> None:
+        """ValueError unless cond is this model's conditioning for ``batch`` images: None for an
+        unconditional model, class ids [B] or vectors [B, cond_channels].  Reads the class ids'
+        values: a host sync on a GPU (the CUDA-graph sampler checks once, outside its graph)."""
         if self.cond_dim is None:
             if cond is not None:
                 raise ValueError("this model is unconditional; cond must be None")
-            return None
+            return
         if cond is None:
             raise ValueError("this model is conditional: pass cond "
                              + ("(class ids [B])" if self.num_classes else f"([B, {self.cond_channels}])"))
         if self.num_classes is not None:
             if cond.dim() != 1 or cond.shape[0] != batch or cond.dtype != torch.long:
-                raise ValueError(f"cond must be long class ids of shape [{batch}], got {cond.dtype} {tuple(cond.shape)}")
+                raise ValueError(f"cond must be long class ids of shape [{batch}], "
+                                 f"got {cond.dtype} {tuple(cond.shape)}")
             if (cond < 0).any() or (cond >= self.num_classes).any():
                 raise ValueError(f"class ids must lie in [0, {self.num_classes})")
-            return self.class_embedding(cond)
-        if cond.dim() != 2 or tuple(cond.shape) != (batch, self.cond_channels):
+        elif cond.dim() != 2 or tuple(cond.shape) != (batch, self.cond_channels):
             raise ValueError(f"cond must have shape [{batch}, {self.cond_channels}], got {tuple(cond.shape)}")
+
+    def embed_cond(self, cond: Optional[Tensor], batch: int, check: bool = True) -> Optional[Tensor]:
+        """cond -> [B, cond_dim] in the model's dtype, or None.  ``check``: ``check_cond`` first
+        (``check=False`` for a cond checked already: embedding alone never syncs, so it can run
+        inside a CUDA graph)."""
+        if check:
+            self.check_cond(cond, batch)
+        if self.cond_dim is None:
+            return None
+        if self.num_classes is not None:
+            return self.class_embedding(cond)
         return cond.to(self.dtype)
 
     @property
@@ -81,7 +96,7 @@ class _PixelModel(nn.Module):
         B, _, H, W = out.shape
         return out.view(B, self.image_shape[0], self.levels, H, W).transpose(1, 2)
 
-    def loss(self, x, cond=None):
+    def loss(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """Negative log-likelihood in bits per dimension (mean over the batch)."""
         return F.cross_entropy(self(x, cond), x.long()) / math.log(2)
 
@@ -110,8 +125,9 @@ class GatedPixelCNN(_PixelModel):
     (``channel_groups = [[0, ..., C-1]]``); for grey images (C = 1) that is no restriction.
     """
 
-    def __init__(self, image_shape=(1, 28, 28), levels=256, channels=64, layers=8, kernel_size=3,
-                 num_classes=None, cond_channels=None, head_channels=None):
+    def __init__(self, image_shape: Tuple[int, int, int] = (1, 28, 28), levels: int = 256, channels: int = 64,
+                 layers: int = 8, kernel_size: int = 3, num_classes: Optional[int] = None,
+                 cond_channels: Optional[int] = None, head_channels: Optional[int] = None):
         super().__init__()
         self._setup(image_shape, levels, num_classes, cond_channels, cond_dim=channels)
         C = self.image_shape[0]
@@ -125,7 +141,7 @@ class GatedPixelCNN(_PixelModel):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_channels, 1), nn.ReLU(),
                                   nn.Conv2d(head_channels, C * levels, 1))
 
-    def forward(self, x, cond=None):
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self.check_images(x)
         c = self.embed_cond(cond, x.shape[0])
         v = h = self.embed(self.scale(x))
@@ -133,41 +149,45 @@ class GatedPixelCNN(_PixelModel):
             v, h = layer(v, h, c)
         return self.to_logits(self.head(h))
 
-    def incremental(self, x, cond=None):
-        return _GatedCache(self, x, cond)
+    def incremental(self, x: Tensor, cond: Optional[Tensor] = None, check: bool = True) -> "_GatedCache":
+        """The sampling cache for images like x [B, C, H, W] (``fastgen.sampling.PixelCache``);
+        ``check=False``: cond has passed ``check_cond`` already (see ``embed_cond``)."""
+        return _GatedCache(self, x, cond, check)
 
-    def packed_step_weights(self):
+    def packed_step_weights(self) -> Optional[GatedStepWeights]:
         """The weights of ``fastgen.ops.gated_pixel_step`` (fp32), or None where the fused step
         does not apply (it needs grey images and 3x3 kernels)."""
         if self.image_shape[0] != 1 or self.layers[0].horizontal.kernel_size[0] != 3:
             return None
-        f32 = lambda t: t.detach().float()
+        f32 = lambda t: t.detach().float().contiguous()
+        # every conv weight [out, in, ...] becomes an [in, out] GEMM operand
         taps = lambda layer: torch.stack([layer.horizontal.weight[:, :, 1, 0].T,
                                           layer.horizontal.weight[:, :, 1, 1].T * (layer.mask_type == "B")])
         one_by_one = lambda conv: conv.weight[:, :, 0, 0].T
+        per_layer = lambda part: f32(torch.stack([part(layer) for layer in self.layers]))
         head1, head2 = self.head[1], self.head[3]
-        return tuple(f32(t).contiguous() for t in (
-            torch.stack([taps(layer) for layer in self.layers]),
-            torch.stack([layer.horizontal.bias for layer in self.layers]),
-            torch.stack([one_by_one(layer.vertical_to_horizontal) for layer in self.layers]),
-            torch.stack([layer.vertical_to_horizontal.bias for layer in self.layers]),
-            torch.stack([one_by_one(layer.horizontal_out) for layer in self.layers]),
-            torch.stack([layer.horizontal_out.bias for layer in self.layers]),
-            one_by_one(head1), head1.bias, one_by_one(head2), head2.bias,
-            self.embed.weight[:, 0, 0, 0], self.embed.bias))
+        return GatedStepWeights(
+            wh=per_layer(taps), bh=per_layer(lambda layer: layer.horizontal.bias),
+            wl=per_layer(lambda layer: one_by_one(layer.vertical_to_horizontal)),
+            bl=per_layer(lambda layer: layer.vertical_to_horizontal.bias),
+            wo=per_layer(lambda layer: one_by_one(layer.horizontal_out)),
+            bo=per_layer(lambda layer: layer.horizontal_out.bias),
+            w1=f32(one_by_one(head1)), b1=f32(head1.bias), w2=f32(one_by_one(head2)), b2=f32(head2.bias),
+            embed_w=f32(self.embed.weight[:, 0, 0, 0]), embed_b=f32(self.embed.bias))
 
 
 class _GatedCache:
     """Incremental state of a GatedPixelCNN while sampling: per layer, the vertical stack is
     computed once per row and the horizontal stack once per pixel, from padded buffers of each
-    layer's inputs (position (r, c) lives at (r + pad, c + pad))."""
+    layer's inputs (position (r, c) lives at (r + pad, c + pad)).  Grey models with 3x3 kernels
+    also draw whole pixels with the fused ``step`` (``fused_step``)."""
 
-    def __init__(self, model, x, cond):
+    def __init__(self, model: GatedPixelCNN, x: Tensor, cond: Optional[Tensor], check: bool = True):
         self.model = model
         B, ch = x.shape[0], model.embed.out_channels
         _, H, W = model.image_shape
         self.pad = model.layers[0].vertical.kernel_size[0] // 2
-        self.cond = model.embed_cond(cond, B)
+        self.cond = model.embed_cond(cond, B, check)
         p = self.pad
         new = lambda channels: torch.zeros(B, channels, H + 2 * p, W + 2 * p, device=x.device, dtype=model.dtype)
         self.v_in = [new(ch) for _ in model.layers]       # v_in[0] = h_in[0] = embedded image
@@ -188,11 +208,17 @@ class _GatedCache:
             self.v_rows = None
             self.stepped = False    # whether pixels were drawn by ``step`` (not ``write``)
 
-    def write(self, r, c, values):
+    @property
+    def fused_step(self) -> Optional["_GatedCache"]:
+        """This cache, whose ``step`` draws a whole pixel in one launch, where the model allows
+        the fused step (``fastgen.sampling.PixelCache``); None otherwise."""
+        return self if self.step_weights is not None else None
+
+    def write(self, r: int, c: int, values: Tensor) -> None:
         p = self.pad
         self.v_in[0][:, :, r + p, c + p] = _pointwise(self.model.embed, self.model.scale(values))
 
-    def begin_row(self, r):
+    def begin_row(self, r: int) -> None:
         p, W = self.pad, self.W
         if self.step_weights is not None:
             if r > 0 and self.stepped:  # the fused steps left the previous row's embeddings in e_row
@@ -207,9 +233,8 @@ class _GatedCache:
                 gate_in = v_pre if self.cond is None else v_pre + layer.cond_vertical(self.cond)[:, :, None]
                 self.v_in[l + 1][:, :, r + p, p:p + W] = gated_activation(gate_in)
 
-    def step(self, r, c, gumbel, temperature):
+    def step(self, r: int, c: int, gumbel: Tensor, temperature: float) -> Tensor:
         """Draw pixel (r, c) with one fused launch: gumbel [B, levels] -> values [B, 1]."""
-        from fastgen.ops.gated_pixel_step import gated_pixel_step
         if c == 0:
             self.v_rows = torch.stack(self.v_pre).permute(0, 1, 3, 2).float().contiguous()  # [L, B, W, 2CH]
         self.stepped = True
@@ -218,7 +243,8 @@ class _GatedCache:
                          self.e_row, c, 1.0 / temperature, 2.0 / (self.model.levels - 1))
         return self.x_col[:, None]
 
-    def logits(self, r, c):
+    def logits(self, r: int, c: int) -> Tensor:
+        """[B, levels, C] logits at pixel (r, c) given everything written so far."""
         p = self.pad
         h = None
         for l, layer in enumerate(self.model.layers):
@@ -241,8 +267,9 @@ class PixelCNN(_PixelModel):
     with ``color_groups = C`` so channel j of a pixel sees channels < j of that pixel
     (R, then G given R, then B given R and G)."""
 
-    def __init__(self, image_shape=(1, 28, 28), levels=256, channels=64, residual_blocks=7,
-                 kernel_size=7, num_classes=None, cond_channels=None):
+    def __init__(self, image_shape: Tuple[int, int, int] = (1, 28, 28), levels: int = 256, channels: int = 64,
+                 residual_blocks: int = 7, kernel_size: int = 7, num_classes: Optional[int] = None,
+                 cond_channels: Optional[int] = None):
         super().__init__()
         self._setup(image_shape, levels, num_classes, cond_channels, cond_dim=2 * channels)
         C = self.image_shape[0]
@@ -265,7 +292,7 @@ class PixelCNN(_PixelModel):
         """a + expand(relu(conv3x3(relu(reduce(relu(a)))))), with conv3x3 supplied by the caller."""
         return a + block["expand"](F.relu(conv3x3(F.relu(block["reduce"](F.relu(a))))))
 
-    def forward(self, x, cond=None):
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self.check_images(x)
         c = self.embed_cond(cond, x.shape[0])
         a = self.input(self.scale(x))
@@ -275,33 +302,41 @@ class PixelCNN(_PixelModel):
             a = self._block(block, a, block["conv"])
         return self.to_logits(self.head2(F.relu(self.head1(F.relu(a)))))
 
-    def incremental(self, x, cond=None):
-        return _PixelCNNCache(self, x, cond)
+    def incremental(self, x: Tensor, cond: Optional[Tensor] = None, check: bool = True) -> "_PixelCNNCache":
+        """The sampling cache for images like x [B, C, H, W] (``fastgen.sampling.PixelCache``);
+        ``check=False``: cond has passed ``check_cond`` already (see ``embed_cond``)."""
+        return _PixelCNNCache(self, x, cond, check)
 
 
 class _PixelCNNCache:
     """Incremental state of a PixelCNN: padded buffers of the image and of each block's 3x3
     input; every layer is evaluated only at the current pixel."""
 
-    def __init__(self, model, x, cond):
+    def __init__(self, model: PixelCNN, x: Tensor, cond: Optional[Tensor], check: bool = True):
         self.model = model
         B = x.shape[0]
         C, H, W = model.image_shape
         self.pad_in = model.input.kernel_size[0] // 2
-        self.cond = model.embed_cond(cond, B)
+        self.cond = model.embed_cond(cond, B, check)
         p = self.pad_in
         self.image = torch.zeros(B, C, H + 2 * p, W + 2 * p, device=x.device, dtype=model.dtype)
         mid = model.blocks[0]["conv"].in_channels if len(model.blocks) else 0
         self.block_in = [torch.zeros(B, mid, H + 2, W + 2, device=x.device, dtype=model.dtype) for _ in model.blocks]
 
-    def begin_row(self, r):
+    @property
+    def fused_step(self) -> None:
+        """No fused per-pixel step (``fastgen.sampling.PixelCache``): the sampler calls ``logits``."""
+        return None
+
+    def begin_row(self, r: int) -> None:
         pass  # every layer is evaluated per pixel: nothing is shared across a row
 
-    def write(self, r, c, values):
+    def write(self, r: int, c: int, values: Tensor) -> None:
         p = self.pad_in
         self.image[:, :, r + p, c + p] = self.model.scale(values)
 
-    def logits(self, r, c):
+    def logits(self, r: int, c: int) -> Tensor:
+        """[B, levels, C] logits at pixel (r, c) given everything written so far."""
         m = self.model
         a = _centre(m.input, _window(self.image, r, c, self.pad_in))
         if self.cond is not None:

@@ -3,49 +3,99 @@ Gumbel-max draw and the embedding of the drawn value for one pixel (grey images,
 in one launch.  Reference: ``fastgen.ops.gated_pixel_step.reference``; kernel:
 ``fastgen.kernels.gated_pixel_step``.  Sampling only (no autograd); writes its outputs in place
 (declared in ``mutates_args``).
+
+Declared with ``fastgen.ops._define.define_op`` as ``torch.ops.fastgen.gated_pixel_step``.  TF32:
+the step replaces the unfused layers' matmuls, so it follows
+``torch.backends.cuda.matmul.allow_tf32`` (``tf32="matmul"``; off by default: exact fp32).
 """
-from typing import List
+from typing import List, Optional
 
 import torch
+from torch import Tensor
 
-from fastgen.ops._backend import choose_backend, eager_or_registered, requested_backend
+from fastgen.ops._define import define_op
 from fastgen.ops.gated_pixel_step import reference
+from fastgen.ops.gated_pixel_step.bundles import GatedStepWeights
 
 
-def _gated_pixel_step_impl(p_in: torch.Tensor, p_out: torch.Tensor, v: torch.Tensor, cond_h: torch.Tensor,
-                           weights: List[torch.Tensor], gumbel: torch.Tensor, x_out: torch.Tensor,
-                           e_row: torch.Tensor, c: int, inv_temperature: float, scale: float) -> None:
+@define_op("gated_pixel_step", family="gated_pixel_step", tf32="matmul", mutates_args=("p_out", "x_out", "e_row"))
+def _gated_pixel_step_kernel(p_in: Tensor, p_out: Tensor, v: Tensor, cond_h: Tensor, weights: List[Tensor],
+                             gumbel: Tensor, x_out: Tensor, e_row: Tensor, c: int, inv_temperature: float,
+                             scale: float) -> None:
+    """Gated PixelCNN: one pixel's layers, head, Gumbel-max draw and embedding in one launch."""
     from fastgen.kernels.gated_pixel_step import gated_pixel_step as launch
-    exact = not (p_in.is_cuda and torch.backends.cuda.matmul.allow_tf32)
     launch(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, inv_temperature, scale,
-           precision="ieee" if exact else "tf32")
+           precision=_gated_pixel_step_kernel.precision(p_in))
 
 
-# the registered op, for torch.compile (eager calls: ``eager_or_registered``)
-_gated_pixel_step_op = torch.library.custom_op("fastgen::gated_pixel_step",
-                                               mutates_args=("p_out", "x_out", "e_row"))(_gated_pixel_step_impl)
+def _shape(name: str, t: Tensor, expected: tuple, legend: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"gated_pixel_step: {name} must be a torch.Tensor {legend}, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"gated_pixel_step: {name} must be {legend} = {list(expected)}, got {list(t.shape)}")
 
 
-def _power_of_two(n):
-    return n >= 16 and n & (n - 1) == 0
+def _check(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c):
+    """ValueError/TypeError naming the argument for inputs no backend can run."""
+    if not isinstance(weights, GatedStepWeights):
+        raise TypeError(f"gated_pixel_step: weights must be a GatedStepWeights (GatedPixelCNN.packed_step_weights()), "
+                        f"got {type(weights).__name__}")
+    if not isinstance(p_in, Tensor) or p_in.dim() != 3:
+        raise ValueError(f"gated_pixel_step: p_in must be a 3-D tensor [L, B, CH], got {getattr(p_in, 'shape', p_in)}")
+    L, B, CH = p_in.shape
+    W = v.shape[2] if isinstance(v, Tensor) and v.dim() == 4 else -1
+    HC, levels = weights.w1.shape[-1], weights.w2.shape[-1]
+    _shape("p_out", p_out, (L, B, CH), "[L, B, CH]")
+    _shape("v", v, (L, B, W, 2 * CH), "[L, B, W, 2CH]")
+    _shape("cond_h", cond_h, (L, B, 2 * CH), "[L, B, 2CH]")
+    for name, expected, legend in (("wh", (L, 2, CH, 2 * CH), "[L, 2, CH, 2CH]"), ("bh", (L, 2 * CH), "[L, 2CH]"),
+                                   ("wl", (L, 2 * CH, 2 * CH), "[L, 2CH, 2CH]"), ("bl", (L, 2 * CH), "[L, 2CH]"),
+                                   ("wo", (L, CH, CH), "[L, CH, CH]"), ("bo", (L, CH), "[L, CH]"),
+                                   ("w1", (CH, HC), "[CH, HC]"), ("b1", (HC,), "[HC]"),
+                                   ("w2", (HC, levels), "[HC, LEVELS]"), ("b2", (levels,), "[LEVELS]"),
+                                   ("embed_w", (CH,), "[CH]"), ("embed_b", (CH,), "[CH]")):
+        _shape(f"weights.{name}", getattr(weights, name), expected, legend)
+    _shape("gumbel", gumbel, (B, levels), "[B, LEVELS]")
+    _shape("x_out", x_out, (B,), "[B]")
+    _shape("e_row", e_row, (B, W, CH), "[B, W, CH]")
+    if x_out.dtype != torch.long:
+        raise TypeError(f"gated_pixel_step: x_out must be int64, got {x_out.dtype}")
+    if not 0 <= c < W:
+        raise ValueError(f"gated_pixel_step: column c must lie in [0, {W}), got {c}")
 
 
-def gated_pixel_step(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, inv_temperature, scale,
-                     backend=None):
-    """Draw column c of the current row for every batch row; writes x_out [B], p_out
-    [L, B, CH] and e_row[:, c] [B, CH].  See ``fastgen.ops.gated_pixel_step.reference.gated_pixel_step``."""
-    CH, HC = p_in.shape[2], weights[6].shape[1]
-    if not (_power_of_two(CH) and _power_of_two(HC)):
+def _unsupported(p_in: Tensor, weights: GatedStepWeights, dense: tuple) -> Optional[str]:
+    """Why the kernel cannot take these inputs, or None."""
+    CH, HC = p_in.shape[2], weights.w1.shape[1]
+    if not all(n >= 16 and n & (n - 1) == 0 for n in (CH, HC)):
         # the kernel tiles CH and the head width as powers of two >= 16
-        if requested_backend(backend) == "triton":
-            raise ValueError(f"gated_pixel_step on Triton needs channels and head channels that are powers "
-                             f"of two >= 16, got {CH} and {HC}")
-        backend = "reference"
-    if choose_backend("gated_pixel_step", p_in, backend) == "reference":
+        return f"channels and head channels must be powers of two >= 16, got {CH} and {HC}"
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (*dense, *weights)):
+        return "p_in, p_out, v, cond_h, e_row and the weights must be contiguous float32"
+    return None
+
+
+def gated_pixel_step(p_in: Tensor, p_out: Tensor, v: Tensor, cond_h: Tensor, weights: GatedStepWeights,
+                     gumbel: Tensor, x_out: Tensor, e_row: Tensor, c: int, inv_temperature: float, scale: float,
+                     backend: Optional[str] = None) -> None:
+    """Draw column c of the current row for every batch row; writes x_out [B] (long), p_out
+    [L, B, CH] and e_row[:, c] [B, CH], in place.
+
+    p_in: [L, B, CH] layer inputs at (r, c-1); v: [L, B, W, 2CH]; cond_h: [L, B, 2CH];
+    weights: ``GatedStepWeights``; gumbel: [B, LEVELS] (any strides); e_row: [B, W, CH].
+    Math in ``fastgen.ops.gated_pixel_step.reference.gated_pixel_step``.
+
+    Backends: Triton on CUDA (and under TRITON_INTERPRET=1 when forced), the reference on the
+    CPU.  The kernel needs channels and head channels that are powers of two >= 16 and
+    contiguous fp32 tensors; other inputs run on the reference, or raise a ValueError when the
+    Triton backend was forced."""
+    _check(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c)
+    why = _unsupported(p_in, weights, (p_in, p_out, v, cond_h, e_row))
+    if _gated_pixel_step_kernel.backend(p_in, backend, unsupported=why) == "reference":
         x, p_new, e = reference.gated_pixel_step(p_in, v, cond_h, weights, gumbel, c, inv_temperature, scale)
         x_out.copy_(x)
         p_out.copy_(p_new)
         e_row[:, c] = e
         return
-    step = eager_or_registered("gated_pixel_step", _gated_pixel_step_impl)
-    step(p_in, p_out, v, cond_h, list(weights), gumbel, x_out, e_row, c, float(inv_temperature), float(scale))
+    _gated_pixel_step_kernel(p_in, p_out, v, cond_h, list(weights), gumbel, x_out, e_row, int(c),
+                             float(inv_temperature), float(scale))
