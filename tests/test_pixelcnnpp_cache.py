@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastgen.models import PixelCNNpp
-from fastgen.models.pixelcnnpp import _LayerCache
+from fastgen.models.pixelcnnpp_cache import PixelCNNppCache
 from fastgen.sampling import sample
 
 MODELS = {
@@ -63,7 +63,7 @@ def test_cache_logits_equal_full_forward_and_each_position_is_computed_once_from
     x = torch.randint(model.levels, (3, C, H, W), generator=torch.Generator().manual_seed(0))
     cond = _cond(model, 3)
     full = model(x, cond)
-    cache = _LayerCache(model, torch.zeros_like(x), cond, track_writes=True)
+    cache = PixelCNNppCache(model, torch.zeros_like(x), cond, track_writes=True)
     assert len(cache.maps) > 10
     for m in cache.maps + [cache.image]:
         m.data[:, :, 1:, 1:-1] = float("nan")

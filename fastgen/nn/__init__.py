@@ -1,5 +1,8 @@
 """Drop-in ``nn.Module`` layers backed by fastgen's kernels."""
 from fastgen.nn import functional
 from fastgen.nn.conv import CausalConv1d, GatedMaskedConv2d, MaskedConv2d
+from fastgen.nn.pixelcnnpp import (DownRightShiftedConv, DownRightShiftedDeconv, DownShiftedConv, DownShiftedDeconv,
+                                   GatedResnet, pack_cond_bias, pack_resnet_weights)
 
-__all__ = ["CausalConv1d", "GatedMaskedConv2d", "MaskedConv2d", "functional"]
+__all__ = ["CausalConv1d", "DownRightShiftedConv", "DownRightShiftedDeconv", "DownShiftedConv", "DownShiftedDeconv",
+           "GatedMaskedConv2d", "GatedResnet", "MaskedConv2d", "functional", "pack_cond_bias", "pack_resnet_weights"]

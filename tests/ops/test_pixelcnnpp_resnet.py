@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastgen.ops import pixelcnnpp_resnet_at
-from fastgen.ops.pixelcnnpp_resnet import reference
+from fastgen.ops.pixelcnnpp_resnet import ResnetWeights, reference
 
 CASES = [  # (batch, channels, aux channels, kernel width, j0, j1 or None = the whole row, cond)
     pytest.param(1, 16, (), 2, 3, 4, False, id="B1-C16-noaux-2x2-pixel"),
@@ -31,8 +31,8 @@ def _inputs(B, C, aux_channels, kw, cond, seed=0):
     aux = [_map(B, a, g) for a in aux_channels]
     A = sum(aux_channels)
     r = lambda *s: 0.1 * torch.randn(*s, generator=g)
-    weights = (r(2 * kw, 2 * C, C), r(C), r(2 * A, C) if A else None, r(C) if A else None,
-               r(2 * kw, 2 * C, 2 * C), r(2 * C))
+    weights = ResnetWeights(r(2 * kw, 2 * C, C), r(C), r(2 * A, C) if A else None, r(C) if A else None,
+                            r(2 * kw, 2 * C, 2 * C), r(2 * C))
     return x, aux, weights, (r(B, 2 * C) if cond else None)
 
 
@@ -47,7 +47,7 @@ def test_triton_matches_reference_and_writes_only_its_positions(B, C, aux_channe
         mid[:, :, i + 1, j0 + 1:j1 + 1] = float("nan")          # the positions to be written
         out = _map(B, C, None, poison=True)
         mid_before, out_before = mid.clone(), out.clone()
-        pixelcnnpp_resnet_at(x, aux, mid, out, *weights, cond_bias, i, j0, j1, 1, backend=backend)
+        pixelcnnpp_resnet_at(x, aux, mid, out, weights, cond_bias, i, j0, j1, 1, backend=backend)
         written = torch.zeros_like(out, dtype=torch.bool)
         written[:, :, i + 1, j0 + 1:j1 + 1] = True
         assert not out[written].isnan().any() and not mid[written].isnan().any()
@@ -67,7 +67,7 @@ def test_channels_last_maps_match_the_reference():
     results = []
     for backend in ("reference", "triton"):
         mid, out = cl(_map(3, 16, torch.Generator().manual_seed(1))), cl(torch.zeros_like(x))
-        pixelcnnpp_resnet_at(cl(x), [cl(a) for a in aux], mid, out, *weights, cond_bias, 1, 4, 5, backend=backend)
+        pixelcnnpp_resnet_at(cl(x), [cl(a) for a in aux], mid, out, weights, cond_bias, 1, 4, 5, backend=backend)
         results.append((mid, out))
     for tri, ref in zip(*results):
         assert not tri.is_contiguous()
@@ -77,27 +77,28 @@ def test_channels_last_maps_match_the_reference():
 def test_untileable_channels_fall_back_unless_triton_is_forced():
     x, aux, weights, cond_bias = _inputs(2, 8, (8,), 2, True)
     mid, out = torch.zeros_like(x), torch.zeros_like(x)
-    pixelcnnpp_resnet_at(x, aux, mid, out, *weights, cond_bias, 0, 0, 1)       # automatic: the reference
+    pixelcnnpp_resnet_at(x, aux, mid, out, weights, cond_bias, 0, 0, 1)       # automatic: the reference
     expected = out.clone()
-    reference.pixelcnnpp_resnet_at(x, aux, mid, out, *weights, cond_bias, 0, 0, 1, 1)
+    reference.pixelcnnpp_resnet_at(x, aux, mid, out, weights, cond_bias, 0, 0, 1, 1)
     assert torch.equal(out, expected)
     with pytest.raises(ValueError, match="multiples of 16"):
-        pixelcnnpp_resnet_at(x, aux, mid, out, *weights, cond_bias, 0, 0, 1, backend="triton")
+        pixelcnnpp_resnet_at(x, aux, mid, out, weights, cond_bias, 0, 0, 1, backend="triton")
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda a: a.update(j1=W + 1), "j1"),
-    (lambda a: a.update(mid=a["mid"][:, :8]), "mid must be"),
-    (lambda a: a.update(cond_bias=torch.zeros(3, 32)), "cond_bias"),
-    (lambda a: a.update(w_aux=None), "w_aux"),
-    (lambda a: a.update(w1=torch.zeros(5, 32, 16)), "w1"),
+@pytest.mark.parametrize("change, error, match", [
+    (lambda a: a.update(j1=W + 1), ValueError, "j1"),
+    (lambda a: a.update(mid=a["mid"][:, :8]), ValueError, "mid must be"),
+    (lambda a: a.update(cond_bias=torch.zeros(3, 32)), ValueError, "cond_bias"),
+    (lambda a: a.update(weights=a["weights"]._replace(w_aux=None)), ValueError, "w_aux"),
+    (lambda a: a.update(weights=a["weights"]._replace(w1=torch.zeros(5, 32, 16))), ValueError, "w1"),
+    (lambda a: a.update(weights=tuple(a["weights"])), TypeError, "weights must be a ResnetWeights"),
 ])
-def test_bad_inputs_raise_value_errors_naming_the_argument(change, match):
-    x, aux, (w1, b1, w_aux, b_aux, w2, b2), cond_bias = _inputs(2, 16, (16,), 2, True)
-    args = dict(x=x, aux=aux, mid=torch.zeros_like(x), out=torch.zeros_like(x), w1=w1, b1=b1, w_aux=w_aux,
-                b_aux=b_aux, w2=w2, b2=b2, cond_bias=cond_bias, i=0, j0=0, j1=1)
+def test_bad_inputs_raise_errors_naming_the_argument(change, error, match):
+    x, aux, weights, cond_bias = _inputs(2, 16, (16,), 2, True)
+    args = dict(x=x, aux=aux, mid=torch.zeros_like(x), out=torch.zeros_like(x), weights=weights,
+                cond_bias=cond_bias, i=0, j0=0, j1=1)
     change(args)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         pixelcnnpp_resnet_at(**args, backend="triton")
 
 

@@ -7,39 +7,41 @@
 
 Reference and shapes in ``fastgen.ops.pixelcnnpp_resnet.reference.pixelcnnpp_resnet_at``, kernels in
 ``fastgen.kernels.pixelcnnpp_resnet``.  Sampling only: no autograd.
+
+Declared with ``fastgen.ops._define.define_op`` as ``torch.ops.fastgen.pixelcnnpp_resnet_at``
+(its schema takes the ``ResnetWeights`` bundle's six tensors one by one).  TF32: it follows
+``torch.backends.cuda.matmul.allow_tf32`` (``tf32="matmul"``), as it did before the one rule
+existed; both flags are off in the tests that compare it with the cuDNN forward.
 """
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
+from torch import Tensor
 
+from fastgen.ops._define import define_op
 from fastgen.ops.pixelcnnpp_resnet import reference
-from fastgen.ops._backend import choose_backend, eager_or_registered, requested_backend
+from fastgen.ops.pixelcnnpp_resnet.bundles import ResnetWeights
 
 
-def _resnet_at_impl(x: torch.Tensor, aux: List[torch.Tensor], mid: torch.Tensor, out: torch.Tensor,
-                    w1: torch.Tensor, b1: torch.Tensor, w_aux: Optional[torch.Tensor], b_aux: Optional[torch.Tensor],
-                    w2: torch.Tensor, b2: torch.Tensor, cond_bias: Optional[torch.Tensor], i: int, j0: int, j1: int,
-                    left: int) -> None:
+@define_op("pixelcnnpp_resnet_at", family="pixelcnnpp_resnet", tf32="matmul", mutates_args=("mid", "out"))
+def _resnet_at_kernel(x: Tensor, aux: List[Tensor], mid: Tensor, out: Tensor, w1: Tensor, b1: Tensor,
+                      w_aux: Optional[Tensor], b_aux: Optional[Tensor], w2: Tensor, b2: Tensor,
+                      cond_bias: Optional[Tensor], i: int, j0: int, j1: int, left: int) -> None:
+    """PixelCNN++ GatedResnet at one row's columns of its padded maps (conv1+aux, conv2+gate)."""
     from fastgen.kernels.pixelcnnpp_resnet import resnet_at as launch
-    exact = not (x.is_cuda and torch.backends.cuda.matmul.allow_tf32)
     launch(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1, left,
-           precision="ieee" if exact else "tf32")
+           precision=_resnet_at_kernel.precision(x))
 
 
-# the registered op, for torch.compile (eager calls: ``eager_or_registered``)
-_resnet_at_op = torch.library.custom_op("fastgen::pixelcnnpp_resnet_at", mutates_args=("mid", "out"))(_resnet_at_impl)
-
-
-@_resnet_at_op.register_fake
-def _resnet_at_fake(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1, left):
-    return None     # writes mid and out in place, returns nothing
-
-
-def _check(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1, left):
-    """ValueError naming the argument for inputs no backend can run."""
+def _check(x, aux, mid, out, weights, cond_bias, i, j0, j1, left):
+    """ValueError/TypeError naming the argument for inputs no backend can run."""
     op = "pixelcnnpp_resnet_at"
-    if x.dim() != 4:
-        raise ValueError(f"{op}: x must be a padded map [B, C, h + 1, w + 2], got shape {tuple(x.shape)}")
+    if not isinstance(weights, ResnetWeights):
+        raise TypeError(f"{op}: weights must be a ResnetWeights (fastgen.nn.pack_resnet_weights), "
+                        f"got {type(weights).__name__}")
+    w1, b1, w_aux, b_aux, w2, b2 = weights
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"{op}: x must be a 4-D padded map [B, C, h + 1, w + 2], got {getattr(x, 'shape', x)}")
     B, C, hp, wp = x.shape
     for name, t in (("mid", mid), ("out", out)):
         if tuple(t.shape) != tuple(x.shape) or t.dtype != x.dtype or t.device != x.device:
@@ -54,12 +56,14 @@ def _check(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1,
     A = sum(t.shape[1] for t in aux)
     taps = w1.shape[0] if w1.dim() == 3 else -1
     if taps not in (4, 6) or tuple(w1.shape) != (taps, 2 * C, C):
-        raise ValueError(f"{op}: w1 must be [4 or 6, {2 * C}, {C}] (a packed 2x2 or 2x3 conv), got {tuple(w1.shape)}")
+        raise ValueError(f"{op}: weights.w1 must be [4 or 6, {2 * C}, {C}] (a packed 2x2 or 2x3 conv), "
+                         f"got {tuple(w1.shape)}")
     if tuple(w2.shape) != (taps, 2 * C, 2 * C) or tuple(b1.shape) != (C,) or tuple(b2.shape) != (2 * C,):
-        raise ValueError(f"{op}: expected w2 [{taps}, {2 * C}, {2 * C}], b1 [{C}], b2 [{2 * C}], got "
+        raise ValueError(f"{op}: expected weights.w2 [{taps}, {2 * C}, {2 * C}], b1 [{C}], b2 [{2 * C}], got "
                          f"{tuple(w2.shape)}, {tuple(b1.shape)}, {tuple(b2.shape)}")
     if aux and (w_aux is None or b_aux is None or tuple(w_aux.shape) != (2 * A, C) or tuple(b_aux.shape) != (C,)):
-        raise ValueError(f"{op}: with aux maps of {A} channels, w_aux must be [{2 * A}, {C}] and b_aux [{C}]")
+        raise ValueError(f"{op}: with aux maps of {A} channels, weights.w_aux must be [{2 * A}, {C}] and "
+                         f"weights.b_aux [{C}]")
     if cond_bias is not None and tuple(cond_bias.shape) != (B, 2 * C):
         raise ValueError(f"{op}: cond_bias must be [{B}, {2 * C}] or None, got {tuple(cond_bias.shape)}")
     kw = taps // 2
@@ -71,8 +75,9 @@ def _check(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1,
                          f"at most one column left and right (left={left}, width {kw})")
 
 
-def _triton_reason(x, aux, weights, cond_bias):
-    """Why the kernel cannot tile these inputs, or None."""
+def _unsupported(x: Tensor, aux: Sequence[Tensor], weights: ResnetWeights,
+                 cond_bias: Optional[Tensor]) -> Optional[str]:
+    """Why the kernels cannot tile these inputs, or None."""
     channels = [x.shape[1]] + [t.shape[1] for t in aux]
     if any(c % 16 for c in channels):
         return f"channels (x and aux maps) must be multiples of 16, got {channels}"
@@ -81,23 +86,21 @@ def _triton_reason(x, aux, weights, cond_bias):
     return None
 
 
-def pixelcnnpp_resnet_at(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1, left=1,
-                         backend=None):
+def pixelcnnpp_resnet_at(x: Tensor, aux: Sequence[Tensor], mid: Tensor, out: Tensor, weights: ResnetWeights,
+                         cond_bias: Optional[Tensor], i: int, j0: int, j1: int, left: int = 1,
+                         backend: Optional[str] = None) -> None:
     """One GatedResnet at row i, columns j0 .. j1 - 1: writes ``mid`` and ``out`` there, in place
-    (nothing else).  See ``fastgen.ops.pixelcnnpp_resnet.reference.pixelcnnpp_resnet_at`` for shapes and math.
+    (nothing else).  x, mid, out: padded maps [B, C, h + 1, w + 2]; aux: 0, 1 or 2 maps
+    [B, A_k, h + 1, w + 2]; weights: a ``ResnetWeights``; cond_bias: [B, 2C] or None.  See
+    ``fastgen.ops.pixelcnnpp_resnet.reference.pixelcnnpp_resnet_at`` for the math.
 
     Backends: Triton on CUDA (and under TRITON_INTERPRET=1 when forced), the reference on the
     CPU.  Inputs the kernel cannot tile (channels not multiples of 16, non-fp32 weights) run on
     the reference unless the Triton backend was forced, which raises a ValueError instead."""
     aux = list(aux)
-    _check(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1, left)
-    why = _triton_reason(x, aux, (w1, b1, w_aux, b_aux, w2, b2), cond_bias)
-    if why is not None:
-        if requested_backend(backend) == "triton":
-            raise ValueError(f"pixelcnnpp_resnet_at on Triton: {why}")
-        backend = "reference"
-    if choose_backend("pixelcnnpp_resnet_at", x, backend) == "reference":
-        reference.pixelcnnpp_resnet_at(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, i, j0, j1, left)
+    _check(x, aux, mid, out, weights, cond_bias, i, j0, j1, left)
+    why = _unsupported(x, aux, weights, cond_bias)
+    if _resnet_at_kernel.backend(x, backend, unsupported=why) == "reference":
+        reference.pixelcnnpp_resnet_at(x, aux, mid, out, weights, cond_bias, i, j0, j1, left)
         return
-    step = eager_or_registered("pixelcnnpp_resnet_at", _resnet_at_impl)
-    step(x, aux, mid, out, w1, b1, w_aux, b_aux, w2, b2, cond_bias, int(i), int(j0), int(j1), int(left))
+    _resnet_at_kernel(x, aux, mid, out, *weights, cond_bias, int(i), int(j0), int(j1), int(left))
