@@ -199,13 +199,18 @@ def test_diffusion_cuda_graph_loop_beyond_ddim_on_gpu(sampler):
 
 
 def test_gated_pixelcnn_cuda_graph_sampling_matches_eager_on_gpu():
+    """One CUDA graph (the fused step's loop, the cache built inside it) serves requests with new
+    conditioning tensors: each replay draws what the eager sampler draws for its labels."""
+    from fastgen.sampling.graphs import GRAPHS
     torch.manual_seed(0)
     model = GatedPixelCNN((1, 8, 8), levels=64, channels=32, layers=3, num_classes=4).cuda().eval()
-    cond = torch.arange(4, device="cuda")
-    eager = sample(model, 4, cond, generator=torch.Generator().manual_seed(3))
-    graphed = sample(model, 4, cond, generator=torch.Generator().manual_seed(3), cuda_graph=True)
-    again = sample(model, 4, cond, generator=torch.Generator().manual_seed(3), cuda_graph=True)   # replay
-    assert torch.equal(eager, graphed) and torch.equal(graphed, again)
+    captures = GRAPHS.captures
+    for labels in ([0, 1, 2, 3], [0, 1, 2, 3], [3, 3, 1, 0]):      # capture, replay, replay with new labels
+        cond = torch.tensor(labels, device="cuda")
+        eager = sample(model, 4, cond, generator=torch.Generator().manual_seed(3))
+        graphed = sample(model, 4, cond.clone(), generator=torch.Generator().manual_seed(3), cuda_graph=True)
+        assert torch.equal(eager, graphed)
+    assert GRAPHS.captures == captures + 1
 
 
 def test_pixelcnnpp_layer_cache_logits_match_full_forward_on_gpu():

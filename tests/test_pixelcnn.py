@@ -1,5 +1,8 @@
 """PixelCNN / Gated PixelCNN: incremental == full forward, fast == naive samples, causality,
-training, data loaders, the demo, and errors."""
+the sampling protocol and its graph path, training, data loaders, the demo, and errors."""
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +10,8 @@ import torch
 from fastgen import cli
 from fastgen.data import load_array, load_digits
 from fastgen.models import GatedPixelCNN, PixelCNN, PixelCNNpp
-from fastgen.sampling import sample
+from fastgen.sampling import autoregressive, sample
+from fastgen.sampling.graphs import EagerReplayBackend, GraphCache
 
 MODELS = {
     "gated-grey": lambda: GatedPixelCNN((1, 7, 6), levels=9, channels=12, layers=4),
@@ -71,6 +75,54 @@ def test_fast_and_naive_samplers_draw_identical_images(name, temperature):
     assert naive.unique().numel() > 1                       # not a degenerate constant image
     other = sample(model, 4, cond, "fast", torch.Generator().manual_seed(6), temperature)
     assert not torch.equal(fast, other)                      # the generator matters
+
+
+@pytest.mark.parametrize("name, fused", [("gated-grey", True), ("gated-2ch-classes", False), ("pixelcnn-rgb", False),
+                                         ("pixelcnnpp-rgb", False)])
+def test_caches_say_whether_they_have_a_fused_step(name, fused):
+    """``PixelCache.fused_step``: the Gated PixelCNN's cache is its own fused step for grey
+    images with 3x3 kernels; every other cache has none."""
+    model = _randomized(name)
+    cache = model.incremental(torch.zeros(2, *model.image_shape, dtype=torch.long), _cond(model, 2))
+    assert (cache.fused_step is cache) if fused else (cache.fused_step is None)
+
+
+GRAPH_MODELS = {   # conditional models, with (gated) and without (the others) a fused step
+    "gated-grey-classes": lambda: GatedPixelCNN((1, 4, 5), levels=7, channels=8, layers=2, num_classes=3),
+    "gated-vector-cond": MODELS["gated-vector-cond"],
+    "pixelcnnpp-grey-classes": lambda: PixelCNNpp((1, 4, 4), levels=6, channels=8, nr_resnet=1, nr_mix=2,
+                                                  num_classes=3),
+}
+
+
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+def test_graph_path_replays_one_graph_for_fresh_conditioning_and_keeps_no_request(monkeypatch, name):
+    """``sample(cuda_graph=True)`` through the one graph cache (its eager stand-in on the CPU):
+    five requests, each with a new conditioning tensor, draw what the eager sampler draws for
+    that conditioning (it is copied into the graph's static input, not baked in), capture one
+    graph, and keep no request's tensor alive (memory stays flat)."""
+    graphs = GraphCache(backend=EagerReplayBackend())
+    monkeypatch.setattr(autoregressive, "GRAPHS", graphs)
+    torch.manual_seed(3)
+    model = GRAPH_MODELS[name]().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    seen, drawn = [], []
+    for request in range(5):
+        cond = _cond(model, 3, seed=request)
+        graphed = sample(model, 3, cond, generator=torch.Generator().manual_seed(7), cuda_graph=True)
+        assert torch.equal(graphed, sample(model, 3, cond, generator=torch.Generator().manual_seed(7)))
+        seen.append(weakref.ref(cond))
+        drawn.append(graphed)
+        del cond
+    gc.collect()
+    assert graphs.captures == 1 and len(graphs) == 1
+    assert all(ref() is None for ref in seen)
+    assert any(not torch.equal(drawn[0], d) for d in drawn[1:])      # the conditioning mattered
+    with pytest.raises(ValueError, match=r"class ids must lie|cond must have shape"):
+        bad = torch.tensor([0, 1, 9]) if model.num_classes else torch.zeros(3, model.cond_channels + 1)
+        sample(model, 3, bad, cuda_graph=True)           # checked outside the graph
 
 
 @pytest.mark.parametrize("name", ["gated-2ch-classes", "pixelcnn-rgb"])

@@ -12,19 +12,26 @@ before d in an ordering, so p(x) = prod_d p(x_d | x_<d) in one forward pass.
   orderings) drawn from ``seed``; ``next_mask()`` moves to the next set (call it every step);
   ``loss(x, average_masks=True)`` averages the probabilities of all mask sets at evaluation.
 - ``logits = model(x)``: ``[B, levels, D]``; ``loss``: NLL in bits per dimension.
-- Sampling (``fastgen.sampling.sample_sequence``): ``model.order`` and ``incremental(x)``.
+- Sampling (``fastgen.sampling.sample_sequence``): MADE implements ``fastgen.sampling.SequenceModel``
+  (``dim``, ``levels``, ``order``, ``incremental(x)`` -> a ``SequenceCache``).
   The incremental cache keeps the first layer's pre-activations and adds one column block
   per sampled value, and evaluates only the output rows of the dimension being sampled.
 """
 import math
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 
 class MADE(nn.Module):
-    def __init__(self, dim, hidden=(256, 256), levels=2, num_masks=1, natural_ordering=True, seed=0):
+    """MADE over long vectors [B, dim] with ``levels`` values per dimension (module docstring):
+    ``hidden`` layer sizes, ``num_masks`` mask sets drawn from ``seed``, the natural or a
+    random ``order`` of the dimensions."""
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (256, 256), levels: int = 2, num_masks: int = 1,
+                 natural_ordering: bool = True, seed: int = 0):
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
@@ -66,15 +73,15 @@ class MADE(nn.Module):
         for i, mask in enumerate(masks):
             self.register_buffer(f"mask{i}", mask.to(self.layers[i].weight.device), persistent=False)
 
-    def next_mask(self):
+    def next_mask(self) -> None:
         """Move to the next mask set (connectivity-agnostic training)."""
         self.mask_index = (self.mask_index + 1) % self.num_masks
         self._install(self.mask_index)
 
-    def masks(self):
+    def masks(self) -> List[Tensor]:
         return [getattr(self, f"mask{i}") for i in range(len(self.layers))]
 
-    def check(self, x):
+    def check(self, x: Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dtype not in (torch.long, torch.int32, torch.uint8, torch.bool):
             raise TypeError(f"x must be an integer tensor [B, {self.dim}], got {getattr(x, 'dtype', type(x))}")
         if x.dim() != 2 or x.shape[1] != self.dim:
@@ -82,11 +89,12 @@ class MADE(nn.Module):
         if x.numel() and (x.min() < 0 or x.max() >= self.levels):
             raise ValueError(f"x values must lie in [0, {self.levels}), got [{int(x.min())}, {int(x.max())}]")
 
-    def encode(self, x):
+    def encode(self, x: Tensor) -> Tensor:
         """[B, D] long -> one-hot [B, D * levels]."""
         return F.one_hot(x.long(), self.levels).flatten(1).float()
 
-    def forward(self, x, cond=None):
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        """x [B, D] -> logits [B, levels, D]."""
         if cond is not None:
             raise ValueError("MADE is unconditional; cond must be None")
         self.check(x)
@@ -97,7 +105,7 @@ class MADE(nn.Module):
                 h = F.relu(h)
         return h.view(x.shape[0], self.dim, self.levels).transpose(1, 2)
 
-    def loss(self, x, cond=None, average_masks=False):
+    def loss(self, x: Tensor, cond: Optional[Tensor] = None, average_masks: bool = False) -> Tensor:
         """NLL in bits/dim; ``average_masks`` averages the probabilities over all mask sets."""
         if not average_masks or self.num_masks == 1:
             return F.cross_entropy(self(x, cond), x.long()) / math.log(2)
@@ -110,7 +118,8 @@ class MADE(nn.Module):
         log_p = torch.logsumexp(torch.stack(log_probs), 0) - math.log(self.num_masks)
         return -log_p.mean() / (self.dim * math.log(2))
 
-    def incremental(self, x, cond=None):
+    def incremental(self, x: Tensor, cond: Optional[Tensor] = None) -> "_MADECache":
+        """The sampling cache for vectors like x [B, D] (``fastgen.sampling.SequenceCache``)."""
         if cond is not None:
             raise ValueError("MADE is unconditional; cond must be None")
         return _MADECache(self, x.shape[0], x.device)
@@ -119,19 +128,19 @@ class MADE(nn.Module):
 class _MADECache:
     """First-layer pre-activations updated one dimension at a time, output rows on demand."""
 
-    def __init__(self, model, batch, device):
+    def __init__(self, model: MADE, batch: int, device: torch.device):
         self.model = model
         first = model.layers[0]
         self.w_first = first.weight * model.masks()[0]               # [H1, D * levels]
         # pre-activation of the all-zero one-hot input: only the bias
         self.a_first = first.bias.expand(batch, -1).clone()
 
-    def write(self, d, values):
+    def write(self, d: int, values: Tensor) -> None:
         """Dimension d took ``values [B]``: add its one-hot column block."""
         col = d * self.model.levels + values.long()                  # [B]
         self.a_first += self.w_first[:, col].T
 
-    def logits(self, d):
+    def logits(self, d: int) -> Tensor:
         """[B, levels] logits of dimension d given everything written so far."""
         m = self.model
         h = F.relu(self.a_first)
