@@ -192,7 +192,7 @@ def pixelcnnpp_resnet_rows(device: torch.device, quick: bool = False,
     batch 16): fastgen's two fused launches against the same step in PyTorch ops (the
     reference), each eagerly and inside a CUDA graph.  Floor: the packed fp32 weights (w1, w2,
     w_aux: 2.6 MB) read once, ~0.9 us at 2.99 TB/s (less when they stay in L2)."""
-    from fastgen.models.pixelcnnpp import DownRightShiftedConv, GatedResnet, pack_resnet_weights
+    from fastgen.nn import DownRightShiftedConv, GatedResnet, pack_resnet_weights
 
     device = torch.device(device)
     B, C, H, W = (16, 160, 32, 32) if not quick else (2, 16, 4, 4)
@@ -204,7 +204,7 @@ def pixelcnnpp_resnet_rows(device: torch.device, quick: bool = False,
     i, j = H // 2, W // 2
 
     def step(backend):
-        return lambda: ops.pixelcnnpp_resnet_at(x, [aux], mid, out, *weights, None, i, j, j + 1, backend=backend)
+        return lambda: ops.pixelcnnpp_resnet_at(x, [aux], mid, out, weights, None, i, j, j + 1, backend=backend)
 
     impls = {"fastgen": step(None if device.type == "cuda" else "reference"), "pytorch_ops": step("reference")}
     case = Case(f"pixelcnnpp_resnet_at_B{B}_C{C}_one_pixel", impls, bytes=sum(w.numel() * 4 for w in weights),
