@@ -208,16 +208,12 @@ class _Generator:
         """Draw the next ``steps`` samples: [B, steps]."""
         if self.persistent:
             return self._run_persistent(steps)
+        if self.draws:
+            return self._run_draws(steps)
         out = []
         for _ in range(steps):
             t = self.length + len(out)
             local_t = self.local_up[:, :, t] if self.local_up is not None else None
-            if self.draws:        # one fused launch per sample
-                drawn = torch.empty_like(self.previous)
-                self.cache.draw_at(self.previous, drawn, local_t, self.noise.next(), self.temperature, t)
-                out.append(drawn)
-                self.previous = drawn
-                continue
             if self.cache is not None:
                 logits = self.cache.step(self.previous, local_t)
             else:
@@ -226,6 +222,19 @@ class _Generator:
             out.append(drawn)
             self.previous = drawn
         new = torch.stack(out, dim=1) if out else self.previous[:, None][:, :0]
+        self.append(new)
+        return new
+
+    def _run_draws(self, steps: int) -> Tensor:
+        """``steps`` samples, one fused launch each, drawn into one buffer allocated per call: the
+        loop allocates nothing per sample (its launch budget is one launch per sample)."""
+        codes = torch.empty(steps, self.previous.shape[0], dtype=torch.long, device=self.device)
+        for i in range(steps):
+            t = self.length + i
+            local_t = self.local_up[:, :, t] if self.local_up is not None else None
+            self.cache.draw_at(self.previous, codes[i], local_t, self.noise.next(), self.temperature, t)
+            self.previous = codes[i]
+        new = codes.T.contiguous() if steps else self.previous[:, None][:, :0]
         self.append(new)
         return new
 
