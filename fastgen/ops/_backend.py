@@ -7,11 +7,14 @@
 - A forced backend that cannot run the input raises, naming the reason; an automatic
   choice falls back to the reference only for the documented cases (float64 inputs, no
   Triton installed) and logs why at DEBUG (``FASTGEN_LOG_LEVEL=DEBUG``).
+
+Ops do not call this module directly: they are declared through ``fastgen.ops._define``,
+whose ``OpDefinition.backend`` adds the kernel's own limits ("cannot take this shape").
 """
 import functools
 import logging
 import os
-from typing import Any, Callable, Literal, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -101,27 +104,3 @@ def choose_backend(op: str, tensor: Tensor, backend: Optional[str] = None) -> Li
 def empty(*shape: int, dtype: torch.dtype, device: Union[torch.device, str]) -> Tensor:
     """Allocate an output the kernel will overwrite (the tests poison this with NaN)."""
     return torch.empty(*shape, dtype=dtype, device=device)
-
-
-def eager_or_registered(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
-    """``impl`` -- the op's function without the custom-op dispatcher, whose host cost (~0.15 ms
-    per call on the H100 host we measured) would dominate a sampling step whose kernel takes
-    microseconds -- for plain eager calls; the registered ``torch.ops.fastgen.<name>`` while
-    torch.compile traces (it sees the op and its fake kernel) and whenever autograd is
-    recording for a tensor argument (the op then refuses backward loudly instead of the
-    gradient silently stopping)."""
-    op = getattr(torch.ops.fastgen, name)
-    if torch.compiler.is_compiling():
-        return op
-
-    def call(*args: Any) -> Any:
-        if torch.is_grad_enabled() and any(_requires_grad(a) for a in args):
-            return op(*args)
-        return impl(*args)
-    return call
-
-
-def _requires_grad(value):
-    if isinstance(value, (list, tuple)):
-        return any(_requires_grad(v) for v in value)
-    return isinstance(value, torch.Tensor) and value.requires_grad
