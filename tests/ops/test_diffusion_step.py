@@ -379,5 +379,5 @@ def test_errors_for_the_new_arguments():
         diffusion.sample(lambda x: -x, (2, 3), "sgld", 2, seed=1, device="cpu", backend="reference")
     with pytest.raises(ValueError, match="guidance is not supported by the 'sgld' sampler"):
         diffusion.sample(lambda x: -x, (2, 3), "sgld", 2, guidance=1.0, device="cpu")
-    with pytest.raises(ValueError, match="'pc_vp' corrector needs prediction='eps'"):
+    with pytest.raises(ValueError, match=r"prediction='x0' is not supported by the 'pc_vp' sampler \(its corrector"):
         diffusion.sample(lambda x, t: x, (2, 3), "pc_vp", 2, prediction="x0", device="cpu")

@@ -51,9 +51,12 @@ def _check_like(name: str, tensor: Optional[Tensor], x: Tensor) -> None:
 
 
 def _check_per_sample(coefficients: Tensor, x: Tensor) -> None:
-    if tuple(coefficients.shape) != (x.shape[0], 7) or coefficients.dtype != torch.float32 \
+    # float64 rows only for float64 x, whose steps run on the reference in float64
+    dtypes = (torch.float32, torch.float64) if x.dtype == torch.float64 else (torch.float32,)
+    if tuple(coefficients.shape) != (x.shape[0], 7) or coefficients.dtype not in dtypes \
             or coefficients.device != x.device:
-        raise ValueError(f"per-sample coefficients must be a float32 tensor [{x.shape[0]}, 7] on {x.device}, got "
+        what = "float32 (or, for float64 x, float64)" if x.dtype == torch.float64 else "float32"
+        raise ValueError(f"per-sample coefficients must be a {what} tensor [{x.shape[0]}, 7] on {x.device}, got "
                          f"{coefficients.dtype} {tuple(coefficients.shape)} on {coefficients.device}")
 
 
@@ -72,7 +75,7 @@ def diffusion_step(x: Tensor, out: Tensor, coefficients: Union[StepCoefficients,
     c_x, sigma, c_aux) -- what ``fastgen.sampling.diffusion``'s coefficient functions return --
     or, as before it existed, a plain sequence of its first 6 (c_aux = 0) or all 7 numbers; or a
     float32 tensor [B, 7] on x's device with one row per sample (columns in ``COEFFICIENTS``
-    order; z is then always added: pass noise= or seed=).
+    order; float64 also accepted for float64 x; z is then always added: pass noise= or seed=).
     aux: a tensor like x weighted by c_aux (Heun's half step, DPM-Solver++'s previous x0).
     keep = (k_x0, k_x) (e.g. ``KeepCoefficients``): also return k_x0 x0 + k_x x, as
     ``KeptStep(x_next, kept)``.
@@ -80,7 +83,9 @@ def diffusion_step(x: Tensor, out: Tensor, coefficients: Union[StepCoefficients,
     [prediction; v] on the channels and each element's sigma interpolates the two
     log-variances (Improved DDPM).  threshold = p: Imagen's dynamic thresholding at percentile p
     instead of ``clip``.  backend: None (automatic), 'reference' or 'triton'.
-    dtypes: x float32/float16/bfloat16 on Triton (math in fp32), float64 on the reference."""
+    dtypes: x float32/float16/bfloat16 on Triton (math in fp32), float64 on the reference (math
+    in float64 end to end: the automatic choice sends float64 there, a forced Triton backend
+    refuses it)."""
     _check_tensor("x", x)
     _check_tensor("out", out)
     if prediction not in PREDICTIONS:
@@ -166,7 +171,8 @@ def _diffusion_step_kernel(x: Tensor, out: Tensor, noise: Optional[Tensor], coef
 
 def score_noise_norms(out: Tensor, noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
                       guidance: Optional[float] = None, backend: Optional[str] = None) -> Tensor:
-    """Per-sample L2 norms -> [B, 2] float32: (||out_b||, ||z_b||), out [B, ...] (guided like
+    """Per-sample L2 norms -> [B, 2] float32 (float64 on the reference for float64 out or noise):
+    (||out_b||, ||z_b||), out [B, ...] (guided like
     ``diffusion_step``: [2B, ...] = [cond; uncond] with ``guidance``), z = ``noise`` [B, ...] or,
     on the Triton backend, the Philox normals ``diffusion_step`` draws with the same
     (``seed``, ``offset``) -- so a corrector's step size sees exactly the z its update adds."""

@@ -1,5 +1,8 @@
 """Plain-PyTorch references of the diffusion step family: the specification of
 ``diffusion_step`` and ``score_noise_norms`` (the CPU path and the tests call them).
+
+Precision: float64 inputs are computed in float64 end to end (the reference is their only
+backend); every other dtype is computed in float32, as the kernels do.
 """
 from typing import Optional, Sequence, Union
 
@@ -9,9 +12,15 @@ from torch import Tensor
 from fastgen.ops.diffusion_step.bundles import KeptStep, StepCoefficients
 
 
+def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    """float64 if any of ``tensors`` is float64, else float32: the dtype the reference computes in."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
-    """Imagen's dynamic thresholding scale per sample: s = max(1, percentile of |x0|) -> [B]."""
-    return torch.quantile(x0.abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0)
+    """Imagen's dynamic thresholding scale per sample: s = max(1, percentile of |x0|) -> [B]
+    (float64 for float64 x0, else float32)."""
+    return torch.quantile(x0.abs().flatten(1).to(compute_dtype(x0)), percentile, dim=1).clamp(min=1.0)
 
 
 def _prediction_to_x0(x32, out, s0, s1, prediction):
@@ -34,12 +43,13 @@ def guided(out: Tensor, w: float) -> Tensor:
 def diffusion_x0(x: Tensor, out: Tensor, s0: Union[float, Tensor], s1: Union[float, Tensor], prediction: str = "eps",
                  guidance: Optional[float] = None, learned_variance: bool = False) -> Tensor:
     """The x0 estimate a diffusion step starts from (after guidance), before any clipping."""
-    out = out.float()
+    dtype = compute_dtype(x)
+    out = out.to(dtype)
     if learned_variance:
         out = out.chunk(2, dim=1)[0]
     if guidance is not None:
         out = guided(out, guidance)
-    return _prediction_to_x0(x.float(), out, s0, s1, prediction)
+    return _prediction_to_x0(x.to(dtype), out, s0, s1, prediction)
 
 
 def diffusion_step(x: Tensor, out: Tensor, noise: Optional[Tensor],
@@ -62,14 +72,17 @@ def diffusion_step(x: Tensor, out: Tensor, noise: Optional[Tensor],
     -> y = c_x0 x0 + c_eps eps + c_x x + c_aux aux + sigma noise, with x0 clipped to [-1, 1] if
     ``clip`` and eps = (x - s0 x0) / s1 recomputed from the (clipped) x0; with keep = (k_x0, k_x)
     -> ``KeptStep(y, k_x0 x0 + k_x x)``, the quantity a multistep sampler carries to its next step.
+    Computed in float64 for float64 x (every input is then read in float64), else in float32;
+    returned in x's dtype.
     """
+    dtype = compute_dtype(x)
     per_sample = torch.is_tensor(coefficients)
     if per_sample:    # one row per sample, broadcast over the other dimensions
-        columns = coefficients.float().view(x.shape[0], 7, *[1] * (x.dim() - 1)).unbind(1)
+        columns = coefficients.to(dtype).view(x.shape[0], 7, *[1] * (x.dim() - 1)).unbind(1)
     else:
         columns = StepCoefficients.of(coefficients)
     s0, s1, c_x0, c_eps, c_x, sigma, c_aux = columns
-    x32, out = x.float(), out.float()
+    x32, out = x.to(dtype), out.to(dtype)
     v = None
     if learned_variance is not None:     # out = [prediction; v] along the channels (Improved DDPM)
         out, v = out.chunk(2, dim=1)
@@ -89,9 +102,9 @@ def diffusion_step(x: Tensor, out: Tensor, noise: Optional[Tensor],
     eps = (x32 - s0 * x0) / s1
     y = c_x0 * x0 + c_eps * eps + c_x * x32
     if aux is not None:
-        y = y + c_aux * aux.float()
+        y = y + c_aux * aux.to(dtype)
     if torch.is_tensor(sigma) or sigma != 0:
-        y = y + sigma * noise.float()
+        y = y + sigma * noise.to(dtype)
     if keep is None:
         return y.to(x.dtype)
     k_x0, k_x = keep
@@ -99,10 +112,11 @@ def diffusion_step(x: Tensor, out: Tensor, noise: Optional[Tensor],
 
 
 def score_noise_norms(out: Tensor, noise: Tensor, guidance: Optional[float] = None) -> Tensor:
-    """Per-sample L2 norms for the predictor-corrector's step size -> [B, 2] float32:
-    (||out_b||, ||z_b||), with out [B, ...] guided as in ``diffusion_step`` ([2B, ...] =
-    [cond; uncond] with ``guidance``) and z = noise [B, ...]."""
-    out = out.float()
+    """Per-sample L2 norms for the predictor-corrector's step size -> [B, 2] (float64 if out or
+    noise is float64, else float32): (||out_b||, ||z_b||), with out [B, ...] guided as in
+    ``diffusion_step`` ([2B, ...] = [cond; uncond] with ``guidance``) and z = noise [B, ...]."""
+    dtype = compute_dtype(out, noise)
+    out = out.to(dtype)
     if guidance is not None:
         out = guided(out, guidance)
-    return torch.stack([out.flatten(1).norm(dim=1), noise.float().flatten(1).norm(dim=1)], dim=1)
+    return torch.stack([out.flatten(1).norm(dim=1), noise.to(dtype).flatten(1).norm(dim=1)], dim=1)

@@ -4,6 +4,10 @@ with x0 / eps read from the denoiser output through s0 = sqrt(abar_t), s1 = sqrt
 (VE / score models: s0 = 1, s1 = sigma).  Every function states its sampler's math and returns
 a ``StepCoefficients`` (Python numbers: kernel arguments, so nothing is synced per step); only
 the Langevin corrector's step size depends on the sample and comes as a [B, 7] tensor.
+
+The samplers over sigmas (Euler, Heun, Langevin, the VE predictor, the probability-flow ODE)
+work in the parametrisation x = x0 + sigma eps; ``sigma_read`` makes their coefficients read a
+denoiser output of any prediction there.
 """
 import math
 from typing import NamedTuple, Optional
@@ -19,6 +23,25 @@ class DpmSolverStep(NamedTuple):
     ``h_previous``."""
     coefficients: StepCoefficients
     h: float
+
+
+def sigma_read(coefficients: StepCoefficients, sigma: float, prediction: str) -> StepCoefficients:
+    """``coefficients`` of a step at noise level ``sigma`` of x = x0 + sigma eps, reading the
+    denoiser output as ``prediction``:
+
+    - 'x0', 'eps', 'score': s0 = 1, s1 = sigma, so x0 = out, x - sigma out, x + sigma^2 out;
+    - 'v': the v of the variance-preserving sample x / sqrt(1 + sigma^2), v = alpha eps -
+      sigma alpha x0 with alpha = 1 / sqrt(1 + sigma^2) (k-diffusion's VDenoiser with
+      sigma_data = 1; diffusers' Euler / Heun v_prediction): x0 = alpha^2 x - sigma alpha v,
+      read as s0 = alpha^2, s1 = sigma alpha.  The fused step recomputes eps from s0, s1, which
+      then no longer give x = x0 + sigma eps, so the eps term is folded into the x0 and x terms
+      first: c_eps eps = (c_eps / sigma)(x - x0)."""
+    if prediction != "v":
+        return coefficients._replace(s0=1.0, s1=sigma)
+    alpha2 = 1 / (1 + sigma ** 2)
+    fold = coefficients.c_eps / sigma
+    return coefficients._replace(s0=alpha2, s1=sigma * math.sqrt(alpha2), c_x0=coefficients.c_x0 - fold, c_eps=0.0,
+                                 c_x=coefficients.c_x + fold)
 
 
 def ddpm_coefficients(abar_t: float, abar_prev: float, variance: str = "small") -> StepCoefficients:
