@@ -299,3 +299,155 @@ def test_euler_fused_step_matches_reference_backend():
     b = diffusion.sample(den, (64, 4), "euler", 12, generator=torch.Generator().manual_seed(0), device="cpu",
                          backend="reference")
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# --- float64 end to end: each deterministic sampler against the paper's update, written out here ----
+
+def _eps64(abar):
+    """A nonlinear eps-model (the Gaussian data's exact eps plus a tanh term), in x's dtype."""
+    def eps(x, t):
+        a = abar[t].view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+        return (1 - a).sqrt() * ((x - a.sqrt() * MU) / (a * STD ** 2 + 1 - a) + 0.1 * torch.tanh(x))
+    return eps
+
+
+def _x0_64(x, s):
+    """A nonlinear x0-model D(x; sigma) for the Karras samplers, in x's dtype."""
+    s = s.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+    return MU + STD ** 2 / (STD ** 2 + s ** 2) * (x - MU) + 0.05 * torch.sin(x) / (1 + s)
+
+
+def _x_T(shape, seed, scale=1.0):
+    """What ``sample`` draws as x_T from ``torch.Generator().manual_seed(seed)``: float32 normals,
+    in float64 (times the first sigma for the samplers over sigmas)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32).double() * scale
+
+
+def _ddim_eq12(eps, x, ts, abar, eta=0.0, generator=None):
+    """Song et al. 2021, eq. 12: x_prev = sqrt(a_prev) (x - sqrt(1 - a) eps) / sqrt(a)
+    + sqrt(1 - a_prev - s^2) eps + s z, s = eta sqrt((1 - a_prev)/(1 - a)) sqrt(1 - a/a_prev);
+    a_prev = 1 after the last timestep."""
+    for i, t in enumerate(ts):
+        a = abar[t].item()
+        a_prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+        e = eps(x, torch.full((x.shape[0],), t))
+        x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
+        s = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - s ** 2) * e
+        if s > 0:
+            x = x + s * torch.randn(x.shape, generator=generator, dtype=torch.float32).double()
+    return x
+
+
+def _dpm_solver_pp_2m(eps, x, ts, abar):
+    """Lu et al. 2022, DPM-Solver++(2M), Algorithm 2 over t_0 > ... > t_{M-1}, with alpha_t =
+    sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t), x_theta the
+    data prediction: x_{t_1} = (sigma_1 / sigma_0) x_{t_0} - alpha_1 (e^{-h_1} - 1) x_theta(t_0);
+    for i >= 2, r_i = h_{i-1} / h_i, D_i = (1 + 1/(2 r_i)) x_theta(t_{i-1}) - 1/(2 r_i)
+    x_theta(t_{i-2}), x_{t_i} = (sigma_i / sigma_{i-1}) x_{t_{i-1}} - alpha_i (e^{-h_i} - 1) D_i.
+    Then the final step to sigma = 0 is first order: x = x_theta(t_{M-1}) (as in diffusers and
+    k-diffusion; the second-order D diverges there)."""
+    alpha = lambda t: math.sqrt(abar[t].item())            # noqa: E731
+    sigma = lambda t: math.sqrt(1 - abar[t].item())        # noqa: E731
+    lam = lambda t: math.log(alpha(t) / sigma(t))          # noqa: E731
+
+    def data(x, t):
+        return (x - sigma(t) * eps(x, torch.full((x.shape[0],), t))) / alpha(t)
+
+    previous, h_previous = None, None
+    for i in range(1, len(ts)):
+        s, t = ts[i - 1], ts[i]
+        x_theta = data(x, s)
+        h = lam(t) - lam(s)
+        D = x_theta if previous is None else \
+            (1 + 1 / (2 * (h_previous / h))) * x_theta - 1 / (2 * (h_previous / h)) * previous
+        x = sigma(t) / sigma(s) * x - alpha(t) * (math.exp(-h) - 1) * D
+        previous, h_previous = x_theta, h
+    return data(x, ts[-1])
+
+
+def _karras_algorithm_1(D, x, sigmas, heun):
+    """Karras et al. 2022, Algorithm 1 (deterministic, S_churn = 0): d = (x - D(x; s)) / s,
+    x' = x + (s' - s) d; Heun (s' != 0): d' = (x' - D(x'; s')) / s', x' = x + (s' - s)(d + d') / 2."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        d = (x - D(x, torch.full((x.shape[0],), s, dtype=torch.float64))) / s
+        x_next = x + (s_next - s) * d
+        if heun and s_next != 0:
+            d_next = (x_next - D(x_next, torch.full((x.shape[0],), s_next, dtype=torch.float64))) / s_next
+            x_next = x + (s_next - s) * (d + d_next) / 2
+        x = x_next
+    return x
+
+
+FP64 = dict(rtol=0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0], ids=["eta0", "eta1"])
+def test_float64_ddim_is_eq_12(eta):
+    betas = diffusion.cosine_betas(1000)
+    abar = torch.cumprod(1 - betas, 0)
+    eps, shape, steps = _eps64(abar), (3, 2, 4, 5), 8
+    got = diffusion.sample(eps, shape, "ddim", steps, betas=betas, eta=eta, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(0), device="cpu")
+    assert got.dtype == torch.float64
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=torch.float32).double()
+    expected = _ddim_eq12(eps, x, diffusion.respaced_timesteps(1000, steps), abar, eta, g)
+    torch.testing.assert_close(got, expected, **FP64)
+    fp32 = diffusion.sample(eps, shape, "ddim", steps, betas=betas, eta=eta, generator=torch.Generator().manual_seed(0),
+                            device="cpu")
+    assert fp32.dtype == torch.float32 and (fp32.double() - expected).abs().max() > 1e-9   # fp32 is not exact
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_float64_dpmpp2m_is_algorithm_2(spacing):
+    abar = torch.cumprod(1 - diffusion.linear_betas(), 0)
+    eps, shape, steps = _eps64(abar), (3, 7), 9
+    got = diffusion.sample(eps, shape, "dpmpp2m", steps, spacing=spacing, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(1), device="cpu")
+    ts = diffusion.respaced_timesteps(1000, steps, spacing)
+    torch.testing.assert_close(got, _dpm_solver_pp_2m(eps, _x_T(shape, 1), ts, abar), **FP64)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v", "score"])
+def test_float64_euler_and_heun_are_karras_algorithm_1(sampler, prediction):
+    """The x0 model, or the same model as an eps / v / score model in x = x0 + sigma eps (v of
+    x / sqrt(1 + sigma^2)): every prediction reproduces Algorithm 1 on D."""
+    def model(x, s):
+        D, s_ = _x0_64(x, s), s.view(-1, 1).to(x.dtype)
+        eps = (x - D) / s_
+        alpha = 1 / (1 + s_ ** 2).sqrt()
+        return {"x0": D, "eps": eps, "v": alpha * eps - s_ * alpha * D, "score": -eps / s_}[prediction]
+    shape, steps = (4, 6), 7
+    sigmas = diffusion.karras_sigmas(steps).tolist()
+    got = diffusion.sample(model, shape, sampler, steps, prediction=prediction, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(2), device="cpu")
+    expected = _karras_algorithm_1(_x0_64, _x_T(shape, 2, sigmas[0]), sigmas, heun=sampler == "heun")
+    torch.testing.assert_close(got, expected, **FP64)
+
+
+def test_float64_probability_flow_ode_is_euler_on_dx_dsigma():
+    """x' = x + (s' - s)(-s score(x, s)), over the sigmas then onto 0."""
+    score = lambda x, s: -(x - MU) / (STD ** 2 + s.view(-1, 1) ** 2) + 0.01 * torch.cos(x)   # noqa: E731
+    sigmas = [5.0, 2.0, 0.7, 0.2, 0.05]
+    got = diffusion.sample(score, (3, 5), "pf_ode", sigmas=sigmas, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(3), device="cpu")
+    x = _x_T((3, 5), 3, sigmas[0])
+    for s, s_next in zip(sigmas, sigmas[1:] + [0.0]):
+        x = x + (s_next - s) * (-s * score(x, torch.full((3,), s, dtype=torch.float64)))
+    torch.testing.assert_close(got, x, **FP64)
+
+
+def test_float64_stochastic_samplers_compute_in_float64():
+    """ddpm / pc_vp / pc_ve / langevin in float64: finite, float64, and within fp32 rounding of
+    the float32 run from the same generator (the same x_T and z: noise is drawn in float32)."""
+    abar = torch.cumprod(1 - diffusion.linear_betas(), 0)
+    score = lambda x, s: -(x - MU) / (STD ** 2 + s.view(-1, 1) ** 2)   # noqa: E731
+    for sampler, den, kw in [("ddpm", _eps64(abar), {}), ("pc_vp", _eps64(abar), {}), ("pc_ve", score, {}),
+                             ("langevin", score, dict(sigmas=[1.0, 0.5]))]:
+        run = lambda dtype: diffusion.sample(den, (2, 16), sampler, 4, dtype=dtype, device="cpu",  # noqa: E731
+                                             generator=torch.Generator().manual_seed(4), **kw)
+        x64, x32 = run(torch.float64), run(torch.float32)
+        assert x64.dtype == torch.float64 and torch.isfinite(x64).all()
+        torch.testing.assert_close(x32.double(), x64, rtol=1e-3, atol=1e-3)

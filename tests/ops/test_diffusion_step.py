@@ -381,3 +381,48 @@ def test_errors_for_the_new_arguments():
         diffusion.sample(lambda x: -x, (2, 3), "sgld", 2, guidance=1.0, device="cpu")
     with pytest.raises(ValueError, match=r"prediction='x0' is not supported by the 'pc_vp' sampler \(its corrector"):
         diffusion.sample(lambda x, t: x, (2, 3), "pc_vp", 2, prediction="x0", device="cpu")
+
+
+# --- float64: computed in float64 end to end ----------------------------------------------------
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score"])
+def test_float64_step_is_computed_in_float64(prediction):
+    """A float64 step (the reference: the automatic choice) equals the textbook update in
+    float64 to rounding -- far below what one float32 rounding of the inputs would move it."""
+    g = torch.Generator().manual_seed(11)
+    x, out, z, aux = (torch.randn(*SHAPE, generator=g, dtype=torch.float64) for _ in range(4))
+    out2 = torch.randn(2 * SHAPE[0], *SHAPE[1:], generator=g, dtype=torch.float64)
+    c = StepCoefficients(s0=0.6, s1=0.8, c_x0=0.7, c_eps=0.3, c_x=0.2, sigma=0.1, c_aux=0.4)
+    y, kept = diffusion_step(x, out2, c, prediction, guidance=1.5, noise=z, aux=aux, keep=(0.5, 0.25))
+    assert y.dtype == kept.dtype == torch.float64
+    o = 2.5 * out2[:SHAPE[0]] - 1.5 * out2[SHAPE[0]:]
+    x0 = {"eps": (x - 0.8 * o) / 0.6, "x0": o, "v": 0.6 * x - 0.8 * o, "score": (x + 0.64 * o) / 0.6}[prediction]
+    expected = 0.7 * x0 + 0.3 * (x - 0.6 * x0) / 0.8 + 0.2 * x + 0.4 * aux + 0.1 * z
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-13)
+    torch.testing.assert_close(kept, 0.5 * x0 + 0.25 * x, rtol=0, atol=1e-13)
+    in_fp32 = diffusion_step(x.float(), out2.float(), c, prediction, guidance=1.5, noise=z.float(), aux=aux.float())
+    assert (in_fp32.double() - expected).abs().max() > 1e-9                  # so float64 is not float32 inside
+
+
+def test_float64_per_sample_rows_norms_and_threshold():
+    g = torch.Generator().manual_seed(12)
+    x, out, z = (torch.randn(*SHAPE, generator=g, dtype=torch.float64) for _ in range(3))
+    norms = score_noise_norms(out, z)
+    assert norms.dtype == torch.float64
+    torch.testing.assert_close(norms[:, 0], out.flatten(1).norm(dim=1), rtol=0, atol=1e-13)
+    rows = torch.rand(SHAPE[0], 7, generator=g, dtype=torch.float64) + 0.5
+    rows[:, 6] = 0.0                                                      # c_aux: no aux here
+    y = diffusion_step(x, out, rows, "eps", noise=z)
+    for b in range(SHAPE[0]):
+        torch.testing.assert_close(y[b:b + 1], diffusion_step(x[b:b + 1], out[b:b + 1], rows[b].tolist(), "eps",
+                                                              noise=z[b:b + 1]), rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match=r"per-sample coefficients must be a float32 tensor"):
+        diffusion_step(x.float(), out.float(), rows, noise=z.float())       # float64 rows need float64 x
+    thresholded = diffusion_step(x * 5, out, (0.3, 0.9, 1.0, 0.0, 0.0, 0.0), threshold=0.9)
+    assert thresholded.dtype == torch.float64 and thresholded.abs().max() <= 1.0
+
+
+def test_float64_refuses_a_forced_triton_backend():
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="float64 runs on the reference"):
+        diffusion_step(x, x, (1.0, 1.0, 1.0, 0.0, 0.0, 0.0), backend="triton")
