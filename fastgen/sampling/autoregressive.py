@@ -26,11 +26,15 @@ from fastgen.sampling.graphs import GRAPHS, weights_version
 # ------------------------------------------------------------------------------ protocols
 
 class FusedPixelStep(Protocol):
-    """A cache that draws a whole (grey) pixel in one fused launch."""
+    """A cache that draws a whole pixel, every colour channel, in one fused step."""
 
-    def step(self, r: int, c: int, gumbel: Tensor, temperature: float) -> Tensor:
-        """Draw pixel (r, c) of every image: gumbel [B, levels] -> values [B, 1] (long), and
-        record them as ``write`` would."""
+    def step(self, r: int, c: int, gumbel: Tensor, temperature: float) -> Optional[Tensor]:
+        """Draw pixel (r, c) of every image: gumbel -> values [B, C] (long), and record them as
+        ``write`` would.  gumbel: the pixel's noise, [B, levels] for grey images (C = 1) and
+        [B, C, levels] for colour ones (channel j draws argmax(logits_j / temperature +
+        gumbel[:, j]), given the channels before it).  The values belong in x[:, :, r, c] of the
+        image the cache samples (``incremental(x)``): a step that writes them there itself
+        returns None -- no copy per pixel -- and one that does not returns them."""
 
 
 class PixelCache(Protocol):
@@ -146,14 +150,16 @@ def _loop(model: ImageModel, cache: Optional[PixelCache], x: Tensor, noise: Tens
     """Draw x [n, C, H, W] in place, row by row, pixel by pixel, channel group by group.
     cache None: the naive sampler (full recompute).  A cache with a fused step (and no
     completion mask, which the fused step does not apply) draws a whole pixel in one launch."""
-    _, H, W = model.image_shape
+    C, H, W = model.image_shape
     fused = cache.fused_step if cache is not None and known is None else None
     for r in range(H):
         if cache is not None:
             cache.begin_row(r)
         for c in range(W):
             if fused is not None:
-                x[:, :, r, c] = fused.step(r, c, noise[:, 0, r, c], temperature)
+                values = fused.step(r, c, noise[:, 0, r, c] if C == 1 else noise[:, :, r, c], temperature)
+                if values is not None:          # (None: drawn straight into x)
+                    x[:, :, r, c] = values
                 continue
             for group in model.channel_groups:
                 if cache is not None:
