@@ -41,7 +41,9 @@ def betas_from_config(config: Mapping[str, Any]) -> Tensor:
     - 'scaled_linear' (Stable Diffusion): sqrt(beta) evenly spaced, squared;
     - 'squaredcos_cap_v2': the cosine schedule (``cosine_betas``, Nichol & Dhariwal 2021).
 
-    The values are those diffusers computes, in float32, as float64.  Schedules rescaled to
+    The values are those diffusers computes, in float32, as float64; keys missing from the dict
+    take DDPMScheduler's defaults (other schedulers' differ: Heun's beta range is
+    0.00085 .. 0.012 -- pass ``scheduler.config``, which has every key).  Schedules rescaled to
     zero terminal SNR (``rescale_betas_zero_snr``) have abar_T = 0, an infinite noise level that
     fastgen's samplers cannot start from: refused."""
     if not isinstance(config, Mapping):
@@ -77,10 +79,13 @@ def prediction_from_config(config: Mapping[str, Any]) -> str:
 
 
 def _sigma_to_t_from_config(config: Optional[Mapping[str, Any]]) -> str:
-    """'linear' for a config of a scheduler over sigmas with ``interpolation_type='linear'`` and
-    no Karras / exponential / beta sigmas (diffusers then takes sigma_t linearly interpolated at
-    its fractional timesteps); 'log' otherwise (diffusers' and k-diffusion's sigma -> t)."""
-    if config is None or config.get("interpolation_type") != "linear":
+    """'linear' for the config of a scheduler over sigmas (one with a ``use_karras_sigmas`` or
+    ``interpolation_type`` key: Euler, Heun, ...) that takes sigma_t linearly interpolated at its
+    timesteps (``interpolation_type`` 'linear' or absent, no Karras / exponential / beta
+    sigmas); 'log' otherwise (diffusers' and k-diffusion's sigma -> t for Karras sigmas)."""
+    if config is None or not ({"use_karras_sigmas", "interpolation_type"} & set(config)):
+        return "log"
+    if config.get("interpolation_type", "linear") != "linear":
         return "log"
     if any(config.get(key) for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")):
         return "log"
@@ -103,8 +108,9 @@ class DiffusersDenoiser(nn.Module):
       prediction, as diffusers' schedulers other than DDPM do.
     sigma_to_t: how a noise level sigma becomes a timestep: 'log' (interpolating t linearly in
       log sigma_t, k-diffusion's and diffusers' rule for Karras sigmas) or 'linear' (in sigma_t:
-      the inverse of diffusers' ``interpolation_type='linear'``); default from config, else 'log'.
-      Integer grids give the integer timesteps either way.
+      the inverse of the linear interpolation diffusers' Euler and Heun use for their default
+      sigmas); default from config (``_sigma_to_t_from_config``), else 'log'.  Integer grids give
+      the integer timesteps either way.
     """
 
     def __init__(self, model: nn.Module, config: Optional[Mapping[str, Any]] = None, betas: Optional[Any] = None,
@@ -142,7 +148,10 @@ class DiffusersDenoiser(nn.Module):
 
     def timestep_of(self, sigma: Tensor) -> Tensor:
         """The fractional training timestep t [B] (float64) whose sigma_t is ``sigma`` [B],
-        interpolated by ``sigma_to_t`` between integer timesteps, clamped to [0, T - 1]."""
+        interpolated by ``sigma_to_t`` between integer timesteps.  Noise levels outside the
+        schedule's [sigma_0, sigma_{T-1}] are clamped to its ends, as k-diffusion's discrete
+        schedules do (checking would cost a host sync per step): give the samplers over sigmas
+        sigmas within that range (``karras_sigmas_of``, ``schedule_sigmas``)."""
         table = self._tables.get(sigma.device)
         if table is None:
             table = discrete_sigmas(self.betas)
