@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from fastgen.nn import GatedMaskedConv2d, MaskedConv2d
 from fastgen.nn.functional import gated_activation
-from fastgen.ops.gated_pixel_step import GatedStepWeights, gated_pixel_step
+from fastgen.ops.gated_pixel_step import (GatedStepWeights, GatedVerticalWeights, gated_pixel_step,
+                                         gated_vertical_row)
 
 
 class _PixelModel(nn.Module):
@@ -154,10 +155,14 @@ class GatedPixelCNN(_PixelModel):
         ``check=False``: cond has passed ``check_cond`` already (see ``embed_cond``)."""
         return _GatedCache(self, x, cond, check)
 
+    def has_fused_step(self) -> bool:
+        """Whether the fused sampling ops apply: grey images and 3x3 kernels."""
+        return self.image_shape[0] == 1 and self.layers[0].horizontal.kernel_size[0] == 3
+
     def packed_step_weights(self) -> Optional[GatedStepWeights]:
         """The weights of ``fastgen.ops.gated_pixel_step`` (fp32), or None where the fused step
         does not apply (it needs grey images and 3x3 kernels)."""
-        if self.image_shape[0] != 1 or self.layers[0].horizontal.kernel_size[0] != 3:
+        if not self.has_fused_step():
             return None
         f32 = lambda t: t.detach().float().contiguous()
         # every conv weight [out, in, ...] becomes an [in, out] GEMM operand
@@ -175,56 +180,123 @@ class GatedPixelCNN(_PixelModel):
             w1=f32(one_by_one(head1)), b1=f32(head1.bias), w2=f32(one_by_one(head2)), b2=f32(head2.bias),
             embed_w=f32(self.embed.weight[:, 0, 0, 0]), embed_b=f32(self.embed.bias))
 
+    def packed_vertical_weights(self) -> Optional[GatedVerticalWeights]:
+        """The weights of ``fastgen.ops.gated_vertical_row`` (fp32), or None where the fused ops
+        do not apply (``has_fused_step``)."""
+        if not self.has_fused_step():
+            return None
+        # the masked 3x3 weight [2CH, CH, 3, 3] -> its two upper rows' taps as [CH, 2CH] operands
+        # (the mask zeroes the row itself in the type-A first layer)
+        taps = lambda conv: (conv.weight * conv.mask)[:, :, :2].permute(2, 3, 1, 0).flatten(0, 1)
+        return GatedVerticalWeights(
+            wv=torch.stack([taps(layer.vertical) for layer in self.layers]).detach().float().contiguous(),
+            bv=torch.stack([layer.vertical.bias for layer in self.layers]).detach().float().contiguous())
+
 
 class _GatedCache:
     """Incremental state of a GatedPixelCNN while sampling: per layer, the vertical stack is
-    computed once per row and the horizontal stack once per pixel, from padded buffers of each
-    layer's inputs (position (r, c) lives at (r + pad, c + pad)).  Grey models with 3x3 kernels
-    also draw whole pixels with the fused ``step`` (``fused_step``)."""
+    computed once per row and the horizontal stack once per pixel.
+
+    A cache is driven one of two ways (``fastgen.sampling.PixelCache``), and allocates only what
+    that way needs:
+
+    - ``logits`` / ``write``: per-layer masked convs over padded buffers of each layer's inputs
+      (position (r, c) lives at (r + pad, c + pad)), any model;
+    - the fused step (``fused_step.step``, grey models with 3x3 kernels): per pixel one launch
+      of ``gated_pixel_step``, which draws straight into the image x (the one this cache was
+      built for and samples: ``incremental(x)``) and embeds the drawn value
+      straight into the vertical stack's input ring; per row one launch of
+      ``gated_vertical_row``.  Nothing else runs per pixel or per row: no copies, clones or
+      allocations (its state is double-buffered and allocated once, at the first step).
+
+    ``begin_row(r)`` only marks the row: its shared work (the vertical stacks) runs at the
+    row's first call, in the way the cache is driven, so a cache driven by the fused step
+    never does the unfused stacks' work (nor the reverse)."""
 
     def __init__(self, model: GatedPixelCNN, x: Tensor, cond: Optional[Tensor], check: bool = True):
         self.model = model
-        B, ch = x.shape[0], model.embed.out_channels
-        _, H, W = model.image_shape
+        self.x = x                  # the image being sampled: the fused step draws into it
+        self.B, self.device = x.shape[0], x.device
+        _, self.H, self.W = model.image_shape
         self.pad = model.layers[0].vertical.kernel_size[0] // 2
-        self.cond = model.embed_cond(cond, B, check)
-        p = self.pad
-        new = lambda channels: torch.zeros(B, channels, H + 2 * p, W + 2 * p, device=x.device, dtype=model.dtype)
-        self.v_in = [new(ch) for _ in model.layers]       # v_in[0] = h_in[0] = embedded image
-        self.h_in = [self.v_in[0]] + [new(ch) for _ in model.layers[1:]]
-        self.v_pre = [torch.zeros(B, 2 * ch, W, device=x.device, dtype=model.dtype) for _ in model.layers]
-        self.W = W
-        # Fused per-pixel step (one launch per pixel): packed weights and double-buffered
-        # layer inputs at (r, c-1) / (r, c); None where the model's shape does not allow it.
-        self.step_weights = model.packed_step_weights()
-        if self.step_weights is not None:
-            L = len(model.layers)
-            self.p = [torch.zeros(L, B, ch, device=x.device) for _ in range(2)]
-            self.e_row = torch.zeros(B, W, ch, device=x.device)
-            self.x_col = torch.zeros(B, dtype=torch.long, device=x.device)
-            cond_h = [layer.cond_horizontal(self.cond) if self.cond is not None
-                      else torch.zeros(B, 2 * ch, device=x.device) for layer in model.layers]
-            self.cond_h = torch.stack(cond_h).float().contiguous()
-            self.v_rows = None
-            self.stepped = False    # whether pixels were drawn by ``step`` (not ``write``)
+        self.cond = model.embed_cond(cond, self.B, check)
+        self.fused = model.has_fused_step()
+        self.mode = None            # "fused" or "unfused": set by the first step / logits / write
+        self.row = None             # the row begun last
+        self.row_done = True        # whether the row's vertical stacks are computed
 
     @property
     def fused_step(self) -> Optional["_GatedCache"]:
         """This cache, whose ``step`` draws a whole pixel in one launch, where the model allows
         the fused step (``fastgen.sampling.PixelCache``); None otherwise."""
-        return self if self.step_weights is not None else None
+        return self if self.fused else None
 
-    def write(self, r: int, c: int, values: Tensor) -> None:
-        p = self.pad
-        self.v_in[0][:, :, r + p, c + p] = _pointwise(self.model.embed, self.model.scale(values))
+    def _drive(self, mode: str) -> None:
+        """Fix the way this cache is driven at its first call (the two keep separate state)."""
+        if self.mode == mode:
+            return
+        if self.mode is not None:
+            raise RuntimeError(f"this cache is driven by {'step' if self.mode == 'fused' else 'logits/write'}; "
+                               "use one way per cache (build another with model.incremental)")
+        self.mode = mode
+        (self._init_fused if mode == "fused" else self._init_unfused)()
 
     def begin_row(self, r: int) -> None:
-        p, W = self.pad, self.W
-        if self.step_weights is not None:
-            if r > 0 and self.stepped:  # the fused steps left the previous row's embeddings in e_row
-                self.v_in[0][:, :, r - 1 + p, p:p + W] = self.e_row.permute(0, 2, 1)
-            for buf in self.p:
-                buf.zero_()     # column -1 is zero padding
+        self.row, self.row_done = r, False
+
+    # ---------------------------------------------------------------- the fused step
+
+    def _init_fused(self) -> None:
+        m, B, W, dev = self.model, self.B, self.W, self.device
+        L, ch = len(m.layers), m.embed.out_channels
+        self.step_weights = m.packed_step_weights()
+        self.vertical_weights = m.packed_vertical_weights()
+        # the vertical stacks' inputs of rows r-1 and r, zero-padded (``gated_vertical_row``)
+        self.ring = torch.zeros(L, B, 2, W + 2, ch, device=dev)
+        self.v_rows = torch.empty(L, B, W, 2 * ch, device=dev)       # the row's vertical pre-activations
+        # the horizontal stacks' inputs at (r, c-1) and (r, c), ping-ponged by column parity;
+        # never read at c = 0 (zero padding), so they need no reset per row
+        self.p = [torch.empty(L, B, ch, device=dev) for _ in range(2)]
+
+        def cond_terms(linear):     # [L, B, 2CH] each layer's conditioning term, zeros without
+            if self.cond is None:
+                return torch.zeros(L, B, 2 * ch, device=dev)
+            return torch.stack([getattr(layer, linear)(self.cond) for layer in m.layers]).float().contiguous()
+        self.cond_v, self.cond_h = cond_terms("cond_vertical"), cond_terms("cond_horizontal")
+
+    def step(self, r: int, c: int, gumbel: Tensor, temperature: float) -> None:
+        """Draw pixel (r, c) with one fused launch (two at the row's first pixel: the row's
+        vertical stacks first): gumbel [B, levels] -> x[:, 0, r, c] of the image x this cache
+        samples (``GatedPixelCNN.incremental(x)``), written by the kernel; returns None
+        (``fastgen.sampling.FusedPixelStep``: nothing for the sampler to copy)."""
+        self._drive("fused")
+        if not self.row_done:
+            gated_vertical_row(self.ring, self.v_rows, self.cond_v, self.vertical_weights, r)
+            self.row_done = True
+        p_in, p_out = self.p[c % 2], self.p[(c + 1) % 2]
+        drawn = self.x[:, 0, r, c]                                   # [B] a strided view of the image
+        embedded_row = self.ring[0, :, r % 2, 1:self.W + 1]          # [B, W, CH]: the next row reads it
+        gated_pixel_step(p_in, p_out, self.v_rows, self.cond_h, self.step_weights, gumbel, drawn, embedded_row, c,
+                         1.0 / temperature, 2.0 / (self.model.levels - 1))
+
+    # ---------------------------------------------------------------- logits / write
+
+    def _init_unfused(self) -> None:
+        m, B, H, W, p = self.model, self.B, self.H, self.W, self.pad
+        ch = m.embed.out_channels
+        new = lambda channels: torch.zeros(B, channels, H + 2 * p, W + 2 * p, device=self.device, dtype=m.dtype)
+        self.v_in = [new(ch) for _ in m.layers]       # v_in[0] = h_in[0] = embedded image
+        self.h_in = [self.v_in[0]] + [new(ch) for _ in m.layers[1:]]
+        self.v_pre = [None] * len(m.layers)
+
+    def _unfused_row(self) -> None:
+        """The row's vertical stacks, layer by layer (their inputs are rows r-p .. r; the type-A
+        first layer's mask leaves out row r of the image, not written yet)."""
+        self._drive("unfused")
+        if self.row_done:
+            return
+        self.row_done = True
+        p, W, r = self.pad, self.W, self.row
         for l, layer in enumerate(self.model.layers):
             rows = self.v_in[l][:, :, r:r + 2 * p + 1, :]          # padded rows r-p .. r+p
             v_pre = layer.vertical(rows)[:, :, p, p:p + W]          # [B, 2ch, W] at row r
@@ -233,18 +305,14 @@ class _GatedCache:
                 gate_in = v_pre if self.cond is None else v_pre + layer.cond_vertical(self.cond)[:, :, None]
                 self.v_in[l + 1][:, :, r + p, p:p + W] = gated_activation(gate_in)
 
-    def step(self, r: int, c: int, gumbel: Tensor, temperature: float) -> Tensor:
-        """Draw pixel (r, c) with one fused launch: gumbel [B, levels] -> values [B, 1]."""
-        if c == 0:
-            self.v_rows = torch.stack(self.v_pre).permute(0, 1, 3, 2).float().contiguous()  # [L, B, W, 2CH]
-        self.stepped = True
-        p_in, p_out = self.p[c % 2], self.p[(c + 1) % 2]
-        gated_pixel_step(p_in, p_out, self.v_rows, self.cond_h, self.step_weights, gumbel, self.x_col,
-                         self.e_row, c, 1.0 / temperature, 2.0 / (self.model.levels - 1))
-        return self.x_col[:, None]
+    def write(self, r: int, c: int, values: Tensor) -> None:
+        self._unfused_row()
+        p = self.pad
+        self.v_in[0][:, :, r + p, c + p] = _pointwise(self.model.embed, self.model.scale(values))
 
     def logits(self, r: int, c: int) -> Tensor:
         """[B, levels, C] logits at pixel (r, c) given everything written so far."""
+        self._unfused_row()
         p = self.pad
         h = None
         for l, layer in enumerate(self.model.layers):

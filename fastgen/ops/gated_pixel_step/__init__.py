@@ -1,5 +1,6 @@
-"""The Gated PixelCNN fused sampling step: op, reference and its weights bundle."""
-from fastgen.ops.gated_pixel_step.bundles import GatedStepWeights
-from fastgen.ops.gated_pixel_step.op import gated_pixel_step
+"""The Gated PixelCNN fused sampling ops -- the per-pixel step and the per-row vertical stack --
+their reference and their weights bundles."""
+from fastgen.ops.gated_pixel_step.bundles import GatedStepWeights, GatedVerticalWeights
+from fastgen.ops.gated_pixel_step.op import gated_pixel_step, gated_vertical_row
 
-__all__ = ["GatedStepWeights", "gated_pixel_step"]
+__all__ = ["GatedStepWeights", "GatedVerticalWeights", "gated_pixel_step", "gated_vertical_row"]

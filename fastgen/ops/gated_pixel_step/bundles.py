@@ -1,6 +1,7 @@
-"""The named bundle ``gated_pixel_step`` takes: ``GatedStepWeights``, a Gated PixelCNN's weights
-packed for the fused step (``GatedPixelCNN.packed_step_weights`` builds it).  A plain tuple, so
-the kernel's launch takes its twelve tensors in this order."""
+"""The named bundles the family's ops take: ``GatedStepWeights`` (``gated_pixel_step``) and
+``GatedVerticalWeights`` (``gated_vertical_row``), a Gated PixelCNN's weights packed for the fused
+step and row (``GatedPixelCNN.packed_step_weights`` / ``packed_vertical_weights`` build them).
+Plain tuples, so the kernels' launches take their tensors in this order."""
 from typing import NamedTuple
 
 from torch import Tensor
@@ -37,3 +38,16 @@ class GatedStepWeights(NamedTuple):
     b2: Tensor
     embed_w: Tensor
     embed_b: Tensor
+
+
+class GatedVerticalWeights(NamedTuple):
+    """A Gated PixelCNN's vertical stacks as the fused row op reads them: fp32, contiguous, every
+    tap an [in, out] GEMM operand.  L layers, CH channels:
+
+    wv  [L, 6, CH, 2CH]  the 3x3 vertical conv's taps (dr, dc), t = (dr + 1) * 3 + dc + 1, dr in
+                         {-1, 0} (the row above, the row itself), dc in {-1, 0, 1}; the masked taps
+                         (row r in the type-A first layer) are zero
+    bv  [L, 2CH]         its bias
+    """
+    wv: Tensor
+    bv: Tensor
