@@ -342,6 +342,7 @@ def test_bad_arguments_name_themselves():
         (ValueError, r"x_T has shape \(2, 4\) but shape is \(2, 3\)", dict(x_T=torch.zeros(2, 4))),
         (TypeError, "guidance must be a number", dict(guidance="3", cond=torch.ones(2), uncond=torch.ones(2))),
         (ValueError, r"threshold must be a percentile in \(0, 1\]", dict(threshold=1.5)),
+        (ValueError, "progress is not called under cuda_graph=True", dict(progress=print, cuda_graph=True, seed=0)),
     ]
     for error, message, kw in cases:
         kw = {"shape": (2, 3), "steps": 3, **kw}

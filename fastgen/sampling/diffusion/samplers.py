@@ -550,7 +550,7 @@ def sample(denoiser: Callable[..., Tensor], shape: Optional[Sequence[int]] = Non
     seed): the whole loop is captured once per configuration (``fastgen.sampling.graphs``) and
     replayed; x_T, cond and uncond (tensors) are copied into the graph's inputs on every call,
     so new conditioning replays the same graph.
-    progress(i, x) is called after each step (not under cuda_graph).
+    progress(i, x) is called after each step (refused with cuda_graph=True).
     """
     spec = REGISTRY.get(sampler)
     if spec is None:
@@ -569,6 +569,9 @@ def sample(denoiser: Callable[..., Tensor], shape: Optional[Sequence[int]] = Non
                              "[cond; uncond] and combines the two outputs")
     elif uncond is not None:
         raise ValueError("uncond is only used by classifier-free guidance: pass guidance= too (or drop uncond)")
+    if progress is not None and cuda_graph:
+        raise ValueError("progress is not called under cuda_graph=True (the whole loop is one captured graph): "
+                         "pass one or the other")
     if threshold is not None and not 0 < checks.check_number("threshold", threshold) <= 1:
         raise ValueError(f"threshold must be a percentile in (0, 1], got {threshold!r}")
     if variance is not None and variance not in VARIANCES:
@@ -604,7 +607,7 @@ def sample(denoiser: Callable[..., Tensor], shape: Optional[Sequence[int]] = Non
         snr=0.16 if snr is None else checks.check_number("snr", snr, positive=True),
         corrector_steps=1 if corrector_steps is None else checks.check_int("corrector_steps", corrector_steps, 0),
         step_size=1e-3 if step_size is None else checks.check_number("step_size", step_size, positive=True),
-        progress=None if cuda_graph else progress, dtype=dtype, spacing=spacing,
+        progress=progress, dtype=dtype, spacing=spacing,
         x_T=None if x_T is None else x_T.to(device=device, dtype=dtype))
     if spec.check is not None:
         spec.check(options)
