@@ -87,6 +87,27 @@ def test_caches_say_whether_they_have_a_fused_step(name, fused):
     assert (cache.fused_step is cache) if fused else (cache.fused_step is None)
 
 
+def test_gated_fused_step_draws_into_the_image_and_keeps_to_one_way_of_driving():
+    """The fused step writes pixel (r, c) of the cache's own image and returns nothing to copy;
+    a cache driven by the step refuses logits/write (their state was never built), and the
+    reverse."""
+    model = _randomized("gated-grey")
+    x = torch.full((2, *model.image_shape), -1)
+    cache = model.incremental(x)
+    cache.begin_row(0)
+    assert cache.fused_step.step(0, 0, torch.randn(2, model.levels), 1.0) is None
+    others = torch.ones_like(x, dtype=torch.bool)
+    others[:, 0, 0, 0] = False
+    assert (x[:, 0, 0, 0] >= 0).all() and (x[others] == -1).all()
+    with pytest.raises(RuntimeError, match="one way per cache"):
+        cache.logits(0, 1)
+    other = model.incremental(torch.zeros_like(x))
+    other.begin_row(0)
+    other.logits(0, 0)
+    with pytest.raises(RuntimeError, match="one way per cache"):
+        other.step(0, 0, torch.randn(2, model.levels), 1.0)
+
+
 GRAPH_MODELS = {   # conditional models, with (gated) and without (the others) a fused step
     "gated-grey-classes": lambda: GatedPixelCNN((1, 4, 5), levels=7, channels=8, layers=2, num_classes=3),
     "gated-vector-cond": MODELS["gated-vector-cond"],
@@ -239,7 +260,7 @@ def test_demo_runs(tmp_path, capsys):
 def test_fast_sampler_with_fused_triton_step_matches_naive(monkeypatch, levels, num_classes):
     monkeypatch.setenv("FASTGEN_BACKEND", "triton")
     torch.manual_seed(1)
-    model = GatedPixelCNN((1, 3, 4), levels=levels, channels=16, layers=2, num_classes=num_classes).eval()
+    model = GatedPixelCNN((1, 3, 4), levels=levels, channels=16, layers=3, num_classes=num_classes).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
