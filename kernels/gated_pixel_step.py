@@ -76,7 +76,7 @@ def gated_pixel_step_kernel(
     row_ok = rows < B
     ch = tl.arange(0, CH)
     ch2 = CH + ch                      # the gate half of a 2CH vector
-    prev_ok = row_ok & (rows * 0 + c > 0)    # column -1 is zero padding: p_in is not read at c = 0
+    prev_ok = rows < B * (c > 0)       # column -1 is zero padding: p_in is not read at c = 0
     cur = tl.zeros((BLOCK_B, CH), dtype=tl.float32)
     for l in range(L):
         prev = load_rows(p_in + l * B * CH, rows, CH, ch, prev_ok)
@@ -146,44 +146,48 @@ def gated_pixel_step(p_in, p_out, v, cond_h, weights, gumbel, x_out, e_row, c, i
 def gated_vertical_row_kernel(
     vin, v_out, cond_ptr, wv_ptr, bv_ptr,
     B, L, r, W,
-    CH: tl.constexpr, BLOCK_W: tl.constexpr, K_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+    CH: tl.constexpr, BLOCK_W: tl.constexpr, K_BLOCK: tl.constexpr, N_BLOCK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     cols = tl.arange(0, BLOCK_W)
     col_ok = cols < W
-    ch = tl.arange(0, CH)
     kk = tl.arange(0, K_BLOCK)
+    nn = tl.arange(0, N_BLOCK)
     row_len = (W + 2) * CH             # one zero-padded row of one image's layer input
     cur_slot = r % 2
     for l in range(L):
         layer = vin + (l * B + b) * 2 * row_len
-        acc_a = tl.zeros((BLOCK_W, CH), dtype=tl.float32)
-        acc_b = tl.zeros((BLOCK_W, CH), dtype=tl.float32)
-        # taps 0..2 read row r - 1, taps 3..5 row r; the type-A first layer has only the former
-        # (its row-r slot still holds row r - 2: it must not be read, not merely weighted by 0)
-        for t in range(6 - 3 * (l == 0)):
-            slot = tl.where(t < 3, 1 - cur_slot, cur_slot)
-            src = layer + slot * row_len + (cols + t % 3)[:, None] * CH   # padded column c + dc + 1
-            w = wv_ptr + (l * 6 + t) * CH * 2 * CH
-            # K in blocks: a [K_BLOCK, CH] weight tile per half keeps the registers in check at CH = 128
-            for k0 in range(0, CH, K_BLOCK):
-                x = tl.load(src + (k0 + kk)[None, :], mask=col_ok[:, None], other=0.0)
-                acc_a = tl.dot(x, load_matrix(w + k0 * 2 * CH, 2 * CH, kk, ch), acc_a, input_precision=PRECISION)
-                acc_b = tl.dot(x, load_matrix(w + k0 * 2 * CH, 2 * CH, kk, CH + ch), acc_b,
-                               input_precision=PRECISION)
-        acc_a += tl.load(bv_ptr + l * 2 * CH + ch)[None, :]
-        acc_b += tl.load(bv_ptr + l * 2 * CH + CH + ch)[None, :]
-        out = v_out + ((l * B + b) * W + cols[:, None]) * 2 * CH
-        tl.store(out + ch[None, :], acc_a, mask=col_ok[:, None])
-        tl.store(out + CH + ch[None, :], acc_b, mask=col_ok[:, None])
-        if l + 1 < L:
-            cond = cond_ptr + (l * B + b) * 2 * CH
-            a = acc_a + tl.load(cond + ch)[None, :]
-            g = acc_b + tl.load(cond + CH + ch)[None, :]
-            gated = (2 * tl.sigmoid(2 * a) - 1) * tl.sigmoid(g)     # tanh(a) * sigmoid(g)
-            nxt = vin + ((l + 1) * B + b) * 2 * row_len + cur_slot * row_len
-            tl.store(nxt + (cols + 1)[:, None] * CH + ch[None, :], gated, mask=col_ok[:, None])
-            tl.debug_barrier()          # the whole row of u_{l+1} is written before any thread reads it shifted
+        # output channels in blocks of N_BLOCK (value half and its gate half together): the two
+        # [BLOCK_W, N_BLOCK] accumulators, not [BLOCK_W, CH], bound the registers at CH = 128
+        for n0 in range(0, CH, N_BLOCK):
+            acc_a = tl.zeros((BLOCK_W, N_BLOCK), dtype=tl.float32)
+            acc_b = tl.zeros((BLOCK_W, N_BLOCK), dtype=tl.float32)
+            # taps 0..2 read row r - 1, taps 3..5 row r; the type-A first layer has only the former
+            # (its row-r slot still holds row r - 2: it must not be read, not merely weighted by 0)
+            for t in range(6 - 3 * (l == 0)):
+                slot = tl.where(t < 3, 1 - cur_slot, cur_slot)
+                src = layer + slot * row_len + (cols + t % 3)[:, None] * CH   # padded column c + dc + 1
+                w = wv_ptr + (l * 6 + t) * CH * 2 * CH + n0
+                for k0 in range(0, CH, K_BLOCK):
+                    x = tl.load(src + (k0 + kk)[None, :], mask=col_ok[:, None], other=0.0)
+                    w_k = w + (k0 + kk)[:, None] * 2 * CH + nn[None, :]
+                    acc_a = tl.dot(x, tl.load(w_k), acc_a, input_precision=PRECISION)
+                    acc_b = tl.dot(x, tl.load(w_k + CH), acc_b, input_precision=PRECISION)
+            ch = n0 + nn
+            acc_a += tl.load(bv_ptr + l * 2 * CH + ch)[None, :]
+            acc_b += tl.load(bv_ptr + l * 2 * CH + CH + ch)[None, :]
+            out = v_out + ((l * B + b) * W + cols[:, None]) * 2 * CH + ch[None, :]
+            tl.store(out, acc_a, mask=col_ok[:, None])
+            tl.store(out + CH, acc_b, mask=col_ok[:, None])
+            if l + 1 < L:
+                cond = cond_ptr + (l * B + b) * 2 * CH + ch
+                a = acc_a + tl.load(cond)[None, :]
+                g = acc_b + tl.load(cond + CH)[None, :]
+                gated = (2 * tl.sigmoid(2 * a) - 1) * tl.sigmoid(g)     # tanh(a) * sigmoid(g)
+                nxt = vin + ((l + 1) * B + b) * 2 * row_len + cur_slot * row_len
+                tl.store(nxt + (cols + 1)[:, None] * CH + ch[None, :], gated, mask=col_ok[:, None])
+        tl.debug_barrier()              # the whole row of u_{l+1} is written before any thread reads it shifted
 
 
 def gated_vertical_row(vin, v_out, cond_v, weights, r, precision="ieee"):
@@ -192,10 +196,15 @@ def gated_vertical_row(vin, v_out, cond_v, weights, r, precision="ieee"):
     wv, bv = weights
     L, B, _, W2, CH = vin.shape
     W = W2 - 2
-    k_block = min(CH, 32)
+    block_w = max(16, triton.next_power_of_2(W))
+    # register budget: two [BLOCK_W, N_BLOCK] accumulators of <= 2048 elements each, and 8 warps
+    # once the row is that wide (BLOCK_W = 32, CH = 128 in one block on 4 warps spills in exact
+    # fp32, and 4 warps with N_BLOCK = 64 spill a little with TF32 on sm_80: fastgen compile-gate)
+    n_block = min(CH, max(16, 2048 // block_w))
+    warps = 8 if block_w * CH >= 4096 else 4
     # Direct launch (kernels/_launch.py) launches twice once per key: harmless, as the kernel
     # only reads vin[l + 1]'s row r after writing it in the same launch (and row r - 1, which
     # it never writes), so a second launch recomputes the same values.
     launch(gated_vertical_row_kernel, (B,), (vin, v_out, cond_v, wv, bv, B, L, r, W),
-           dict(CH=CH, BLOCK_W=max(16, triton.next_power_of_2(W)), K_BLOCK=k_block, PRECISION=precision),
-           v_out, num_warps=4, num_stages=1, unspecialized=("r",))
+           dict(CH=CH, BLOCK_W=block_w, K_BLOCK=min(CH, 32), N_BLOCK=n_block, PRECISION=precision),
+           v_out, num_warps=warps, num_stages=1, unspecialized=("r",))

@@ -204,10 +204,10 @@ class _GatedCache:
       (position (r, c) lives at (r + pad, c + pad)), any model;
     - the fused step (``fused_step.step``, grey models with 3x3 kernels): per pixel one launch
       of ``gated_pixel_step``, which draws straight into the image x (the one this cache was
-      built for and samples: ``incremental(x)``) and embeds the drawn value
-      straight into the vertical stack's input ring; per row one launch of
-      ``gated_vertical_row``.  Nothing else runs per pixel or per row: no copies, clones or
-      allocations (its state is double-buffered and allocated once, at the first step).
+      built for and samples: ``incremental(x)``) and embeds the drawn value straight into the
+      vertical stacks' input ring; per row one launch of ``gated_vertical_row``.  Nothing else
+      runs per pixel or per row: no copies, clones or allocations (the state is ping-ponged
+      and allocated once, at the first step).
 
     ``begin_row(r)`` only marks the row: its shared work (the vertical stacks) runs at the
     row's first call, in the way the cache is driven, so a cache driven by the fused step

@@ -121,11 +121,13 @@ def _row_inputs(L=3, B=3, W=5, CH=16, seed=0):
     return vin, GatedVerticalWeights(wv, r(L, 2 * CH)), r(L, B, 2 * CH)
 
 
-@pytest.mark.parametrize("r", [0, 3])
-def test_vertical_row_triton_matches_reference(r):
-    """Both ring slots; the first layer's slot of row r (which holds row r - 2 while the row is
-    computed) is NaN: never read, not even multiplied by a zero weight."""
-    vin, weights, cond_v = _row_inputs()
+@pytest.mark.parametrize("r, W, CH", [(0, 5, 16), (3, 5, 16), (2, 70, 32)],
+                         ids=["r0-W5-CH16", "r3-W5-CH16", "r2-W70-CH32-two-channel-blocks"])
+def test_vertical_row_triton_matches_reference(r, W, CH):
+    """Both ring slots, and a row wide enough that the kernel takes the output channels in two
+    blocks; the first layer's slot of row r (which holds row r - 2 while the row is computed) is
+    NaN: never read, not even multiplied by a zero weight."""
+    vin, weights, cond_v = _row_inputs(W=W, CH=CH)
     L, B, _, W2, CH = vin.shape
     vin[0, :, r % 2, 1:-1] = float("nan")
     outs = {}
