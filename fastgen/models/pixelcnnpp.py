@@ -28,6 +28,7 @@ from fastgen.models.pixelcnnpp_cache import PixelCNNppCache
 # fastgen.nn.pixelcnnpp, so that existing imports keep working.
 from fastgen.nn.pixelcnnpp import (DownRightShiftedConv, DownRightShiftedDeconv, DownShiftedConv,  # noqa: F401
                                    DownShiftedDeconv, GatedResnet, down_shift, pack_resnet_weights, right_shift)
+from fastgen.ops.pixelcnnpp_mixture import reference as mixture
 
 
 class PixelCNNpp(_PixelModel):
@@ -89,38 +90,16 @@ class PixelCNNpp(_PixelModel):
 
     def _mixture(self, params, xs):
         """Per-channel mixture (log-weights [B, M, C, H, W], means, log-scales) with the RGB
-        channel coefficients applied to the given scaled image xs [B, C, H, W]."""
-        B, _, H, W = params.shape
-        C, M = self.image_shape[0], self.nr_mix
-        logit_w = params[:, :M]
-        rest = params[:, M:].view(B, -1, C, M, H, W)     # means, log-scales (, coefficients)
-        means, log_scales = rest[:, 0], rest[:, 1].clamp(min=-7.0)
-        if C == 3:
-            coeffs = torch.tanh(rest[:, 2])
-            means = torch.stack([
-                means[:, 0],
-                means[:, 1] + coeffs[:, 0] * xs[:, 0, None],
-                means[:, 2] + coeffs[:, 1] * xs[:, 0, None] + coeffs[:, 2] * xs[:, 1, None]], dim=1)
-        log_w = F.log_softmax(logit_w, dim=1)[:, :, None].expand(B, M, C, H, W)
-        return log_w, means.transpose(1, 2), log_scales.transpose(1, 2)     # [B, M, C, H, W] each
+        channel coefficients applied to the given scaled image xs [B, C, H, W]
+        (``fastgen.ops.pixelcnnpp_mixture.reference.mixture_parameters``)."""
+        return mixture.mixture_parameters(params, xs, self.nr_mix)
 
     def _bin_log_probs(self, values, log_w, means, log_scales):
         """log p(level = values) under the discretized mixture; values [..., C, H, W] broadcast
-        against the mixture's [B, M, C, H, W]: returns log-probs without the M axis."""
-        half = 1.0 / (self.levels - 1)
-        centred = self.scale(values) - means
-        inv_s = torch.exp(-log_scales)
-        cdf_plus = torch.sigmoid(inv_s * (centred + half))
-        cdf_minus = torch.sigmoid(inv_s * (centred - half))
-        log_cdf_plus = (inv_s * (centred + half)) - F.softplus(inv_s * (centred + half))   # log sigmoid
-        log_one_minus_cdf_min = -F.softplus(inv_s * (centred - half))
-        mid = inv_s * centred
-        log_pdf_mid = mid - log_scales - 2.0 * F.softplus(mid)
-        log_mass = torch.where(cdf_plus - cdf_minus > 1e-5, torch.log((cdf_plus - cdf_minus).clamp(min=1e-12)),
-                               log_pdf_mid - math.log((self.levels - 1) / 2))
-        log_p = torch.where(values == 0, log_cdf_plus,
-                            torch.where(values == self.levels - 1, log_one_minus_cdf_min, log_mass))
-        return torch.logsumexp(log_w + log_p, dim=-4)
+        against the mixture's [B, M, C, H, W]: returns log-probs without the M axis
+        (``fastgen.ops.pixelcnnpp_mixture.reference.bin_log_probs``, the one copy of the math
+        that the fused sampling draw also runs)."""
+        return mixture.bin_log_probs(values, self.scale(values), log_w, means, log_scales, self.levels)
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """Exact log-probabilities of every level: [B, levels, C, H, W]."""

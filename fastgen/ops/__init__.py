@@ -8,8 +8,9 @@ implementation for ``torch.compile`` and, where it trains, an autograd formula.
 from fastgen.ops.conv import causal_conv1d, masked_conv2d, pixelcnn_mask
 from fastgen.ops.diffusion_step import diffusion_step, score_noise_norms
 from fastgen.ops.gated_pixel_step import gated_pixel_step
+from fastgen.ops.pixelcnnpp_mixture import pixelcnnpp_mixture_draw
 from fastgen.ops.pixelcnnpp_resnet import pixelcnnpp_resnet_at
 from fastgen.ops.wavenet_step import wavenet_step, wavenet_steps
 
 __all__ = ["causal_conv1d", "diffusion_step", "gated_pixel_step", "masked_conv2d", "pixelcnn_mask",
-           "pixelcnnpp_resnet_at", "score_noise_norms", "wavenet_step", "wavenet_steps"]
+           "pixelcnnpp_mixture_draw", "pixelcnnpp_resnet_at", "score_noise_norms", "wavenet_step", "wavenet_steps"]

@@ -1,0 +1,137 @@
+"""PixelCNN++'s discretized mixture of logistics drawn for one pixel in one launch
+(``fastgen.ops.pixelcnnpp_mixture_draw``; the math, with the parameter layout, in
+``fastgen.ops.pixelcnnpp_mixture.reference``; Salimans et al. 2017).
+
+One program per batch row b.  For each colour channel j in turn (a static loop: G's and B's
+means read the channels drawn before them), over chunks of BLOCK_L levels:
+
+    lp[v, k]  = log_w[k] + log P_k(v)                    (a [BLOCK_L, BLOCK_MIX] tile)
+    score[v]  = logsumexp_k lp[v, k] / temperature + gumbel[b, j, v]
+    value     = argmax_v score                           (running over the chunks; first on ties)
+
+then values[b, j] = value, scaled[b, j] = level_values[value] (the drawn channel's x for the next
+channels' means).  Pointers and strides: params [B, P], gumbel [B, C, L], values [B, C] (int64),
+scaled [B, C]; level_values [L] contiguous.  Everything is fp32 in registers; no dots.
+"""
+import triton
+import triton.language as tl
+
+from fastgen.kernels._launch import launch
+
+
+@triton.jit
+def _log1p(z):
+    # log(1 + z) to a few ulps for small z (Goldberg's trick: the rounding of 1 + z cancels);
+    # the interpreter has no libdevice, so the kernel does not call it
+    u = 1.0 + z
+    d = u - 1.0
+    return tl.where(d == 0.0, z, tl.log(u) * (z / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def _softplus(x):
+    # torch's softplus (beta 1, threshold 20): x above 20, log1p(exp(x)) below
+    return tl.where(x > 20.0, x, _log1p(tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)) with the sign of x: accurate near 0 (where
+    # 2 sigmoid(2x) - 1 would lose the relative precision the coupled means need).  expm1 by
+    # Kahan's trick: (e - 1) * y / log(e), exact where e rounds to 1.
+    y = -2.0 * tl.abs(x)
+    e = tl.exp(y)
+    log_e = tl.log(e)
+    em = tl.where(e == 1.0, y, (e - 1.0) * (y / tl.where(log_e == 0.0, 1.0, log_e)))
+    t = -em / (2.0 + em)
+    return tl.where(x < 0.0, -t, t)
+
+
+@triton.jit
+def _param(p_row, spp, index, k, k_ok):
+    return tl.load(p_row + (index + k) * spp, mask=k_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def mixture_draw_kernel(
+    p_ptr, spb, spp,
+    g_ptr, sgb, sgc, sgl,
+    lv_ptr,
+    v_ptr, svb, svc,
+    s_ptr, ssb, ssc,
+    LEVELS, NR_MIX, half, log_half_bins, temperature,
+    C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_MIX: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    p_row = p_ptr + b * spb
+    k = tl.arange(0, BLOCK_MIX)
+    k_ok = k < NR_MIX
+    # log_softmax of the mixture logits, as torch computes it: (x - max) - log(sum exp(x - max))
+    logit = tl.load(p_row + k * spp, mask=k_ok, other=float("-inf")).to(tl.float32)
+    shifted = logit - tl.max(logit, axis=0)
+    log_w = shifted - tl.log(tl.sum(tl.where(k_ok, tl.exp(shifted), 0.0), axis=0))
+    x0 = 0.0    # the drawn R and G, scaled (read by the coupled means)
+    x1 = 0.0
+    for j in tl.static_range(C):
+        mean = _param(p_row, spp, NR_MIX + j * NR_MIX, k, k_ok)
+        if j == 1:
+            mean = mean + _tanh(_param(p_row, spp, NR_MIX + 2 * C * NR_MIX, k, k_ok)) * x0
+        if j == 2:
+            mean = mean + _tanh(_param(p_row, spp, NR_MIX + (2 * C + 1) * NR_MIX, k, k_ok)) * x0
+            mean = mean + _tanh(_param(p_row, spp, NR_MIX + (2 * C + 2) * NR_MIX, k, k_ok)) * x1
+        log_s = tl.maximum(_param(p_row, spp, NR_MIX + (C + j) * NR_MIX, k, k_ok), -7.0)
+        inv_s = tl.exp(-log_s)
+        best = tl.full((), float("-inf"), tl.float32)
+        best_idx = tl.full((), 0, tl.int32)
+        for l0 in range(0, LEVELS, BLOCK_L):
+            lv = l0 + tl.arange(0, BLOCK_L)
+            lv_ok = lv < LEVELS
+            centred = tl.load(lv_ptr + lv, mask=lv_ok, other=0.0).to(tl.float32)[:, None] - mean[None, :]
+            plus = inv_s[None, :] * (centred + half)
+            minus = inv_s[None, :] * (centred - half)
+            # (sigmoid below -80 is < 2e-35, lost next to any mass >= 1e-5 the branch keeps: the
+            # clamp changes nothing but keeps exp(-x) finite)
+            cdf_delta = tl.sigmoid(tl.maximum(plus, -80.0)) - tl.sigmoid(tl.maximum(minus, -80.0))
+            mid = inv_s[None, :] * centred
+            log_pdf_mid = mid - log_s[None, :] - 2.0 * _softplus(mid)
+            log_mass = tl.where(cdf_delta > 1e-5, tl.log(tl.maximum(cdf_delta, 1e-12)), log_pdf_mid - log_half_bins)
+            log_p = tl.where(lv[:, None] == 0, plus - _softplus(plus),
+                             tl.where(lv[:, None] == LEVELS - 1, -_softplus(minus), log_mass))
+            lp = tl.where(k_ok[None, :], log_w[None, :] + log_p, float("-inf"))
+            top = tl.max(lp, axis=1)
+            lse = tl.log(tl.sum(tl.exp(lp - top[:, None]), axis=1)) + top
+            noise = tl.load(g_ptr + b * sgb + j * sgc + lv * sgl, mask=lv_ok, other=0.0)
+            # IEEE division, as torch divides the logits by the temperature (``/`` may approximate)
+            score = tl.where(lv_ok, tl.math.div_rn(lse, temperature) + noise, float("-inf"))
+            chunk_best = tl.max(score, axis=0)
+            chunk_idx = tl.argmax(score, axis=0) + l0
+            take = chunk_best > best       # strictly: an earlier chunk keeps a tie, as torch.argmax
+            best = tl.where(take, chunk_best, best)
+            best_idx = tl.where(take, chunk_idx, best_idx)
+        x = tl.load(lv_ptr + best_idx).to(tl.float32)
+        tl.store(v_ptr + b * svb + j * svc, best_idx.to(tl.int64))
+        tl.store(s_ptr + b * ssb + j * ssc, x.to(s_ptr.dtype.element_ty))
+        if j == 0:
+            x0 = x
+        if j == 1:
+            x1 = x
+
+
+def block_sizes(levels, nr_mix):
+    """(BLOCK_L, BLOCK_MIX): the mixture as a power-of-two tile >= 16, levels in chunks of at most
+    64 (a [64, 16] tile is 8 fp32 values per thread at 4 warps, with ~10 live temporaries)."""
+    block_mix = max(16, triton.next_power_of_2(nr_mix))
+    block_l = max(16, min(64, triton.next_power_of_2(levels), 1024 // block_mix))
+    return block_l, block_mix
+
+
+def mixture_draw(params, gumbel, level_values, values, scaled, nr_mix, half, log_half_bins, temperature):
+    """Launch the draw (shapes in the module docstring; nr_mix <= 64, fp32 params, 32-bit offsets)."""
+    B, C, levels = gumbel.shape
+    block_l, block_mix = block_sizes(levels, nr_mix)
+    # Direct launch (kernels/_launch.py) is safe: the kernel reads params, gumbel and level_values
+    # and overwrites values and scaled, which it does not read.
+    launch(mixture_draw_kernel, (B,),
+           (params, *params.stride(), gumbel, *gumbel.stride(), level_values, values, *values.stride(),
+            scaled, *scaled.stride(), levels, nr_mix, half, log_half_bins, temperature),
+           dict(C=C, BLOCK_L=block_l, BLOCK_MIX=block_mix), values, num_warps=4)
