@@ -78,10 +78,10 @@ def test_fast_and_naive_samplers_draw_identical_images(name, temperature):
 
 
 @pytest.mark.parametrize("name, fused", [("gated-grey", True), ("gated-2ch-classes", False), ("pixelcnn-rgb", False),
-                                         ("pixelcnnpp-rgb", False)])
+                                         ("pixelcnnpp-rgb", True)])
 def test_caches_say_whether_they_have_a_fused_step(name, fused):
     """``PixelCache.fused_step``: the Gated PixelCNN's cache is its own fused step for grey
-    images with 3x3 kernels; every other cache has none."""
+    images with 3x3 kernels, PixelCNN++'s for every image (its mixture draw); PixelCNN's has none."""
     model = _randomized(name)
     cache = model.incremental(torch.zeros(2, *model.image_shape, dtype=torch.long), _cond(model, 2))
     assert (cache.fused_step is cache) if fused else (cache.fused_step is None)
@@ -108,7 +108,7 @@ def test_gated_fused_step_draws_into_the_image_and_keeps_to_one_way_of_driving()
         other.step(0, 0, torch.randn(2, model.levels), 1.0)
 
 
-GRAPH_MODELS = {   # conditional models, with (gated) and without (the others) a fused step
+GRAPH_MODELS = {   # conditional models (class ids, vectors), each sampled through its fused step
     "gated-grey-classes": lambda: GatedPixelCNN((1, 4, 5), levels=7, channels=8, layers=2, num_classes=3),
     "gated-vector-cond": MODELS["gated-vector-cond"],
     "pixelcnnpp-grey-classes": lambda: PixelCNNpp((1, 4, 4), levels=6, channels=8, nr_resnet=1, nr_mix=2,

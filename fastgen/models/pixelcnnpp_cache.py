@@ -4,7 +4,8 @@ for Convolutional Autoregressive Models").  It implements ``fastgen.sampling.Pix
 
 Maps are zero-padded buffers [B, ch, h + 1, w + 2] (``_Map``); each GatedResnet step is one
 ``fastgen.ops.pixelcnnpp_resnet_at`` call (two fused launches on a GPU), the other layers run
-as PyTorch convs on slices of their input maps (``_conv_at``).
+as PyTorch convs on slices of their input maps (``_conv_at``), and the sampler's fused step
+draws a whole pixel from the head's output with one ``fastgen.ops.pixelcnnpp_mixture_draw``.
 """
 from typing import TYPE_CHECKING, Optional
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastgen.nn.pixelcnnpp import DownShiftedDeconv, concat_elu, pack_cond_bias, pack_resnet_weights
-from fastgen.ops import pixelcnnpp_resnet_at
+from fastgen.ops import pixelcnnpp_mixture_draw, pixelcnnpp_resnet_at
 
 if TYPE_CHECKING:   # (the model imports this module)
     from fastgen.models.pixelcnnpp import PixelCNNpp
@@ -74,7 +75,7 @@ class PixelCNNppCache:
       level 0, row r/2 at level 1 when r % 2 == 0, row r/4 at level 2 when r % 4 == 0, encoder and
       decoder, in the network's order.  A deconv's output rows 2i, 2i + 1 read only its input
       row i, so they are computed together with that row.
-    - pixel (r, c), on its first ``logits`` call: the ``ul`` stream (down-right-shifted convs:
+    - pixel (r, c), on its first ``logits`` or ``step`` call: the ``ul`` stream (down-right-shifted convs:
       position (i, j) reads rows < i and (i, j' <= j) of its inputs, and the image only before
       (r, c)) computes position (r, c) at level 0, (r/2, c/2) at level 1 when r and c are even,
       (r/4, c/4) at level 2 when both are divisible by 4 -- a 2x2 stride-2 deconv writes the 2x2
@@ -85,7 +86,23 @@ class PixelCNNppCache:
     of one forward pass instead of H*W*C of them); the schedule depends only on (r, c).  The
     network output at (r, c) never reads pixel (r, c): the colour channels are coupled only by
     the mixture's coefficients, so each ``logits`` call re-evaluates just the mixture with the
-    channels written so far.  Dropout is off (eval mode).
+    channels written so far -- and the fused ``step`` (the sampler's ``FusedPixelStep``) draws
+    all of them in one launch of ``fastgen.ops.pixelcnnpp_mixture_draw``.  Dropout is off (eval
+    mode).
+
+    Launches per pixel, and why the GatedResnet steps are not batched further: within one stream
+    and resolution, GatedResnet k + 1 at a position reads GatedResnet k's output *at that same
+    position* (the (i, j) tap of its conv1's 2x2 / 2x3 window), and its conv2 reads its conv1's
+    output there (and, for a whole ``u`` row, at the neighbouring columns computed by other
+    programs).  So the steps of one stream at one position form a chain of 2 launches per
+    GatedResnet with nothing between them to run alongside; the ``u`` stream already computes a
+    whole row per launch (its positions in a row depend on none of the row's new ones), and the
+    ``ul`` stream at (r, c) reads the image at (r, c - 1), drawn by the previous step, so no two
+    pixels' ``ul`` work can share a launch.  What a launch can absorb is the work after the
+    chain: the mixture draw of every colour channel is one launch instead of ~60 torch ops per
+    channel.  Per pixel, at nr_resnet = n, that leaves 2 (2n + 1) launches for the ``ul`` stream
+    at full resolution (plus 1/4 and 1/16 of that at the lower ones, and the ``u`` rows' share),
+    one draw, and the few torch convs of the first layer and the head.
     """
 
     def __init__(self, model: "PixelCNNpp", x: Tensor, cond: Optional[Tensor], track_writes: bool = False,
@@ -101,6 +118,8 @@ class PixelCNNppCache:
         self.image = _Map(self.batch, C + 1, H, W, x.device, model.dtype)   # scaled pixels, the ones channel
         self.image.data[:, C, 1:, 1:W + 1] = 1.0                  # (zero in the padding, as F.pad gives)
         self.level_values = torch.arange(m.levels, device=x.device).view(-1, 1, 1, 1, 1, 1)
+        self.x = x                                # the image the fused step draws into
+        self.level_scaled = m.scale(torch.arange(m.levels, device=x.device))    # as ``write`` scales
         self.pixel, self.params = None, None      # the pixel whose network output ``params`` [B, P, 1, 1] is
         # The plans: (level, op(i, j0, j1)) in the network's order; op computes row i, columns
         # j0 .. j1 - 1 of its level (a deconv: its input's row i, writing output rows 2i, 2i + 1).
@@ -151,7 +170,11 @@ class PixelCNNppCache:
             terms.append(_conv_at(self.model.ul_init_up, self.image, i - 1, j, j + 1))
         if j > 0:
             terms.append(_conv_at(self.model.ul_init_left, self.image, i, j - 1, j))
-        ul0.store(i, j, sum(terms[1:], terms[0]) if terms else torch.zeros_like(ul0.at(i, j, j + 1)))
+        if len(terms) == 2:     # (the sum written in place: one op per pixel fewer than add, then copy)
+            torch.add(terms[0], terms[1], out=ul0.at(i, j, j + 1))
+            ul0.mark(i, j, j + 1)
+        else:
+            ul0.store(i, j, terms[0] if terms else torch.zeros_like(ul0.at(i, j, j + 1)))
 
     def _resnet(self, res, x, aux, level, plan):
         """Plan GatedResnet ``res`` on map x, with the maps in ``aux`` (concatenated) as its aux
@@ -194,9 +217,26 @@ class PixelCNNppCache:
         return out
 
     @property
-    def fused_step(self) -> None:
-        """No fused per-pixel step (``fastgen.sampling.PixelCache``): the sampler calls ``logits``."""
-        return None
+    def fused_step(self) -> "PixelCNNppCache":
+        """This cache, whose ``step`` draws a whole pixel -- every colour channel -- with one fused
+        mixture draw after the pixel's layer steps (``fastgen.sampling.FusedPixelStep``)."""
+        return self
+
+    def step(self, r: int, c: int, gumbel: Tensor, temperature: float) -> None:
+        """Draw pixel (r, c) of every image: its ``ul`` positions and head (``_network_at``), then
+        R, G given R and B given R and G in one ``fastgen.ops.pixelcnnpp_mixture_draw`` -- what
+        ``logits`` and ``write`` per channel group give the sampler, in one launch instead of ~60
+        torch ops per channel.  The draw writes the values straight into x[:, :, r, c] of the
+        image this cache samples (``incremental(x)``) and their scaled form into the image map
+        (as ``write`` would): no copy per pixel.  gumbel: [B, C, levels] ([B, levels] for grey
+        images)."""
+        C = self.model.image_shape[0]
+        if self.pixel != (r, c):
+            self._network_at(r, c)
+        if gumbel.dim() == 2:
+            gumbel = gumbel[:, None]
+        pixelcnnpp_mixture_draw(self.params[:, :, 0, 0], gumbel, self.level_scaled, self.x[:, :, r, c],
+                                self.image.data[:, :C, r + 1, c + 1], temperature)
 
     def begin_row(self, r: int) -> None:
         W = self.model.image_shape[2]
