@@ -119,7 +119,7 @@ def _step(prev, local, t, g_ptr, sgb, sga,
     return best_idx
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])    # a new step every launch: one compile, not one per t class
 def wavenet_step_kernel(
     prev_ptr, code_out, embed_ptr, queue_ptr, qoff_ptr,
     wtap_ptr, bconv_ptr, gterm_ptr, wlc_ptr, local_ptr,
@@ -144,7 +144,7 @@ def wavenet_step_kernel(
     tl.store(code_out + rows, code.to(tl.int64), mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t0"])
 def wavenet_steps_kernel(
     prev_ptr, code_out, embed_ptr, queue_ptr, qoff_ptr,
     wtap_ptr, bconv_ptr, gterm_ptr, wlc_ptr, local_ptr,
