@@ -7,6 +7,7 @@ Maps are zero-padded buffers [B, ch, h + 1, w + 2] (``_Map``); each GatedResnet 
 as PyTorch convs on slices of their input maps (``_conv_at``), and the sampler's fused step
 draws a whole pixel from the head's output with one ``fastgen.ops.pixelcnnpp_mixture_draw``.
 """
+import math
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -25,11 +26,24 @@ class _Map:
     top and one column on each side -- the zero padding of every shifted conv of the model -- so
     that a conv at any output position reads a plain slice.  Position (i, j) lives at
     ``data[:, :, i + 1, j + 1]``; ``writes`` ([h, w] counts, None unless a test asks) records
-    how often each position was computed."""
+    how often each position was computed.  ``data`` is set by ``allocate``."""
 
-    def __init__(self, batch, channels, h, w, device, dtype=torch.float32):
-        self.data = torch.zeros(batch, channels, h + 1, w + 2, device=device, dtype=dtype)
+    def __init__(self, batch, channels, h, w):
+        self.shape = (batch, channels, h + 1, w + 2)
+        self.data = None
         self.writes = None
+
+    @staticmethod
+    def allocate(maps, device, dtype):
+        """Give every map its zeroed ``data``: views of one buffer -- one allocation per cache
+        instead of one per layer (each a launch or an allocator call on a GPU).  Every map starts
+        at a multiple of 16 elements, so the kernels see 16-byte aligned pointers."""
+        sizes = [-(-math.prod(m.shape) // 16) * 16 for m in maps]
+        buffer = torch.zeros(sum(sizes), device=device, dtype=dtype)
+        start = 0
+        for m, size in zip(maps, sizes):
+            m.data = buffer[start:start + math.prod(m.shape)].view(m.shape)
+            start += size
 
     def at(self, i, j0, j1):
         """Row i, columns j0 .. j1 - 1: [B, ch, 1, j1 - j0]."""
@@ -115,8 +129,7 @@ class PixelCNNppCache:
         C, H, W = m.image_shape
         self.cond = m.embed_cond(cond, self.batch, check)
         self.maps = []
-        self.image = _Map(self.batch, C + 1, H, W, x.device, model.dtype)   # scaled pixels, the ones channel
-        self.image.data[:, C, 1:, 1:W + 1] = 1.0                  # (zero in the padding, as F.pad gives)
+        self.image = _Map(self.batch, C + 1, H, W)                # scaled pixels, the ones channel
         self.level_values = torch.arange(m.levels, device=x.device).view(-1, 1, 1, 1, 1, 1)
         self.x = x                                # the image the fused step draws into
         self.level_scaled = m.scale(torch.arange(m.levels, device=x.device))    # as ``write`` scales
@@ -146,11 +159,13 @@ class PixelCNNppCache:
                 u = self._up(m.u_up[step], u, level, self.u_plan)
                 ul = self._up(m.ul_up[step], ul, level, self.ul_plan)
         self.last_ul = ul
+        _Map.allocate([self.image, *self.maps], x.device, model.dtype)
+        self.image.data[:, C, 1:, 1:W + 1] = 1.0                  # (zero in the padding, as F.pad gives)
 
     def _new(self, level, channels=None):
         _, H, W = self.model.image_shape
         channels = channels or self.model.u_init.out_channels
-        new = _Map(self.batch, channels, H >> level, W >> level, self.device, self.model.dtype)
+        new = _Map(self.batch, channels, H >> level, W >> level)
         if self.track_writes:
             new.writes = torch.zeros(H >> level, W >> level, dtype=torch.long)
         self.maps.append(new)
@@ -184,9 +199,9 @@ class PixelCNNppCache:
         cond_bias = pack_cond_bias(res, self.cond)
         weights = pack_resnet_weights(res)
         left = res.conv1.pads[0]
-        aux_data = [m.data for m in aux]
 
         def op(i, j0, j1):
+            aux_data = [m.data for m in aux]
             pixelcnnpp_resnet_at(x.data, aux_data, mid.data, out.data, weights, cond_bias, i, j0, j1, left)
             mid.mark(i, j0, j1)
             out.mark(i, j0, j1)
