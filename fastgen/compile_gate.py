@@ -267,9 +267,10 @@ def pixelcnnpp_configurations(quick=False):
 
 def pixelcnnpp_mixture_configurations(quick=False):
     """PixelCNN++'s mixture draw (one pixel's colour channels in one launch): the paper's CIFAR
-    head (RGB, 256 levels, 10 logistics) and grey images, writing into the image's pixel."""
+    head (RGB, 256 levels, 10 logistics) and grey images, writing into the image's pixel, and the
+    widest mixture tile the op sends to the kernel (64 logistics)."""
     from fastgen.kernels.pixelcnnpp_mixture import mixture_draw
-    sizes = [(3, 256, 10, 16), (1, 256, 10, 16), (1, 256, 5, 64)] if not quick else [(3, 16, 2, 2)]
+    sizes = [(3, 256, 10, 16), (1, 256, 10, 16), (1, 256, 5, 64), (3, 256, 64, 16)] if not quick else [(3, 16, 2, 2)]
     cases = []
     for C, levels, nr_mix, B in sizes:
         def draw(C=C, levels=levels, nr_mix=nr_mix, B=B):
