@@ -72,3 +72,31 @@ def test_module_constructor_errors():
         layer(v, h, torch.randn(1, 5))
     with pytest.raises(ValueError, match="cond must be given"):
         fnn.GatedMaskedConv2d(4)(v, h, torch.randn(1, 3))
+
+
+# ------------------------------------------------- samplers outside diffusion (issue 16, point 4)
+def test_completion_accepts_integer_valued_float_known_and_refuses_fractions():
+    from fastgen.models import GatedPixelCNN
+    from fastgen.sampling import sample
+    torch.manual_seed(0)
+    model = GatedPixelCNN((1, 4, 4), levels=5, channels=8, layers=2).eval()
+    known = torch.randint(5, (2, 1, 4, 4))
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[:, :, :2] = True
+    as_long = sample(model, 2, known=known, known_mask=mask, generator=torch.Generator().manual_seed(1))
+    as_float = sample(model, 2, known=known.float(), known_mask=mask, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(as_long, as_float) and torch.equal(as_float[mask], known[mask])
+    with pytest.raises(ValueError, match="known must hold integer pixel values"):
+        sample(model, 2, known=known.float() + 0.5, known_mask=mask)
+    with pytest.raises(TypeError, match="known must be an integer tensor"):
+        sample(model, 2, known=known.bool(), known_mask=mask)
+
+
+def test_wavenet_refuses_an_empty_batch_and_audio_outside_the_unit_range():
+    from fastgen.models import WaveNet
+    model = WaveNet(layers=2, cycle=2, residual_channels=8, skip_channels=8, quantization=16)
+    with pytest.raises(ValueError, match="batch must be a positive int, got 0"):
+        model.generate(10, batch=0)
+    with pytest.raises(ValueError, match=r"audio must have values in \[-1, 1\].*int16"):
+        model.loss(torch.tensor([[0.0, 1200.0, -32768.0]]))
+    assert torch.isfinite(model.loss(torch.rand(2, 16) * 2 - 1))

@@ -172,6 +172,10 @@ class WaveNet(nn.Module):
         """NLL of the mu-law codes of ``audio`` ([B, T] in [-1, 1]) in bits per sample."""
         if not torch.is_tensor(audio) or not audio.is_floating_point() or audio.dim() != 2:
             raise ValueError("audio must be a float tensor [B, T] with values in [-1, 1]")
+        low, high = audio.aminmax()      # one sync per loss call; clipping silently would train on garbage
+        if low < -1 or high > 1:
+            raise ValueError(f"audio must have values in [-1, 1] (mu-law input), got values in [{float(low):g}, "
+                             f"{float(high):g}]; divide raw int16 samples by 32768")
         codes = mu_law_encode(audio, self.quantization)
         return F.cross_entropy(self(codes, local, global_cond), codes) / math.log(2)
 

@@ -139,7 +139,9 @@ class _Noise:
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check(n_samples, temperature, method, chunk=1, persistent=None, dtype=None):
+def _check(n_samples, temperature, method, chunk=1, persistent=None, dtype=None, batch=1):
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
     if method not in ("fast", "naive"):
         raise ValueError(f"method must be 'fast' or 'naive', got {method!r}")
     if persistent not in (None, True, False):
@@ -370,7 +372,7 @@ def generate(model: AudioModel, n_samples: int, batch: int = 1, local: Optional[
     ``dtype`` (fast method, fused step): torch.float16 or torch.bfloat16 store the weight
     matrices and queues in 16 bits (fp32 accumulation, gating and draw); the codes then differ
     from fp32 where a rounding changes a draw (see ``forced_draws``)."""
-    _check(n_samples, temperature, method, persistent=persistent, dtype=dtype)
+    _check(n_samples, temperature, method, persistent=persistent, dtype=dtype, batch=batch)
     model.check_cond(local, global_cond, batch, n_samples)
     gen = _Generator(model, batch, global_cond, method, generator, temperature, persistent, dtype)
     if local is not None:
@@ -398,7 +400,7 @@ def stream(model: AudioModel, n_samples: int, batch: int = 1, local_chunks: Opti
     """Yield codes [batch, <= chunk] as they are produced; local conditioning may arrive in
     pieces (``local_chunks``: an iterable of [batch, local_channels, frames]).  ``persistent``
     and ``dtype`` as in ``generate``; the chunks concatenate to ``generate``'s codes."""
-    _check(n_samples, temperature, method, chunk, persistent, dtype)
+    _check(n_samples, temperature, method, chunk, persistent, dtype, batch)
     if bool(model.local_channels) != (local_chunks is not None):
         raise ValueError("local_chunks must be given exactly when the model has local_channels")
     model.check_global(global_cond, batch)

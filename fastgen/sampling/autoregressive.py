@@ -136,6 +136,13 @@ def _check(model, n, known, known_mask, temperature, method):
     if (known is None) != (known_mask is None):
         raise ValueError("known and known_mask must be given together")
     if known is not None:
+        if not torch.is_tensor(known) or not torch.is_tensor(known_mask):
+            raise TypeError("known and known_mask must be tensors")
+        if known.is_floating_point() and bool((known[known_mask] != known[known_mask].round()).any()):
+            raise ValueError("known must hold integer pixel values (an integer dtype, or integer-valued floats)")
+        if not (known.is_floating_point() or known.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                              torch.int64)):
+            raise TypeError(f"known must be an integer tensor of pixel values, got dtype {known.dtype}")
         if tuple(known.shape) != shape:
             raise ValueError(f"known must have shape {shape} ([n, C, H, W]), got {tuple(known.shape)}")
         if tuple(known_mask.shape) != shape or known_mask.dtype != torch.bool:
@@ -231,7 +238,7 @@ def sample(model: ImageModel, n: int, cond: Optional[Tensor] = None, method: str
         return _graphed_sample(model, n, cond, temperature, noise, device)
     x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
     if known is not None:
-        known, known_mask = known.to(device), known_mask.to(device)
+        known, known_mask = known.to(device, torch.long), known_mask.to(device)   # integer-valued floats too
     cache = model.incremental(x, cond) if method == "fast" else None
     return _loop(model, cache, x, noise, temperature, cond, known, known_mask, progress)
 
