@@ -148,8 +148,9 @@ def define_autograd(op: OpDefinition, *, forward: Callable, backward: Callable, 
     forward(*args) -> (output, saved): the kernel path, also returning the tensors backward
         needs (e.g. packed weights, a relaid-out input) so eager backward recomputes nothing;
     backward(grad, saved, args, needs) -> grads of the first ``tensor_inputs`` arguments
-        (None where ``needs`` is False);
-    backward_op(grad, *args) -> [grads]: the same as a typed function, registered as
+        (None where ``needs`` is False); ``grad`` is a tuple when the op returns several tensors;
+    backward_op(grad, *args) -> [grads]: the same as a typed function (one grad argument per
+        output, each possibly None for an output that was not used), registered as
         ``torch.ops.fastgen.<name>_backward`` (what torch.compile traces; it saves only the inputs
         and recomputes ``saved`` from them), with ``backward_fake`` its fake.
     Non-tensor arguments get no gradient."""
@@ -166,7 +167,8 @@ def define_autograd(op: OpDefinition, *, forward: Callable, backward: Callable, 
             return output
 
         @staticmethod
-        def backward(ctx, grad):
+        def backward(ctx, *grad):
+            grad = grad if len(grad) > 1 else grad[0]
             grads = backward(grad, ctx.saved_tensors, ctx.args, ctx.needs_input_grad[:tensor_inputs])
             return (*grads, *([None] * (len(ctx.args) - tensor_inputs)))
 
@@ -177,8 +179,8 @@ def define_autograd(op: OpDefinition, *, forward: Callable, backward: Callable, 
         ctx.args = inputs[tensor_inputs:]
         ctx.has_input = [t is not None for t in inputs[:tensor_inputs]]
 
-    def registered_backward(ctx, grad):
-        grads = backward_call(grad, *ctx.saved_tensors, *ctx.args)
+    def registered_backward(ctx, *grad):
+        grads = backward_call(*grad, *ctx.saved_tensors, *ctx.args)
         grads = [g if has else None for g, has in zip(grads, ctx.has_input)]
         return (*grads, *([None] * len(ctx.args)))
 
