@@ -337,6 +337,42 @@ def diffusion_configurations(quick=False):
     return cases
 
 
+def flow_coupling_configurations(quick=False):
+    """The coupling transform, forward and backward, at Glow's shapes (B64: C48 32x32 and C96
+    16x16, the coupled half being half the channels, a channel slice of the step's input) and
+    RealNVP's checkerboard (B64, C3, 32x32): every scale and direction in fp32, the Glow scale in
+    bf16 and fp16."""
+    from fastgen.kernels.flow_coupling import BLOCK, coupling_backward, coupling_forward
+    sizes = [(64, 48, 32, 32), (64, 96, 16, 16)] if not quick else [(2, 4, 4, 4)]
+    cases = []
+
+    def both(B, C, H, W, scale, checker, inverse, dtype):
+        half, n = C // 2, (C // 2) * H * W
+        x = _t(B, C * H * W, dtype=dtype)[:, n:]            # the second half of the step's input
+        h = _t(B, (n if scale == "additive" else 2 * n), dtype=dtype)
+        y, grad = _t(B, n, dtype=dtype), _t(B, n, dtype=dtype)
+        coupling_forward(x, h, y, _t(B, -(-n // BLOCK)), scale, checker, inverse, H * W, W)
+        coupling_backward(x, h, grad, _t(B), _t(B, n, dtype=dtype), _t(*h.shape, dtype=dtype), scale, checker,
+                          inverse, H * W, W)
+
+    for B, C, H, W in sizes:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for scale in ("sigmoid", "exp_tanh", "additive"):
+                if dtype != torch.float32 and scale != "sigmoid":
+                    continue
+                for inverse in (False, True):
+                    cases.append((f"coupling {scale}{' inverse' if inverse else ''} B{B} C{C} {H}x{W} {_NAMES[dtype]}",
+                                  lambda a=(B, C, H, W, scale, -1, inverse, dtype): both(*a)))
+        if quick:
+            break
+    if not quick:
+        for scale in ("exp_tanh", "additive"):
+            for parity in (0, 1):
+                cases.append((f"coupling {scale} checkerboard {parity} B64 C6 32x32 fp32",
+                              lambda a=(64, 6, 32, 32, scale, parity, False, torch.float32): both(*a)))
+    return cases
+
+
 FAMILIES = {
     "conv": conv_configurations,
     "gated_pixel_step": gated_pixel_configurations,
@@ -344,6 +380,7 @@ FAMILIES = {
     "pixelcnnpp_resnet": pixelcnnpp_configurations,
     "pixelcnnpp_mixture": pixelcnnpp_mixture_configurations,
     "diffusion_step": diffusion_configurations,
+    "flow_coupling": flow_coupling_configurations,
 }
 
 

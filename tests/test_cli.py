@@ -48,3 +48,13 @@ def test_bench_wavenet_quick(tmp_path):
                                            "eager_queue", "naive"} for r in timed)
     assert [r["case"].split("_")[-4] for r in agreement] == ["float16", "bfloat16"]
     assert all(0.9 <= r["identical_to_fp32"] <= 1 and r["draws"] == 256 for r in agreement)
+
+
+def test_bench_flows_quick(tmp_path):
+    """The coupling cases run, agree with the eager math (check_coupling_case), and compare."""
+    path = tmp_path / "flows.json"
+    assert cli.main(["bench", "flows", "--quick", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert [r["case"] for r in rows] == ["affine_coupling_glow_B2_C8_8x8_float32_fwdbwd",
+                                         "affine_coupling_glow_B2_C8_8x8_bfloat16_fwdbwd"]
+    assert all(r["ms"]["fastgen"] > 0 and r["ms"]["eager"] > 0 and r["best_alternative"] for r in rows)
