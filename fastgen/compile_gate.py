@@ -340,14 +340,14 @@ def diffusion_configurations(quick=False):
 def flow_coupling_configurations(quick=False):
     """The coupling transform, forward and backward, at Glow's shapes (B64: C48 32x32 and C96
     16x16, the coupled half being half the channels, a channel slice of the step's input) and
-    RealNVP's checkerboard (B64, C3, 32x32): every scale and direction in fp32, the Glow scale in
+    RealNVP's checkerboard (B64, C6 = an x_b of 3 channels, 32x32): every scale and direction in fp32, the Glow scale in
     bf16 and fp16."""
     from fastgen.kernels.flow_coupling import BLOCK, coupling_backward, coupling_forward
     sizes = [(64, 48, 32, 32), (64, 96, 16, 16)] if not quick else [(2, 4, 4, 4)]
     cases = []
 
     def both(B, C, H, W, scale, checker, inverse, dtype):
-        half, n = C // 2, (C // 2) * H * W
+        n = (C // 2) * H * W
         x = _t(B, C * H * W, dtype=dtype)[:, n:]            # the second half of the step's input
         h = _t(B, (n if scale == "additive" else 2 * n), dtype=dtype)
         y, grad = _t(B, n, dtype=dtype), _t(B, n, dtype=dtype)
