@@ -40,6 +40,25 @@ def test_progress_is_called_once_per_step_with_the_current_x():
     assert not torch.equal(seen[0][1], seen[-1][1])
 
 
+@pytest.mark.parametrize("sampler", diffusion.SAMPLERS)
+def test_loop_buffers_give_the_samples_of_fresh_outputs(sampler):
+    """The loops write every step into two buffers they alternate; with ``progress`` they
+    allocate each step instead, so the callback may keep x without cloning it.  The same
+    samples either way; the kept x's are left as they were; each run returns its own tensor."""
+    den = (lambda x: -x) if sampler == "sgld" else (lambda x, t: 0.1 * x + 1e-3 * t.view(-1, 1, 1, 1))
+    kw = dict(corrector_steps=2) if sampler in ("pc_ve", "pc_vp") else {}
+    run = lambda **more: diffusion.sample(den, (2, 1, 4, 4), sampler, 3, backend="triton", device="cpu",
+                                          generator=torch.Generator().manual_seed(2), **kw, **more)
+    kept, copies = [], []
+    fresh = run(progress=lambda i, x: (kept.append(x), copies.append(x.clone())))
+    first, second = run(), run()
+    torch.testing.assert_close(first, fresh, rtol=0, atol=0)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    assert first.data_ptr() != second.data_ptr()
+    for x, copy in zip(kept, copies):
+        torch.testing.assert_close(x, copy, rtol=0, atol=0)
+
+
 def test_fused_step_under_autograd_refuses_backward_instead_of_dropping_the_gradient():
     """Eager calls skip the custom-op dispatcher only when autograd is not recording for an
     input; otherwise the registered op runs and backward says it has no formula."""

@@ -250,6 +250,112 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastgen.score_noise_norms.default, (torch.cat([out, out]), None, 2.0, 5, 0))
 
 
+# --- into=: the step written into the caller's buffers -------------------------------------
+
+INTO_CASES = [
+    ("ddpm-noise", dict(coefficients=(0.6, 0.8, 0.5, 0.2, 0.7, 0.3), noise=True)),
+    ("ddim-clip-guided", dict(coefficients=(0.6, 0.8, 0.5, 0.2, 0.7, 0.0), clip=True, guidance=1.5)),
+    ("threshold-v", dict(coefficients=(0.6, 0.8, 0.5, 0.2, 0.7, 0.0), threshold=0.9, prediction="v")),
+    ("dpmpp-keep-aux", dict(coefficients=(0.6, 0.8, 0.5, 0.2, 0.7, 0.0, 0.4), aux=True, keep=(1.0, 0.0))),
+    ("heun-keep", dict(coefficients=(1.0, 2.0, 0.3, 0.0, 0.7, 0.0), prediction="x0", keep=(0.5, 0.5))),
+    ("per-sample-philox", dict(coefficients="rows", seed=True)),
+    ("learned-variance", dict(coefficients=(0.6, 0.8, 0.5, 0.2, 0.7, 0.1), noise=True, learned=True)),
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("case", [c for _, c in INTO_CASES], ids=[name for name, _ in INTO_CASES])
+def test_into_buffers_equal_the_allocating_step(case, backend):
+    """The same numbers as the allocating step, written into (and returned as) the given buffers."""
+    if backend == "reference" and case.get("seed"):
+        pytest.skip("Philox noise is Triton-only")
+    g = torch.Generator().manual_seed(11)
+    x = _randn(g, *SHAPE)
+    batch = 2 * SHAPE[0] if case.get("guidance") is not None else SHAPE[0]
+    channels = 2 * SHAPE[1] if case.get("learned") else SHAPE[1]
+    out = _randn(g, batch, channels, *SHAPE[2:])
+    kw = dict(prediction=case.get("prediction", "eps"), clip=case.get("clip", False), guidance=case.get("guidance"),
+              threshold=case.get("threshold"), keep=case.get("keep"), backend=backend)
+    if case.get("noise"):
+        kw["noise"] = _randn(g, *SHAPE)
+    if case.get("seed"):
+        kw.update(seed=3, offset=17)
+    if case.get("aux"):
+        kw["aux"] = _randn(g, *SHAPE)
+    if case.get("learned"):
+        kw["learned_variance"] = (-3.0, -1.0)
+    coefficients = torch.rand(SHAPE[0], 7, generator=g) + 0.5 if case["coefficients"] == "rows" \
+        else case["coefficients"]
+    expected = diffusion_step(x, out, coefficients, **kw)
+    buffers = [torch.full_like(x, float("nan")) for _ in range(2)]
+    into = KeptStep(*buffers) if kw["keep"] is not None else buffers[0]
+    got = diffusion_step(x, out, coefficients, into=into, **kw)
+    if kw["keep"] is not None:
+        assert isinstance(got, KeptStep) and got.x_next is buffers[0] and got.kept is buffers[1]
+        torch.testing.assert_close(got.x_next, expected.x_next, rtol=0, atol=0)
+        torch.testing.assert_close(got.kept, expected.kept, rtol=0, atol=0)
+    else:
+        assert got is buffers[0]
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_into_refuses_bad_buffers_naming_them(backend):
+    g = torch.Generator().manual_seed(12)
+    x, out, aux, z = (_randn(g, *SHAPE) for _ in range(4))
+    step = lambda **kw: diffusion_step(x, out, (0.6, 0.8, 0.5, 0.2, 0.7, 0.3, 0.4), aux=aux, noise=z,
+                                       backend=backend, **kw)
+    fresh = lambda: torch.empty_like(x)
+    cases = [
+        (TypeError, "into must be a torch.Tensor", dict(into=[1.0])),
+        (ValueError, r"into must be a torch.float32 tensor of x's shape \(3, 2, 5, 7\) on cpu, got torch.float32 "
+                     r"\(3, 2, 5, 6\)", dict(into=torch.empty(3, 2, 5, 6))),
+        (ValueError, r"into must be a torch.float32 tensor .* got torch.float16", dict(into=fresh().half())),
+        (ValueError, r"into must be a torch.float32 tensor .* on meta", dict(into=torch.empty(SHAPE, device="meta"))),
+        (ValueError, "into must be contiguous", dict(into=torch.empty(7, 5, 2, 3).permute(3, 2, 1, 0))),
+        (ValueError, "into shares memory with x, which the step reads", dict(into=x)),
+        (ValueError, "into shares memory with out", dict(into=out)),
+        (ValueError, "into shares memory with aux", dict(into=aux)),
+        (ValueError, "into shares memory with noise", dict(into=z)),
+        (TypeError, r"into is a pair of buffers but the step keeps nothing", dict(into=KeptStep(fresh(), fresh()))),
+        (TypeError, r"with keep=, into must be a KeptStep\(x_next, kept\)", dict(keep=(1.0, 0.0), into=fresh())),
+        (ValueError, "into.kept shares memory with x", dict(keep=(1.0, 0.0), into=KeptStep(fresh(), x))),
+        (ValueError, "into.x_next and into.kept share memory", dict(keep=(1.0, 0.0), into=KeptStep(*[fresh()] * 2))),
+    ]
+    for error, message, kw in cases:
+        with pytest.raises(error, match=message):
+            step(**kw)
+    # part of a larger tensor that overlaps x is refused; a disjoint part of the same storage is not
+    storage = torch.randn(2 * x.numel())
+    x_view = storage[:x.numel()].view(SHAPE)
+    with pytest.raises(ValueError, match="into shares memory with x"):
+        diffusion_step(x_view, out, (0.6, 0.8, 0.5, 0.2, 0.7, 0.0), backend=backend,
+                       into=storage[x.numel() - 1:-1].view(SHAPE))
+    y = diffusion_step(x_view, out, (0.6, 0.8, 0.5, 0.2, 0.7, 0.0), backend=backend,
+                       into=storage[x.numel():].view(SHAPE))
+    torch.testing.assert_close(y, diffusion_step(x_view, out, (0.6, 0.8, 0.5, 0.2, 0.7, 0.0), backend=backend))
+
+
+def test_into_opcheck_and_compile():
+    """The buffer-writing op as torch.compile sees it: declared mutations, fake, and a compiled
+    call equal to the eager one."""
+    g = torch.Generator().manual_seed(13)
+    x, out, aux = (_randn(g, 2, 3, 4) for _ in range(3))
+    torch.library.opcheck(torch.ops.fastgen.diffusion_step_into.default,
+                          (x, out, aux, [1.0, 1.0, 0.5, 0.1, 0.5, 0.3, 1.0], None, aux, [1.0, 0.5], "score", False,
+                           None, 0, 0, None, None, torch.empty_like(x), torch.empty_like(x)))
+    torch.library.opcheck(torch.ops.fastgen.diffusion_step_into.default,
+                          (x, out, None, [0.6, 0.8, 0.5, 0.1, 0.5, 0.0, 0.0], None, None, None, "eps", True, None, 0,
+                           0, None, None, torch.empty_like(x), None))
+
+    def step(x, out, y):
+        return diffusion_step(x, out, (0.6, 0.8, 0.5, 0.1, 0.5, 0.0), backend="triton", into=y) * 1
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    y = torch.empty_like(x)
+    torch.testing.assert_close(compiled(x, out, y), step(x, out, torch.empty_like(x)), rtol=0, atol=0)
+    torch.testing.assert_close(y, step(x, out, torch.empty_like(x)), rtol=0, atol=0)
+
+
 # --- whole loops --------------------------------------------------------------------------------
 
 def _gaussian_denoiser(sampler, abar):

@@ -9,7 +9,11 @@ per-sample reduction the predictor-corrector's Langevin step size needs (referen
 ``reference.score_noise_norms``).
 
 Both are declared with ``fastgen.ops._define.define_op`` as ``torch.ops.fastgen.diffusion_step``
-/ ``score_noise_norms`` (what torch.compile sees; eager calls skip the dispatcher).  TF32: the
+/ ``score_noise_norms`` (what torch.compile sees; eager calls skip the dispatcher).
+``diffusion_step(..., into=)`` writes the step into buffers the caller owns instead of
+allocating them: ``torch.ops.fastgen.diffusion_step_into``, which declares the writes in
+``mutates_args`` -- what lets a sampling loop ping-pong two buffers and do no per-step work
+but the one launch.  TF32: the
 kernels are elementwise math and one reduction -- no ``tl.dot``, so no TF32 flag changes what
 they compute.  They are declared ``tf32="matmul"`` because that flag's default (off, exact
 fp32) is what the eager PyTorch update they replace computes, should a dot ever be added.
@@ -50,6 +54,58 @@ def _check_like(name: str, tensor: Optional[Tensor], x: Tensor) -> None:
                          f"got {tuple(tensor.shape)} {tensor.device}")
 
 
+def _overlaps(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` may share an element: the same storage and overlapping byte spans
+    (conservative for strided views that interleave without touching)."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    if a.untyped_storage()._cdata != b.untyped_storage()._cdata:
+        return False
+
+    def span(t: Tensor) -> Tuple[int, int]:
+        start = t.storage_offset() * t.element_size()
+        extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+        return start, start + extent * t.element_size()
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _check_into(into, keep, x: Tensor,
+                reads: Sequence[Tuple[str, Optional[Tensor]]]) -> Tuple[Tensor, Optional[Tensor]]:
+    """The caller's output buffers -> (y, kept or None), checked: like x (shape, dtype,
+    device), contiguous (the kernel writes element i of the contiguous layout), and sharing no
+    memory with any tensor the step reads (``reads``) or with each other.  Why no aliasing, not
+    even into=x, although the update is elementwise (each element read, then written, by the
+    same program): the registered op declares only its buffers as mutated, so torch.compile
+    may assume the inputs unchanged -- a sampler ping-pongs two buffers instead."""
+    if keep is not None:
+        if not isinstance(into, tuple) or len(into) != 2:
+            raise TypeError(f"with keep=, into must be a KeptStep(x_next, kept) of two buffers like x, "
+                            f"got {type(into).__name__}")
+        buffers = (("into.x_next", into[0]), ("into.kept", into[1]))
+    else:
+        if isinstance(into, tuple):
+            raise TypeError("into is a pair of buffers but the step keeps nothing (keep=None): pass one tensor like x")
+        buffers = (("into", into),)
+    for name, buffer in buffers:
+        _check_tensor(name, buffer)
+        if tuple(buffer.shape) != tuple(x.shape) or buffer.dtype != x.dtype or buffer.device != x.device:
+            raise ValueError(f"{name} must be a {x.dtype} tensor of x's shape {tuple(x.shape)} on {x.device}, got "
+                             f"{buffer.dtype} {tuple(buffer.shape)} on {buffer.device}")
+        if not buffer.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (the step writes it in x's contiguous layout), got strides "
+                             f"{tuple(buffer.stride())}")
+        if torch.compiler.is_compiling():         # fake tensors: torch.compile tracks the aliasing itself
+            continue
+        for read_name, read in reads:
+            if read is not None and _overlaps(buffer, read):
+                raise ValueError(f"{name} shares memory with {read_name}, which the step reads: pass a separate "
+                                 f"buffer (a loop alternates two buffers, reading one and writing the other)")
+    if keep is not None and not torch.compiler.is_compiling() and _overlaps(*into):
+        raise ValueError("into.x_next and into.kept share memory: pass two separate buffers")
+    return buffers[0][1], (buffers[1][1] if keep is not None else None)
+
+
 def _check_per_sample(coefficients: Tensor, x: Tensor) -> None:
     # float64 rows only for float64 x, whose steps run on the reference in float64
     dtypes = (torch.float32, torch.float64) if x.dtype == torch.float64 else (torch.float32,)
@@ -65,7 +121,8 @@ def diffusion_step(x: Tensor, out: Tensor, coefficients: Union[StepCoefficients,
                    noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
                    learned_variance: Optional[Sequence[float]] = None, threshold: Optional[float] = None,
                    backend: Optional[str] = None, aux: Optional[Tensor] = None,
-                   keep: Optional[Sequence[float]] = None) -> Union[Tensor, KeptStep]:
+                   keep: Optional[Sequence[float]] = None,
+                   into: Optional[Union[Tensor, KeptStep]] = None) -> Union[Tensor, KeptStep]:
     """x_next = c_x0 x0 + c_eps eps + c_x x + c_aux aux + sigma z for x [B, ...] and denoiser
     output ``out`` [B, ...] ([2B, ...] = [cond; uncond] when ``guidance`` is a number w:
     (1 + w) cond - w uncond).  z: ``noise`` (a tensor like x), or, on the Triton backend,
@@ -83,6 +140,10 @@ def diffusion_step(x: Tensor, out: Tensor, coefficients: Union[StepCoefficients,
     [prediction; v] on the channels and each element's sigma interpolates the two
     log-variances (Improved DDPM).  threshold = p: Imagen's dynamic thresholding at percentile p
     instead of ``clip``.  backend: None (automatic), 'reference' or 'triton'.
+    into: write the step into these buffers and return them instead of allocating: a
+    contiguous tensor like x (shape, dtype, device), or with ``keep`` a ``KeptStep`` of two;
+    none may share memory with x, out, noise, aux or each other (ValueError otherwise) --
+    alternate two buffers across steps.  The same numbers as the allocating step.
     dtypes: x float32/float16/bfloat16 on Triton (math in fp32), float64 on the reference (math
     in float64 end to end: the automatic choice sends float64 there, a forced Triton backend
     refuses it)."""
@@ -128,16 +189,30 @@ def diffusion_step(x: Tensor, out: Tensor, coefficients: Union[StepCoefficients,
             s0, s1 = scalars.s0, scalars.s1
         x0 = reference.diffusion_x0(x, out, s0, s1, prediction, guidance, learned_variance is not None)
         scale = reference.dynamic_threshold(x0, threshold)
+    buffers = None
+    if into is not None:
+        buffers = _check_into(into, keep, x, (("x", x), ("out", out), ("noise", noise), ("aux", aux),
+                                              ("the per-sample coefficients", coefficients if per_sample else None)))
     if _diffusion_step_kernel.backend(x, backend, unsupported=_too_large(out)) == "reference":
         if adds_noise and noise is None:
             raise ValueError("the reference backend needs an explicit noise tensor (seed= is Triton-only)")
-        return reference.diffusion_step(x, out, noise, coefficients if per_sample else scalars, prediction, clip,
+        step = reference.diffusion_step(x, out, noise, coefficients if per_sample else scalars, prediction, clip,
                                         guidance, learned_variance, scale, aux, keep)
-    y, kept = _diffusion_step_kernel(
-        x, out, noise, list(scalars), coefficients if per_sample else None, aux,
-        None if keep is None else [float(k) for k in keep], prediction, clip,
-        None if guidance is None else float(guidance), seed or 0, offset,
-        None if learned_variance is None else [float(v) for v in learned_variance], scale)
+        if buffers is None:
+            return step
+        y, kept = buffers
+        if keep is None:
+            return y.copy_(step)
+        return KeptStep(y.copy_(step.x_next), kept.copy_(step.kept))
+    args = (x, out, noise, list(scalars), coefficients if per_sample else None, aux,
+            None if keep is None else [float(k) for k in keep], prediction, clip,
+            None if guidance is None else float(guidance), seed or 0, offset,
+            None if learned_variance is None else [float(v) for v in learned_variance], scale)
+    if buffers is None:
+        y, kept = _diffusion_step_kernel(*args)
+    else:
+        _diffusion_step_into_kernel(*args, *buffers)
+        y, kept = buffers
     return y if keep is None else KeptStep(y, kept)
 
 
@@ -156,17 +231,38 @@ def _diffusion_step_kernel(x: Tensor, out: Tensor, noise: Optional[Tensor], coef
 
     -> (y like x, kept like x -- or an empty tensor without ``keep``).  coefficients: the 7
     ``COEFFICIENTS`` (placeholders when ``per_sample`` [B, 7] is given)."""
-    from fastgen.kernels.diffusion_step import diffusion_step as launch
-    x, out = x.contiguous(), out.contiguous()
     y = _backend.empty(*x.shape, dtype=x.dtype, device=x.device)
     kept = _backend.empty(*(x.shape if keep is not None else (0,)), dtype=x.dtype, device=x.device)
+    _launch_step(x, out, noise, coefficients, per_sample, aux, keep, prediction, clip, guidance, seed, offset,
+                 learned_variance, threshold_scale, y, kept if keep is not None else None)
+    return y, kept
+
+
+@define_op("diffusion_step_into", family="diffusion_step", tf32="matmul", mutates_args=("y", "kept"))
+def _diffusion_step_into_kernel(x: Tensor, out: Tensor, noise: Optional[Tensor], coefficients: List[float],
+                                per_sample: Optional[Tensor], aux: Optional[Tensor], keep: Optional[List[float]],
+                                prediction: str, clip: bool, guidance: Optional[float], seed: int, offset: int,
+                                learned_variance: Optional[List[float]], threshold_scale: Optional[Tensor],
+                                y: Tensor, kept: Optional[Tensor]) -> None:
+    """The diffusion sampler step written into the caller's buffers (a loop's ping-pong pair).
+
+    y: contiguous, like x; kept: like x with ``keep`` (else None); neither shares memory with
+    an input (``diffusion_step`` checks it) -- the only tensors written, as ``mutates_args`` says."""
+    _launch_step(x, out, noise, coefficients, per_sample, aux, keep, prediction, clip, guidance, seed, offset,
+                 learned_variance, threshold_scale, y, kept)
+
+
+def _launch_step(x, out, noise, coefficients, per_sample, aux, keep, prediction, clip, guidance, seed, offset,
+                 learned_variance, threshold_scale, y, kept):
+    """The one launch both step ops make, into y (and kept, with ``keep``)."""
+    from fastgen.kernels.diffusion_step import diffusion_step as launch
+    x, out = x.contiguous(), out.contiguous()
     launch(x, out, None if noise is None else noise.contiguous(), y, coefficients, prediction, clip,
            guidance, seed, offset, learned_variance,
            None if threshold_scale is None else threshold_scale.float().contiguous(),
            aux=None if aux is None else aux.contiguous(),
            per_sample=None if per_sample is None else per_sample.contiguous(),
            kept=kept if keep is not None else None, keep=keep or (0.0, 0.0))
-    return y, kept
 
 
 def score_noise_norms(out: Tensor, noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,

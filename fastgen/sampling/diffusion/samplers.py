@@ -4,6 +4,12 @@ Every sampler's update is one ``fastgen.ops.diffusion_step`` (one Triton launch 
 with the coefficients of ``fastgen.sampling.diffusion.coefficients``; the Langevin corrector
 adds one small reduction first (``score_noise_norms``: its step size follows the norms).
 
+No per-step work but that launch (``tests/test_launch_budgets.py`` counts it): every step
+writes into buffers the loop allocates once per run (``_PingPong``: two for x, two more for
+the kept tensor of DPM-Solver++ and Heun, alternating so that no step writes what it reads),
+and the denoiser's t for every step is one table [steps, B] made before the loop, each step
+passing a row of it (a view).
+
 A sampler is registered as a ``Sampler``: ``build(options)`` turns the options of one
 ``sample`` call into a ``PreparedLoop`` -- x_T (given, or drawn now) and ``loop(x_T, denoise)``,
 the steps, which read nothing per call but x_T and the conditioning ``denoise`` carries.  That
@@ -28,8 +34,8 @@ from typing import Any, Callable, Dict, FrozenSet, NamedTuple, Optional, Sequenc
 import torch
 from torch import Tensor
 
-from fastgen.ops.diffusion_step import KeepCoefficients, LearnedVariance, StepCoefficients, diffusion_step, \
-    score_noise_norms
+from fastgen.ops.diffusion_step import KeepCoefficients, KeptStep, LearnedVariance, StepCoefficients, \
+    diffusion_step, score_noise_norms
 from fastgen.sampling.diffusion import checks
 from fastgen.sampling.diffusion.coefficients import (ddim_coefficients, ddpm_coefficients, denoised_coefficients,
                                                      dpmpp2m_coefficients, euler_coefficients,
@@ -158,26 +164,57 @@ def _uniform_x_T(options: SamplingOptions) -> Tensor:
     return x * 2 - 1
 
 
-def _per_sample(options: SamplingOptions, values: Sequence[float], dtype: Optional[torch.dtype] = None) -> list:
-    """Each value as a [B] tensor on the device (the denoiser's t), made once, outside the loop.
-    Noise levels (no ``dtype``) are float32, or float64 when sampling in float64."""
+def _per_sample(options: SamplingOptions, values: Sequence[float], dtype: Optional[torch.dtype] = None) -> Tensor:
+    """The denoiser's t for every step: one table [len(values), B] on the device, row i = value
+    i for each sample, made once outside the loop (a few ops however many steps); step i passes
+    the row ``table[i]``, a view -- nothing per step.  Noise levels (no ``dtype``) are float32,
+    or float64 when sampling in float64 (each value rounded as ``torch.full`` would)."""
     if dtype is None:
         dtype = torch.float64 if options.dtype == torch.float64 else torch.float32
-    return [torch.full((options.shape[0],), v, dtype=dtype, device=options.device) for v in values]
+    column = torch.tensor(list(values), dtype=dtype)
+    return column[:, None].expand(-1, options.shape[0]).contiguous().to(options.device)
+
+
+class _PingPong:
+    """Two buffers like x that a loop's steps write in turn (``diffusion_step(..., into=)``): a
+    step reads the buffer the previous one wrote and writes the other, so no step writes what
+    it reads (the op refuses that) and the loop allocates nothing per step.  Made inside
+    ``loop``, once per run: under ``cuda_graph=True`` the captured graph owns them (the same
+    memory on every replay), and every run returns an x of its own.  With ``progress`` there
+    are none (``next`` gives None: the steps allocate), so the callback gets an x it may keep."""
+
+    def __init__(self, like: Tensor, options: SamplingOptions):
+        self.buffers = None if options.progress is not None else \
+            [torch.empty(like.shape, dtype=like.dtype, device=like.device) for _ in range(2)]
+        self.turn = 0
+
+    def next(self) -> Optional[Tensor]:
+        """The buffer the next step writes (None: allocate)."""
+        if self.buffers is None:
+            return None
+        self.turn ^= 1
+        return self.buffers[self.turn]
+
+
+def _into_kept(xs: _PingPong, kept: _PingPong) -> Optional[KeptStep]:
+    """``into=`` of a step with ``keep``: the next buffers of both pairs (None: allocate)."""
+    return None if xs.buffers is None else KeptStep(xs.next(), kept.next())
 
 
 def langevin_corrector_step(x: Tensor, out: Tensor, s0: float, s1: float, prediction: str, snr: float,
                             noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
-                            guidance: Optional[float] = None, backend: Optional[str] = None) -> Tensor:
+                            guidance: Optional[float] = None, backend: Optional[str] = None,
+                            into: Optional[Tensor] = None) -> Tensor:
     """One Langevin corrector step (``langevin_corrector_coefficients``) for x [B, ...] and the
     model output ``out`` [B, ...] ([2B, ...] guided) at the level (s0, s1): the per-sample norms
     of the score and of z (one reduction; with ``seed`` the same Philox z the update then
-    draws), then the fused update -> x [B, ...].  prediction: 'eps' or 'score'."""
+    draws), then the fused update -> x [B, ...] (written into ``into``, a buffer like x, when
+    given: ``diffusion_step``).  prediction: 'eps' or 'score'."""
     norms = score_noise_norms(out, noise=noise, seed=seed, offset=offset, guidance=guidance, backend=backend)
     coefficients = langevin_corrector_coefficients(norms, snr, s0, s1, prediction)
     coefficients = coefficients.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     return diffusion_step(x, out, coefficients, prediction, guidance=guidance, noise=noise, seed=seed, offset=offset,
-                          backend=backend)
+                          backend=backend, into=into)
 
 
 # ------------------------------------------------------------------------------ samplers
@@ -222,22 +259,23 @@ def _respaced(options: SamplingOptions, step: Callable[[float, float, SamplingOp
     kw = dict(clip=options.clip, guidance=options.guidance, threshold=options.threshold, backend=options.backend)
 
     def loop(x, denoise):
-        noise = _StepNoise(options)
-        for i, (coefficients, t) in enumerate(zip(plan, t_tensors)):
-            out = denoise(x, t)
+        noise, xs = _StepNoise(options), _PingPong(x, options)
+        for i, coefficients in enumerate(plan):
+            out = denoise(x, t_tensors[i])
             channels = x.shape[1] * (2 if learned else 1)
             if tuple(out.shape[1:]) != (channels, *x.shape[2:]):
                 raise ValueError(f"denoiser output has shape {tuple(out.shape)}, x has {tuple(x.shape)}"
                                  + (" (variance='learned' needs [prediction; v]: twice the channels)"
                                     if learned else ""))
             x = diffusion_step(x, out, coefficients, options.prediction, learned_variance=log_variances[i], **kw,
-                               **(noise.draw() if coefficients.sigma else {}))
+                               **(noise.draw() if coefficients.sigma else {}), into=xs.next())
             if corrector and i + 1 < len(plan):
                 level = plan[i + 1]                  # s0, s1 = sqrt(abar), sqrt(1 - abar) of the next level
                 for _ in range(options.corrector_steps):
                     out = denoise(x, t_tensors[i + 1])
                     x = langevin_corrector_step(x, out, level.s0, level.s1, options.prediction, options.snr,
-                                                guidance=options.guidance, backend=options.backend, **noise.draw())
+                                                guidance=options.guidance, backend=options.backend, **noise.draw(),
+                                                into=xs.next())
             if options.progress is not None:
                 options.progress(i, x)
         return x
@@ -272,15 +310,18 @@ def _karras(options: SamplingOptions, second_order: bool) -> PreparedLoop:
     kw = dict(clip=options.clip, threshold=options.threshold, guidance=options.guidance, backend=options.backend)
 
     def loop(x, denoise):
+        xs, halves = _PingPong(x, options), _PingPong(x, options) if second_order else None
         for i in range(len(sigmas) - 1):
             s, s_next = sigmas[i], sigmas[i + 1]
             heun = second_order and s_next > 0         # the last step onto sigma = 0 stays Euler
             step = diffusion_step(x, denoise(x, sig[i]), sigma_read(euler_coefficients(s, s_next), s, prediction),
-                                  prediction, keep=heun_keep(s, s_next) if heun else None, **kw)
+                                  prediction, keep=heun_keep(s, s_next) if heun else None, **kw,
+                                  into=_into_kept(xs, halves) if heun else xs.next())
             if heun:
                 x_next, half = step
                 correction = sigma_read(heun_correction_coefficients(s, s_next), s_next, prediction)
-                x = diffusion_step(x_next, denoise(x_next, sig[i + 1]), correction, prediction, aux=half, **kw)
+                x = diffusion_step(x_next, denoise(x_next, sig[i + 1]), correction, prediction, aux=half, **kw,
+                                   into=xs.next())
             else:
                 x = step
             if options.progress is not None:
@@ -302,15 +343,16 @@ def _dpmpp2m(options: SamplingOptions) -> PreparedLoop:
 
     def loop(x, denoise):
         previous_x0, previous_h = None, None
+        xs, x0s = _PingPong(x, options), _PingPong(x, options)    # x0s: this step's x0, the last one's
         for i, t in enumerate(ts):
             out = denoise(x, t_tensors[i])
             if i + 1 == len(ts):                     # the last step lands on the denoised image
-                x = diffusion_step(x, out, denoised_coefficients(abar[t]), options.prediction, **kw)
+                x = diffusion_step(x, out, denoised_coefficients(abar[t]), options.prediction, **kw, into=xs.next())
             else:
                 step = dpmpp2m_coefficients(abar[t], abar[ts[i + 1]], previous_h)
                 previous_h = step.h
                 x, previous_x0 = diffusion_step(x, out, step.coefficients, options.prediction, aux=previous_x0,
-                                                keep=keep_x0, **kw)
+                                                keep=keep_x0, **kw, into=_into_kept(xs, x0s))
             if options.progress is not None:
                 options.progress(i, x)
         return x
@@ -325,13 +367,13 @@ def _annealed_langevin(options: SamplingOptions) -> PreparedLoop:
     sig = _per_sample(options, sigmas)
 
     def loop(x, denoise):
-        noise = _StepNoise(options)
+        noise, xs = _StepNoise(options), _PingPong(x, options)
         for i, sigma in enumerate(sigmas):
             coefficients = sigma_read(langevin_coefficients(NCSN_STEP_SIZE * sigma ** 2 / sigmas[-1] ** 2, sigma),
                                       sigma, options.prediction)
             for _ in range(options.steps):
                 x = diffusion_step(x, denoise(x, sig[i]), coefficients, options.prediction, guidance=options.guidance,
-                                   backend=options.backend, **noise.draw())
+                                   backend=options.backend, **noise.draw(), into=xs.next())
             if options.progress is not None:
                 options.progress(i, x)
         return x
@@ -352,15 +394,17 @@ def _pc_ve(options: SamplingOptions) -> PreparedLoop:
     prediction = options.prediction
 
     def loop(x, denoise):
-        noise = _StepNoise(options)
+        noise, xs = _StepNoise(options), _PingPong(x, options)
         for i, s in enumerate(sigmas):
             s_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
             for _ in range(options.corrector_steps):
                 x = langevin_corrector_step(x, denoise(x, sig[i]), 1.0, s, prediction, options.snr,
-                                            guidance=options.guidance, backend=options.backend, **noise.draw())
+                                            guidance=options.guidance, backend=options.backend, **noise.draw(),
+                                            into=xs.next())
             coefficients = sigma_read(ve_predictor_coefficients(s, s_next), s, prediction)
             x = diffusion_step(x, denoise(x, sig[i]), coefficients, prediction, guidance=options.guidance,
-                               backend=options.backend, **(noise.draw() if coefficients.sigma else {}))
+                               backend=options.backend, **(noise.draw() if coefficients.sigma else {}),
+                               into=xs.next())
             if options.progress is not None:
                 options.progress(i, x)
         return x
@@ -374,11 +418,12 @@ def _pf_ode(options: SamplingOptions) -> PreparedLoop:
     sig = _per_sample(options, sigmas)
 
     def loop(x, denoise):
+        xs = _PingPong(x, options)
         for i, s in enumerate(sigmas):
             s_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
             coefficients = sigma_read(pf_ode_coefficients(s, s_next), s, options.prediction)
             x = diffusion_step(x, denoise(x, sig[i]), coefficients, options.prediction, guidance=options.guidance,
-                               backend=options.backend)
+                               backend=options.backend, into=xs.next())
             if options.progress is not None:
                 options.progress(i, x)
         return x
@@ -391,9 +436,10 @@ def _sgld(options: SamplingOptions) -> PreparedLoop:
     coefficients = langevin_coefficients(options.step_size)
 
     def loop(x, denoise):
-        noise = _StepNoise(options)
+        noise, xs = _StepNoise(options), _PingPong(x, options)
         for i in range(options.steps):
-            x = diffusion_step(x, denoise(x), coefficients, "score", backend=options.backend, **noise.draw())
+            x = diffusion_step(x, denoise(x), coefficients, "score", backend=options.backend, **noise.draw(),
+                               into=xs.next())
             if options.progress is not None:
                 options.progress(i, x)
         return x
