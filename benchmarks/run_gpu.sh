@@ -15,6 +15,8 @@ status=0
 
 python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/install.log" 2>&1 \
   || { echo "install failed"; cat "$OUT/install.log"; exit 1; }
+# peers the benchmarks compare against, carried as wheels (pure Python; torch is already there)
+python3 -m pip install -q --no-deps benchmarks/wheels/*.whl >>"$OUT/install.log" 2>&1 || echo "peer wheels not installed"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 fastgen info | tee -a "$OUT/gpu.txt"
 

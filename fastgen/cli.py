@@ -1,7 +1,8 @@
 """The ``fastgen`` command.
 
-    fastgen demo [--model pixelcnn|diffusion] [--steps N] [--out DIR]
-                                 train a Gated PixelCNN on the bundled digits and sample it
+    fastgen demo [--model pixelcnn|diffusion|flow] [--steps N] [--out DIR]
+                                 train a Gated PixelCNN (a DDPM, a Glow) on the bundled digits
+                                 and sample it
     fastgen sample wavenet --checkpoint CKPT --seconds S --out out.wav
                                  generate audio (progress bar with samples/s)
     fastgen info                 versions, device, the backend each op uses, native extension
@@ -67,6 +68,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 0:
         print("--steps must be >= 0", file=sys.stderr)
         return 2
+    if args.model == "flow":
+        from fastgen import demo_flow
+        demo_flow.run(steps=1500 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
+        return 0
     if args.model == "diffusion":
         from fastgen import demo_diffusion
         demo_diffusion.run(steps=2000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
@@ -121,10 +126,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="Fast kernels for deep generative models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a Gated PixelCNN (or a DDPM) on the bundled 8x8 digits and sample it")
-    p.add_argument("--model", choices=["pixelcnn", "diffusion"], default="pixelcnn",
+    p.add_argument("--model", choices=["pixelcnn", "diffusion", "flow"], default="pixelcnn",
                    help="pixelcnn: Gated PixelCNN, fast vs naive sampler (default); diffusion: a class-"
-                        "conditional DDPM sampled with several fused samplers")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000 / 2000 for diffusion)")
+                        "conditional DDPM sampled with several fused samplers; flow: a class-conditional "
+                        "Glow, bits/dim and samples at several temperatures")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default 1000; 2000 for diffusion, 1500 for flow)")
     p.add_argument("--out", default=".", help="where the PNGs go")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_demo)
