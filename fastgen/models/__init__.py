@@ -1,12 +1,13 @@
 """The model zoo built on fastgen.nn.  So far: PixelCNN, GatedPixelCNN, PixelCNN++, MADE, WaveNet, NICE/RealNVP/Glow,
-a DDPM UNet with its training losses and an NCSN score model (with incremental
+MAF/IAF and planar/radial flows, a DDPM UNet with its training losses and an NCSN score model (with incremental
 sampling through ``fastgen.sampling``)."""
 from fastgen.models.flows import NICE, Glow, RealNVP
 from fastgen.models.made import MADE
+from fastgen.models.maf import IAF, MAF, PlanarFlow, RadialFlow
 from fastgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from fastgen.models.pixelcnnpp import PixelCNNpp
 from fastgen.models.unet import DDPM, NCSN, UNet
 from fastgen.models.wavenet import WaveNet
 
-__all__ = ["DDPM", "GatedPixelCNN", "Glow", "MADE", "NCSN", "NICE", "PixelCNN", "PixelCNNpp", "RealNVP", "UNet",
-           "WaveNet"]
+__all__ = ["DDPM", "GatedPixelCNN", "Glow", "IAF", "MADE", "MAF", "NCSN", "NICE", "PixelCNN", "PixelCNNpp", "PlanarFlow",
+           "RadialFlow", "RealNVP", "UNet", "WaveNet"]

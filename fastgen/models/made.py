@@ -7,7 +7,8 @@ before d in an ordering, so p(x) = prod_d p(x_d | x_<d) in one forward pass.
   Inputs are one-hot encoded (each input unit carries its dimension's degree).
 - Degrees (the paper's m(k)): inputs m(d) = the position of d in the ordering (1..D); hidden
   units draw m(k) uniformly from [min of the previous layer, D - 1]; a hidden weight k <- j is
-  kept iff m(k) >= m(j); an output weight d <- k iff m(d) > m(k).
+  kept iff m(k) >= m(j); an output weight d <- k iff m(d) > m(k).  The construction is
+  ``fastgen.nn.made.made_masks``, shared with the real-valued ``GaussianMADE`` (MAF, IAF).
 - Connectivity-agnostic training: ``num_masks`` mask sets (and, with ``natural_ordering=False``,
   orderings) drawn from ``seed``; ``next_mask()`` moves to the next set (call it every step);
   ``loss(x, average_masks=True)`` averages the probabilities of all mask sets at evaluation.
@@ -23,6 +24,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fastgen.nn.made import made_masks, ordering_degrees
 
 
 class MADE(nn.Module):
@@ -55,16 +58,9 @@ class MADE(nn.Module):
             order = torch.arange(self.dim)
         else:
             order = torch.randperm(self.dim, generator=g)
-        degree_in = torch.empty(self.dim, dtype=torch.long)
-        degree_in[order] = torch.arange(1, self.dim + 1)            # position in the ordering
-        degrees = [degree_in.repeat_interleave(self.levels)]         # one-hot units share it
-        for layer in self.layers[:-1]:
-            low = int(degrees[-1].min())
-            high = max(low, self.dim - 1)
-            degrees.append(torch.randint(low, high + 1, (layer.out_features,), generator=g))
-        masks = [(d_out[:, None] >= d_in[None, :]).float() for d_in, d_out in zip(degrees[:-1], degrees[1:])]
-        out_degree = degrees[0]
-        masks.append((out_degree[:, None] > degrees[-1][None, :]).float())
+        in_degrees = ordering_degrees(order).repeat_interleave(self.levels)   # one-hot units share it
+        hidden = [layer.out_features for layer in self.layers[:-1]]
+        masks = made_masks(in_degrees, hidden, in_degrees, self.dim, g)
         return order, masks
 
     def _install(self, index):
