@@ -50,7 +50,15 @@ def test_reference_logdet_is_the_jacobian_logdet():
                 jac = jac.reshape(x.numel(), x.numel())
                 want = torch.linalg.slogdet(jac).logabsdet
                 got = reference.affine_coupling(x, h, scale, checkerboard, inverse).logdet
-                torch.testing.assert_close(got, want.view(1).float(), rtol=1e-6, atol=1e-6)
+                torch.testing.assert_close(got, want.view(1), rtol=1e-10, atol=1e-10)
+
+
+def test_reference_gradcheck_in_float64():
+    for scale in SCALES:
+        x, h = _inputs(scale, shape=(2, 2, 2, 3))
+        x, h = x.double().requires_grad_(), h.double().requires_grad_()
+        assert torch.autograd.gradcheck(lambda x, h: reference.affine_coupling(x, h, scale, 0, False), (x, h))
+        assert torch.autograd.gradcheck(lambda x, h: reference.affine_coupling(x, h, scale, None, True), (x, h))
 
 
 @pytest.mark.parametrize("scale", SCALES)

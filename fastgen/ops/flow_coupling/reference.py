@@ -14,8 +14,9 @@ explodes); 'exp_tanh' f = exp(tanh(s)) (RealNVP's exp(s) with s bounded by tanh,
 
 ``checkerboard`` = p (0 or 1, 2-D spatial inputs only): positions (i, j) with (i + j) % 2 == p
 pass through unchanged (they are the conditioning half of RealNVP's checkerboard mask: the
-conditioner saw only them); the others are transformed.  The log-det is accumulated in float32
-whatever the input dtype; out has the input's dtype.
+conditioner saw only them); the others are transformed.  The math and the log-det run in float32
+whatever the input dtype (float64 inputs: in float64, so the reference can be gradchecked);
+out has the input's dtype.
 """
 from typing import Optional
 
@@ -28,9 +29,13 @@ from fastgen.ops.flow_coupling.bundles import FlowOutput
 SCALES = ("sigmoid", "exp_tanh", "additive")
 
 
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def log_scale(s: Tensor, scale: str) -> Tensor:
-    """log f(s) in float32 for ``scale`` in ``SCALES``."""
-    s = s.float()
+    """log f(s) in float32 (float64 for float64 s) for ``scale`` in ``SCALES``."""
+    s = s.to(_compute_dtype(s))
     if scale == "sigmoid":
         return F.logsigmoid(s + 2.0)
     if scale == "exp_tanh":
@@ -53,15 +58,17 @@ def affine_coupling(x: Tensor, h: Tensor, scale: str = "sigmoid", checkerboard: 
     """The coupling transform of x by the conditioner output h (module docstring)."""
     channels = x.shape[1]
     log_f = log_scale(h[:, :channels], scale)
-    t = (h[:, channels:] if scale != "additive" else h).float()
+    compute = _compute_dtype(x)
+    log_f = log_f.to(compute)
+    t = (h[:, channels:] if scale != "additive" else h).to(compute)
     if checkerboard is not None:
         keep = checkerboard_mask(x.shape[2:], checkerboard, x.device)
         log_f = log_f.masked_fill(keep, 0.0)
         t = t.masked_fill(keep, 0.0)
     if inverse:
-        out = (x.float() - t) * torch.exp(-log_f)
+        out = (x.to(compute) - t) * torch.exp(-log_f)
         logdet = -log_f.flatten(1).sum(1)
     else:
-        out = x.float() * torch.exp(log_f) + t
+        out = x.to(compute) * torch.exp(log_f) + t
         logdet = log_f.flatten(1).sum(1)
     return FlowOutput(out.to(x.dtype), logdet)
