@@ -292,9 +292,21 @@ class ActNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
+        self._initialized_on_host = False   # a mirror of the buffer once it is True: reading a
+        #                                     CUDA buffer every forward would sync the host
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+    def needs_initialization(self) -> bool:
+        """True until the data-dependent initialisation has run (reads the buffer only until then)."""
+        if not self._initialized_on_host:
+            self._initialized_on_host = bool(self.initialized)
+        return not self._initialized_on_host
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized_on_host = False            # the loaded buffer decides again
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -315,11 +327,12 @@ class ActNorm(nn.Module):
         self.bias.copy_(-mean)
         self.log_scale.copy_(-std.log())
         self.initialized.fill_(True)
+        self._initialized_on_host = True
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
         """x [B, C, *spatial] -> FlowOutput(y like x, logdet [B] float32)."""
         _check_tensor("ActNorm", "x", x, self.channels)
-        if not bool(self.initialized):
+        if self.needs_initialization():
             self.initialize(x)
         y = (x + _channel_view(self.bias, x)) * _channel_view(self.log_scale.exp(), x)
         return FlowOutput(y, _constant_logdet(self.log_scale.float().sum() * _positions(x), x.shape[0]))

@@ -16,8 +16,10 @@ recomputed inputs differ from the originals by float rounding (inverse(forward(x
 float32), so gradients match plain backprop to that accuracy, not bitwise.
 
 Layers that change state in forward (ActNorm's data-dependent initialisation) must be
-initialised before: the wrapper runs the chain once normally while any layer reports
-``initialized == False``.
+initialised before: the chain runs normally while any layer's ``needs_initialization()`` is True.
+
+``invertible_backprop(chain, x, cond)`` is the function (what ``Glow(invertible_backprop=True)``
+calls on each level); ``InvertibleBackprop(chain)`` the same as a module wrapping the chain.
 """
 from typing import Optional
 
@@ -28,8 +30,19 @@ from fastgen.ops.flow_coupling.bundles import FlowOutput
 
 
 def _needs_init(chain: nn.Module) -> bool:
-    # (reads a device flag per layer: the wrapper asks only until the answer is False)
-    return any(not bool(getattr(m, "initialized", True)) for m in chain.modules())
+    return any(m.needs_initialization() for m in chain.modules() if hasattr(m, "needs_initialization"))
+
+
+def invertible_backprop(chain: nn.Module, x: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
+    """``chain(x, cond)`` -> FlowOutput, differentiable, storing only the output (module docstring).
+    Runs the plain chain without autograd recording, or while a layer needs initialising."""
+    if not torch.is_grad_enabled() or _needs_init(chain):
+        return FlowOutput(*chain(x, cond))
+    params = [p for p in chain.parameters() if p.requires_grad]
+    if not x.requires_grad and not params:
+        return FlowOutput(*chain(x, cond))
+    out, logdet = _RecomputeFromOutput.apply(chain, cond, x, *params)
+    return FlowOutput(out, logdet)
 
 
 class _RecomputeFromOutput(torch.autograd.Function):
@@ -61,7 +74,8 @@ class _RecomputeFromOutput(torch.autograd.Function):
                 c = cond.detach().requires_grad_(cond.requires_grad) if cond is not None else None
                 y_again, logdet = layer(x, c)
                 wrt = [x] + params + ([c] if c is not None and c.requires_grad else [])
-                grads = torch.autograd.grad((y_again, logdet), wrt, (grad_out, grad_logdet), allow_unused=True)
+                pairs = [(o, g) for o, g in ((y_again, grad_out), (logdet, grad_logdet)) if o.requires_grad]
+                grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
             grad_out = grads[0]
             for p, g in zip(params, grads[1:1 + len(params)]):
                 if g is not None:
@@ -85,20 +99,9 @@ class InvertibleBackprop(nn.Module):
             raise TypeError("InvertibleBackprop wraps a FlowSequential (an nn.Sequential of flow layers with inverse), "
                             f"got {type(chain).__name__}")
         self.chain = chain
-        self._initialized = False       # every layer of the chain initialised (a host-side flag)
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
-        if not self._initialized:
-            if _needs_init(self.chain):
-                return FlowOutput(*self.chain(x, cond))
-            self._initialized = True
-        if not torch.is_grad_enabled():
-            return FlowOutput(*self.chain(x, cond))
-        params = [p for p in self.chain.parameters() if p.requires_grad]
-        if not x.requires_grad and not params:
-            return FlowOutput(*self.chain(x, cond))
-        out, logdet = _RecomputeFromOutput.apply(self.chain, cond, x, *params)
-        return FlowOutput(out, logdet)
+        return invertible_backprop(self.chain, x, cond)
 
     def inverse(self, y: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         return self.chain.inverse(y, cond)
