@@ -64,6 +64,11 @@ BUDGETS = {
     "langevin": Budget(triton=1.0, ops=0.0),
     # heun: two denoiser calls per step, one launch after each, no other op (was 2 + 5)
     "heun": Budget(triton=2.0, ops=0.0),
+    # classifier-free guidance (cond and uncond [4] each, w = 2): one more op per denoiser call,
+    # the [x; x] the guided call takes -- t's rows are already [t; t] and [cond; uncond] is
+    # joined once per run (was 3 cats per call on top of the 3 ops above)
+    "ddim_guided": Budget(triton=1.0, ops=1.0),
+    "dpmpp2m_guided": Budget(triton=1.0, ops=1.0),
 }
 
 
@@ -130,15 +135,19 @@ def test_wavenet_fused_generation(triton_backend, persistent):
         _within("wavenet_per_step", *_marginal(run, 20, 40))
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m", "ddpm", "euler", "heun", "pf_ode", "sgld", "langevin"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m", "ddpm", "euler", "heun", "pf_ode", "sgld", "langevin",
+                                     "ddim_guided", "dpmpp2m_guided"])
 def test_diffusion_step_loop(sampler):
     eps = torch.randn(4, 3, 8, 8)
     denoiser = (lambda x: eps) if sampler == "sgld" else (lambda x, t: eps)
     kw = dict(sigmas=[1.0]) if sampler == "langevin" else {}     # langevin: ``steps`` steps at each sigma
+    if sampler.endswith("_guided"):
+        eps, denoiser = torch.randn(8, 3, 8, 8), lambda x, t, cond: eps
+        kw = dict(guidance=2.0, cond=torch.zeros(4), uncond=torch.ones(4))
 
     def run(steps):
-        diffusion.sample(denoiser, (4, 3, 8, 8), sampler=sampler, steps=steps, seed=0, backend="triton",
-                         device="cpu", **kw)
+        diffusion.sample(denoiser, (4, 3, 8, 8), sampler=sampler.replace("_guided", ""), steps=steps, seed=0,
+                         backend="triton", device="cpu", **kw)
     _within(sampler, *_marginal(run, 10, 20))
 
 

@@ -85,19 +85,25 @@ class Denoise:
     """The denoiser as the loops call it.  ``denoise(x, t)``: the model output for x [B, ...] at
     t [B], with ``cond`` passed on, or -- with ``guidance`` (which ``sample`` accepts only with
     both cond and uncond) -- one call on [x; x] with [cond; uncond] -> [2B, ...]
-    (``diffusion_step`` combines the halves).  ``denoise(x)``: a score model of x alone (sgld),
-    called without time or condition."""
+    (``diffusion_step`` combines the halves); t may then already be [t; t] [2B] (the loops pass
+    rows of a doubled timestep table), and [cond; uncond] is joined once, when this is made
+    (inside the loop: a captured graph joins its static buffers on every replay), so a guided
+    step's only extra op is [x; x].  ``denoise(x)``: a score model of x alone (sgld), called
+    without time or condition."""
 
     def __init__(self, model: Callable[..., Tensor], cond: Optional[Tensor], uncond: Optional[Tensor],
                  guidance: Optional[float]):
         self.model, self.cond, self.uncond, self.guidance = model, cond, uncond, guidance
+        self.both = torch.cat([cond, uncond]) if guidance is not None else None
 
     def __call__(self, x: Tensor, t: Optional[Tensor] = None) -> Tensor:
         if t is None:
             return self.model(x)
         if self.guidance is None:
             return self.model(x, t, self.cond) if self.cond is not None else self.model(x, t)
-        return self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.cond, self.uncond]))
+        if t.shape[0] != 2 * x.shape[0]:
+            t = torch.cat([t, t])
+        return self.model(torch.cat([x, x]), t, self.both)
 
 
 class PreparedLoop(NamedTuple):
@@ -167,12 +173,14 @@ def _uniform_x_T(options: SamplingOptions) -> Tensor:
 def _per_sample(options: SamplingOptions, values: Sequence[float], dtype: Optional[torch.dtype] = None) -> Tensor:
     """The denoiser's t for every step: one table [len(values), B] on the device, row i = value
     i for each sample, made once outside the loop (a few ops however many steps); step i passes
-    the row ``table[i]``, a view -- nothing per step.  Noise levels (no ``dtype``) are float32,
-    or float64 when sampling in float64 (each value rounded as ``torch.full`` would)."""
+    the row ``table[i]``, a view -- nothing per step.  With guidance the rows are [t; t] [2B],
+    what the guided call on [x; x] takes (``Denoise``).  Noise levels (no ``dtype``) are
+    float32, or float64 when sampling in float64 (each value rounded as ``torch.full`` would)."""
     if dtype is None:
         dtype = torch.float64 if options.dtype == torch.float64 else torch.float32
     column = torch.tensor(list(values), dtype=dtype)
-    return column[:, None].expand(-1, options.shape[0]).contiguous().to(options.device)
+    batch = options.shape[0] * (2 if options.guidance is not None else 1)
+    return column[:, None].expand(-1, batch).contiguous().to(options.device)
 
 
 class _PingPong:
