@@ -24,6 +24,7 @@ def _perturbed(module, scale=0.3, seed=0):
 LAYERS = [
     pytest.param(lambda: MAFLayer(5, hidden=(16, 12)), id="maf-D5"),
     pytest.param(lambda: MAFLayer(6, hidden=(20,), order=[3, 0, 5, 1, 4, 2], seed=3), id="maf-D6-perm"),
+    pytest.param(lambda: MAFLayer(4, hidden=(16, 16), activation="relu", seed=2), id="maf-D4-relu"),
     pytest.param(lambda: IAFLayer(5, hidden=(16, 12)), id="iaf-D5"),
     pytest.param(lambda: IAFLayer(7, hidden=(24, 24), order=list(range(7))[::-1], seed=1), id="iaf-D7-rev"),
     pytest.param(lambda: PlanarLayer(4), id="planar-D4"),
@@ -192,8 +193,8 @@ def _moons(n, seed):
 
 
 def test_maf_on_two_moons_beats_a_fitted_gaussian():
-    """300 Adam steps (about 3-8 s on one thread): held-out log-likelihood at least 0.4 nats per
-    point above the maximum-likelihood full-covariance Gaussian (MAF about -1.9, Gaussian -2.7).
+    """300 Adam steps (about 3-8 s on one thread): held-out log-likelihood at least 0.8 nats per
+    point above the maximum-likelihood full-covariance Gaussian (MAF about -1.5, Gaussian -2.7).
     One thread: these matrices are tiny, and on a shared machine more threads only contend."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -201,7 +202,7 @@ def test_maf_on_two_moons_beats_a_fitted_gaussian():
         achieved, baseline = _train_moons_maf()
     finally:
         torch.set_num_threads(threads)
-    assert achieved > baseline + 0.4, (achieved, baseline)
+    assert achieved > baseline + 0.8, (achieved, baseline)
 
 
 def _train_moons_maf():
@@ -251,14 +252,25 @@ def test_bad_input_is_refused_clearly(make):
     (lambda: PlanarFlow(2, layers=-1), "layers must be a positive int"),
     (lambda: RadialFlow(0), "dim must be a positive int"),
     (lambda: MAFLayer(3, order=[0, 0, 1]), "order must be a permutation"),
+    (lambda: MAF(3, activation="gelu"), "activation must be one of"),
     (lambda: MAF(2, layers=1).sample(0), "n must be a positive int"),
     (lambda: IAF(2, layers=1).sample(3, temperature=0.0), "temperature must be > 0"),
     (lambda: IAF(2, layers=1, cond_dim=1).sample(3), "pass cond"),
-], ids=["maf-dim0", "iaf-layers0", "maf-no-hidden", "planar-layers", "radial-dim0", "bad-order", "n0", "temp0",
+], ids=["maf-dim0", "iaf-layers0", "maf-no-hidden", "planar-layers", "radial-dim0", "bad-order", "bad-activation", "n0", "temp0",
         "missing-cond"])
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_models_check_once_and_do_not_blame_intermediates(make):
+    """Far from anything seen, a model's log_prob is a number (or -inf), never an error about an
+    intermediate value the user did not pass."""
+    flow = _perturbed(make())
+    with torch.no_grad():
+        log_p = flow.log_prob(torch.full((2, 4), 50.0))
+    assert log_p.shape == (2,) and not torch.isnan(log_p).any()
 
 
 def test_float64_models_keep_float64_logdets():

@@ -45,16 +45,12 @@ class _VectorFlow(nn.Module):
         check_vectors(x, self.dim, name, self._like())
         check_cond(cond, self.cond_dim, x.shape[0], self._like(), type(self).__name__)
 
-    def _cond(self, cond):
-        """The layer keyword for cond: planar and radial layers take none."""
-        return {"cond": cond} if self.cond_dim else {}
-
     def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
         """x [B, dim] through every layer's forward -> FlowOutput(out [B, dim], logdet [B])."""
         self._check(x, cond, "x")
         logdet = 0
         for layer in self.layers:
-            x, ld = layer(x, **self._cond(cond))
+            x, ld = layer._forward(x, cond)
             logdet = logdet + ld
         return FlowOutput(x, logdet)
 
@@ -62,7 +58,7 @@ class _VectorFlow(nn.Module):
         """y [B, dim] through every layer's inverse, last layer first -> [B, dim]."""
         self._check(y, cond, "y")
         for layer in reversed(self.layers):
-            y = layer.inverse(y, **self._cond(cond))
+            y = layer._inverse(y, cond)
         return y
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
@@ -107,25 +103,26 @@ def _check_sizes(dim, layers) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _autoregressive_layers(cls, dim, hidden, layers, cond_dim, seed):
+def _autoregressive_layers(cls, dim, hidden, layers, cond_dim, seed, activation):
     _check_sizes(dim, layers)
     natural = list(range(dim))
-    return nn.ModuleList(cls(dim, hidden, cond_dim, natural if k % 2 == 0 else natural[::-1], seed + k)
+    return nn.ModuleList(cls(dim, hidden, cond_dim, natural if k % 2 == 0 else natural[::-1], seed + k, activation)
                          for k in range(layers))
 
 
 class MAF(_VectorFlow):
     """Masked autoregressive flow (Papamakarios et al. 2017) on x [B, dim]: ``layers`` MAFLayers
-    (MADEs with ``hidden`` sizes, hidden degrees from ``seed + k``), the ordering reversed from one
-    layer to the next, N(0, I) base.  forward: x -> u with u_d = (x_d - mu_d(x_<d))
+    (MADEs with ``hidden`` sizes and ``activation``, hidden degrees from ``seed + k``; see
+    ``fastgen.nn.GaussianMADE``), the ordering reversed from one layer to the next, N(0, I) base.  forward: x -> u with u_d = (x_d - mu_d(x_<d))
     exp(-alpha_d(x_<d)) per layer, log p(x) = log N(u; 0, I) - sum alpha in one pass per layer;
     sampling inverts each layer in ``dim`` passes.  No batch-norm layers between the MADEs."""
 
     generative = False
 
     def __init__(self, dim: int, hidden: Sequence[int] = (512, 512), layers: int = 5, cond_dim: int = 0,
-                 seed: int = 0):
-        super().__init__(dim, _autoregressive_layers(MAFLayer, dim, hidden, layers, cond_dim, seed), cond_dim)
+                 seed: int = 0, activation: str = "tanh"):
+        super().__init__(dim, _autoregressive_layers(MAFLayer, dim, hidden, layers, cond_dim, seed, activation),
+                         cond_dim)
 
 
 class IAF(_VectorFlow):
@@ -136,8 +133,9 @@ class IAF(_VectorFlow):
     layer in ``dim`` passes."""
 
     def __init__(self, dim: int, hidden: Sequence[int] = (512, 512), layers: int = 5, cond_dim: int = 0,
-                 seed: int = 0):
-        super().__init__(dim, _autoregressive_layers(IAFLayer, dim, hidden, layers, cond_dim, seed), cond_dim)
+                 seed: int = 0, activation: str = "tanh"):
+        super().__init__(dim, _autoregressive_layers(IAFLayer, dim, hidden, layers, cond_dim, seed, activation),
+                         cond_dim)
 
 
 class PlanarFlow(_VectorFlow):

@@ -77,13 +77,31 @@ def _denormalize(u: Tensor, p: GaussianMADEOutput) -> Tensor:
     return u * torch.exp(p.log_scale) + p.shift
 
 
-class _AutoregressiveAffine(nn.Module):
+class _FlowLayer(nn.Module):
+    """``forward``/``inverse`` check their input (and cond) and call ``_forward``/``_inverse``,
+    which the model stacks call directly after checking once: an intermediate result is not user
+    input, and re-checking it would cost a host sync per layer."""
+
+    names = ("x", "y")                   # what forward and inverse call their input in errors
+
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
+        """x [B, dim] -> FlowOutput(out [B, dim], logdet [B]) after checking x and cond."""
+        self._check(x, cond, self.names[0])
+        return self._forward(x, cond)
+
+    def inverse(self, y: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        """y [B, dim] -> x [B, dim] with forward(x).out = y, after checking y and cond."""
+        self._check(y, cond, self.names[1])
+        return self._inverse(y, cond)
+
+
+class _AutoregressiveAffine(_FlowLayer):
     """A GaussianMADE and the checks and the D-pass solver the MAF and IAF layers share."""
 
     def __init__(self, dim: int, hidden: Sequence[int] = (512, 512), cond_dim: int = 0,
-                 order: Optional[Sequence[int]] = None, seed: int = 0):
+                 order: Optional[Sequence[int]] = None, seed: int = 0, activation: str = "tanh"):
         super().__init__()
-        self.made = GaussianMADE(dim, hidden, cond_dim, order, seed)
+        self.made = GaussianMADE(dim, hidden, cond_dim, order, seed, activation)
         self.dim, self.cond_dim = dim, cond_dim
 
     @property
@@ -112,15 +130,15 @@ class MAFLayer(_AutoregressiveAffine):
     one MADE pass; ``inverse`` (sampling) takes ``dim`` passes.  Arguments as ``GaussianMADE``;
     the layer starts as the identity."""
 
-    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
+    names = ("x", "u")
+
+    def _forward(self, x: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
         """x [B, dim] -> FlowOutput(u [B, dim], logdet [B])."""
-        self._check(x, cond, "x")
         p = self.made(x, cond)
         return FlowOutput(_normalize(x, p), -p.log_scale.to(logdet_dtype(x)).sum(1))
 
-    def inverse(self, u: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    def _inverse(self, u: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """u [B, dim] -> x [B, dim] in ``dim`` MADE passes."""
-        self._check(u, cond, "u")
         return self._solve(u, cond, _denormalize)
 
 
@@ -133,20 +151,22 @@ class IAFLayer(_AutoregressiveAffine):
     ``inverse`` (the density of a given x) takes ``dim`` passes.  Arguments as ``GaussianMADE``;
     the layer starts as the identity."""
 
-    def forward(self, u: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
+    names = ("u", "x")
+
+    def _forward(self, u: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
         """u [B, dim] -> FlowOutput(x [B, dim], logdet [B])."""
-        self._check(u, cond, "u")
         p = self.made(u, cond)
         return FlowOutput(_denormalize(u, p), p.log_scale.to(logdet_dtype(u)).sum(1))
 
-    def inverse(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    def _inverse(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """x [B, dim] -> u [B, dim] in ``dim`` MADE passes."""
-        self._check(x, cond, "x")
         return self._solve(x, cond, _normalize)
 
 
-class _VectorLayer(nn.Module):
+class _VectorLayer(_FlowLayer):
     """Checks shared by the unconditional planar and radial layers."""
+
+    names = ("z", "y")
 
     def _check(self, x: Tensor, cond: Optional[Tensor], name: str) -> None:
         if cond is not None:
@@ -176,6 +196,7 @@ class PlanarLayer(_VectorLayer):
 
     @property
     def param_like(self) -> Tensor:
+        """A parameter: inputs must share its dtype and device."""
         return self.w
 
     def u_hat(self) -> Tensor:
@@ -183,17 +204,15 @@ class PlanarLayer(_VectorLayer):
         wu = self.w @ self.u
         return self.u + (F.softplus(wu) - 1 - wu) * self.w / (self.w @ self.w).clamp_min(1e-12)
 
-    def forward(self, z: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
+    def _forward(self, z: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
         """z [B, dim] -> FlowOutput(f(z) [B, dim], logdet [B])."""
-        self._check(z, cond, "z")
         u_hat = self.u_hat()
         t = torch.tanh(z @ self.w + self.b)                                    # [B]
         logdet = torch.log1p((1 - t * t) * (self.w @ u_hat))
         return FlowOutput(z + t[:, None] * u_hat, logdet.to(logdet_dtype(z)))
 
-    def inverse(self, y: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    def _inverse(self, y: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """y [B, dim] -> z [B, dim] (numeric: see the class docstring)."""
-        self._check(y, cond, "y")
         u_hat = self.u_hat()
         s = self.w @ u_hat                                                     # > -1
         c = y @ self.w + self.b                                                # [B]
@@ -233,6 +252,7 @@ class RadialLayer(_VectorLayer):
 
     @property
     def param_like(self) -> Tensor:
+        """A parameter: inputs must share its dtype and device."""
         return self.z0
 
     def alpha_beta(self):
@@ -240,9 +260,8 @@ class RadialLayer(_VectorLayer):
         alpha = F.softplus(self.alpha_raw)
         return alpha, F.softplus(self.beta_raw) - alpha
 
-    def forward(self, z: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
+    def _forward(self, z: Tensor, cond: Optional[Tensor] = None) -> FlowOutput:
         """z [B, dim] -> FlowOutput(f(z) [B, dim], logdet [B])."""
-        self._check(z, cond, "z")
         alpha, beta = self.alpha_beta()
         diff = z - self.z0
         r = diff.norm(dim=1)                                                   # [B]
@@ -250,9 +269,8 @@ class RadialLayer(_VectorLayer):
         logdet = (self.dim - 1) * torch.log1p(beta * h) + torch.log1p(alpha * beta * h * h)
         return FlowOutput(z + (beta * h)[:, None] * diff, logdet.to(logdet_dtype(z)))
 
-    def inverse(self, y: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    def _inverse(self, y: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """y [B, dim] -> z [B, dim] (closed form: see the class docstring)."""
-        self._check(y, cond, "y")
         alpha, beta = self.alpha_beta()
         diff = y - self.z0
         r_y = diff.norm(dim=1)
