@@ -256,8 +256,8 @@ def test_bad_input_is_refused_clearly(make):
     (lambda: MAF(2, layers=1).sample(0), "n must be a positive int"),
     (lambda: IAF(2, layers=1).sample(3, temperature=0.0), "temperature must be > 0"),
     (lambda: IAF(2, layers=1, cond_dim=1).sample(3), "pass cond"),
-], ids=["maf-dim0", "iaf-layers0", "maf-no-hidden", "planar-layers", "radial-dim0", "bad-order", "bad-activation", "n0", "temp0",
-        "missing-cond"])
+], ids=["maf-dim0", "iaf-layers0", "maf-no-hidden", "planar-layers", "radial-dim0", "bad-order", "bad-activation",
+        "n0", "temp0", "missing-cond"])
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -113,9 +113,9 @@ def _autoregressive_layers(cls, dim, hidden, layers, cond_dim, seed, activation)
 class MAF(_VectorFlow):
     """Masked autoregressive flow (Papamakarios et al. 2017) on x [B, dim]: ``layers`` MAFLayers
     (MADEs with ``hidden`` sizes and ``activation``, hidden degrees from ``seed + k``; see
-    ``fastgen.nn.GaussianMADE``), the ordering reversed from one layer to the next, N(0, I) base.  forward: x -> u with u_d = (x_d - mu_d(x_<d))
-    exp(-alpha_d(x_<d)) per layer, log p(x) = log N(u; 0, I) - sum alpha in one pass per layer;
-    sampling inverts each layer in ``dim`` passes.  No batch-norm layers between the MADEs."""
+    ``fastgen.nn.GaussianMADE``), the ordering reversed from one layer to the next, N(0, I) base.
+    forward: x -> u with u_d = (x_d - mu_d(x_<d)) exp(-alpha_d(x_<d)) per layer, log p(x) =
+    log N(u; 0, I) - sum alpha in one pass per layer; sampling inverts each layer in ``dim`` passes.  No batch-norm layers between the MADEs."""
 
     generative = False
 
