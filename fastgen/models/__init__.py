@@ -2,12 +2,15 @@
 MAF/IAF and planar/radial flows, a DDPM UNet with its training losses and an NCSN score model (with incremental
 sampling through ``fastgen.sampling``)."""
 from fastgen.models.flows import NICE, Glow, RealNVP
+from fastgen.models.hvae import HierarchicalVAE, train_step
 from fastgen.models.made import MADE
 from fastgen.models.maf import IAF, MAF, PlanarFlow, RadialFlow
 from fastgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from fastgen.models.pixelcnnpp import PixelCNNpp
 from fastgen.models.unet import DDPM, NCSN, UNet
+from fastgen.models.vae import VAE
 from fastgen.models.wavenet import WaveNet
 
 __all__ = ["DDPM", "GatedPixelCNN", "Glow", "IAF", "MADE", "MAF", "NCSN", "NICE", "PixelCNN", "PixelCNNpp", "PlanarFlow",
-           "RadialFlow", "RealNVP", "UNet", "WaveNet"]
+           "RadialFlow", "RealNVP", "UNet", "WaveNet",
+           "HierarchicalVAE", "VAE", "train_step"]
