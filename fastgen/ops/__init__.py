@@ -6,6 +6,8 @@ Every op is declared through ``fastgen.ops._define`` (see docs/architecture.md).
 Each op is registered with ``torch.library`` (``torch.ops.fastgen.*``) with a fake
 implementation for ``torch.compile`` and, where it trains, an autograd formula.
 """
+from fastgen.ops.block_local_attention import (block_local_attention, block_local_attention_decode,
+                                                sparse_attention)
 from fastgen.ops.conv import causal_conv1d, masked_conv2d, pixelcnn_mask
 from fastgen.ops.diffusion_step import diffusion_step, score_noise_norms
 from fastgen.ops.flow_coupling import FlowOutput, affine_coupling
@@ -14,5 +16,6 @@ from fastgen.ops.pixelcnnpp_mixture import pixelcnnpp_mixture_draw
 from fastgen.ops.pixelcnnpp_resnet import pixelcnnpp_resnet_at
 from fastgen.ops.wavenet_step import wavenet_step, wavenet_steps
 
-__all__ = ["FlowOutput", "affine_coupling", "causal_conv1d", "diffusion_step", "gated_pixel_step", "gated_vertical_row", "masked_conv2d", "pixelcnn_mask",
+__all__ = ["block_local_attention", "block_local_attention_decode", "sparse_attention",
+           "FlowOutput", "affine_coupling", "causal_conv1d", "diffusion_step", "gated_pixel_step", "gated_vertical_row", "masked_conv2d", "pixelcnn_mask",
            "pixelcnnpp_mixture_draw", "pixelcnnpp_resnet_at", "score_noise_norms", "wavenet_step", "wavenet_steps"]
