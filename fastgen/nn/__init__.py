@@ -6,6 +6,7 @@ from fastgen.nn.latent import DiagonalGaussian
 from fastgen.nn.made import GaussianMADE, GaussianMADEOutput
 from fastgen.nn.flows import ActNorm, AdditiveCoupling, AffineCoupling, FlowSequential, InvConv1x1, Squeeze
 from fastgen.nn.invertible_backprop import InvertibleBackprop, invertible_backprop
+from fastgen.nn.vq import VectorQuantizer
 from fastgen.nn.pixelcnnpp import (DownRightShiftedConv, DownRightShiftedDeconv, DownShiftedConv, DownShiftedDeconv,
                                    GatedResnet, pack_cond_bias, pack_resnet_weights)
 
@@ -13,4 +14,4 @@ __all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "FlowSequential", "I
            "CausalConv1d", "DownRightShiftedConv", "DownRightShiftedDeconv", "DownShiftedConv", "DownShiftedDeconv",
            "GatedMaskedConv2d", "GatedResnet", "MaskedConv2d", "functional", "pack_cond_bias", "pack_resnet_weights",
            "FlowSample", "GaussianMADE", "GaussianMADEOutput", "IAFLayer", "MAFLayer", "PlanarLayer", "RadialLayer",
-           "DiagonalGaussian", "latent"]
+           "DiagonalGaussian", "latent", "VectorQuantizer"]
