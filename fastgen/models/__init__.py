@@ -1,6 +1,7 @@
 """The model zoo built on fastgen.nn.  So far: PixelCNN, GatedPixelCNN, PixelCNN++, MADE, WaveNet, NICE/RealNVP/Glow,
 MAF/IAF and planar/radial flows, a DDPM UNet with its training losses and an NCSN score model (with incremental
-sampling through ``fastgen.sampling``)."""
+sampling through ``fastgen.sampling``), a VAE (ELBO, IWAE, beta-VAE, SA-VAE refinement) and a small NVAE / VD-VAE
+style hierarchical VAE (``train_step`` with gradient skipping)."""
 from fastgen.models.flows import NICE, Glow, RealNVP
 from fastgen.models.hvae import HierarchicalVAE, train_step
 from fastgen.models.made import MADE

@@ -308,7 +308,10 @@ class VAE(nn.Module):
     def bits_per_dim(self, x: Tensor, k: int = 1, generator: Optional[torch.Generator] = None) -> Tensor:
         """-bound / (D log 2) [B]: the ELBO (k = 1) or IWAE_k bound in bits per value (an upper
         bound on the NLL in bits/dim; for integer images the same units as ``GatedPixelCNN.loss``)."""
-        bound = self.elbo(x, beta=1.0, generator=generator).elbo if k == 1 else self.iwae_bound(x, k, generator=generator)
+        if k == 1:
+            bound = self.elbo(x, beta=1.0, generator=generator).elbo
+        else:
+            bound = self.iwae_bound(x, k, generator=generator)
         return -bound / (self.dims * math.log(2))
 
     def loss(self, x: Tensor, beta: Optional[float] = None, refine_steps: int = 0, refine_lr: float = 0.01,
