@@ -373,6 +373,40 @@ def flow_coupling_configurations(quick=False):
     return cases
 
 
+def vector_quantize_configurations(quick=False):
+    """The VQ search (code norms + the tiled nearest-code kernel) at the benchmark's shapes, N =
+    65,536 rows (a B64 32x32 latent map): D=64 with K=512 and K=8,192 in fp32 (exact and TF32) and
+    bf16 / fp16, D=256 with K=8,192 (every dtype), and D=8 / D=128 (the other search tile
+    shapes) -- and the EMA update kernels (decay, atomic scatter, finalize) at K=512 and 8,192,
+    D=64 and 256, fp32 and bf16 z."""
+    from fastgen.kernels.vector_quantize import code_norms, ema_update, nearest_codes
+    cases = []
+
+    def search(N, K, D, dtype, precision):
+        z, c = _t(N, D, dtype=dtype), _t(K, D, dtype=dtype)
+        norms = _t(K)
+        code_norms(c, norms)
+        nearest_codes(z, c, norms, _t(N, dtype=torch.int64), precision)
+
+    def ema(N, K, D, dtype):
+        ema_update(_t(K), _t(K, D), _t(N, D, dtype=dtype), _t(N, dtype=torch.int64), 0.99, 1e-5, _t(K, D))
+
+    if quick:
+        return [("vq search N64 K32 D16 fp32/ieee", lambda: search(64, 32, 16, torch.float32, "ieee")),
+                ("vq ema N64 K32 D16 fp32", lambda: ema(64, 32, 16, torch.float32))]
+    N = 65536
+    shapes = [(512, 64), (8192, 64), (8192, 256), (512, 8), (512, 128)]
+    for K, D in shapes:
+        for dtype, precision in PRECISIONS:
+            cases.append((f"vq search N{N} K{K} D{D} {_NAMES[dtype]}/{precision}",
+                          lambda a=(N, K, D, dtype, precision): search(*a)))
+    for K in (512, 8192):
+        for D in (64, 256):
+            for dtype in (torch.float32, torch.bfloat16):
+                cases.append((f"vq ema N{N} K{K} D{D} {_NAMES[dtype]}", lambda a=(N, K, D, dtype): ema(*a)))
+    return cases
+
+
 FAMILIES = {
     "conv": conv_configurations,
     "gated_pixel_step": gated_pixel_configurations,
@@ -381,6 +415,7 @@ FAMILIES = {
     "pixelcnnpp_mixture": pixelcnnpp_mixture_configurations,
     "diffusion_step": diffusion_configurations,
     "flow_coupling": flow_coupling_configurations,
+    "vector_quantize": vector_quantize_configurations,
 }
 
 
