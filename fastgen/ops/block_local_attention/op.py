@@ -87,9 +87,11 @@ def _check_scale(op: str, scale) -> None:
         raise ValueError(f"{op}: scale must be None or a finite number, got {scale!r}")
 
 
-def _unsupported(q: Tensor, n_keys: int) -> Optional[str]:
+def _unsupported(q: Tensor, n_keys: int, dots: bool = True) -> Optional[str]:
     if q.dtype not in _DTYPES:
         return f"q, k, v must be float32/float16/bfloat16, got {q.dtype}"
+    if dots and q.dtype == torch.bfloat16 and q.device.type == "cpu" and _backend.interpreting():
+        return "bfloat16 tl.dot does not run in the Triton interpreter (numpy has no bfloat16); it is tested on the GPU"
     if q.shape[-1] > _MAX_HEAD_DIM:
         return f"head_dim must be at most {_MAX_HEAD_DIM}, got {q.shape[-1]}"
     if q.shape[0] * q.shape[1] > _MAX_BATCH_HEADS:
@@ -239,7 +241,7 @@ def block_local_attention_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, in
     _check_scale(op, scale)
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < N:
         raise ValueError(f"{op}: index must be an int in 0..{N - 1} (the new token's raster position), got {index!r}")
-    if _decode_kernel.backend(q, backend, unsupported=_unsupported(q, N)) == "reference":
+    if _decode_kernel.backend(q, backend, unsupported=_unsupported(q, N, dots=False)) == "reference":
         return reference.block_local_attention_decode(q, k_cache, v_cache, index, grid, block, True, memory, scale)
     q, k_cache, v_cache = _last_contiguous(q), _last_contiguous(k_cache), _last_contiguous(v_cache)
     return _decode_kernel(q, k_cache, v_cache, index, list(grid), list(block), memory, _scale(q, scale))
