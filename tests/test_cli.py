@@ -62,6 +62,19 @@ def test_bench_flows_quick(tmp_path):
     assert all(r["ms"]["fastgen"] > 0 and r["ms"]["eager"] > 0 and r["best_alternative"] for r in rows)
 
 
+def test_bench_vq_quick(tmp_path):
+    """The VQ cases run (fastgen's indices checked against cdist+argmin first) and compare."""
+    path = tmp_path / "vq.json"
+    assert cli.main(["bench", "vq", "--quick", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert [r["case"] for r in rows] == ["vq_search_N256_D16_K40_fp32", "vq_search_N256_D16_K40_fp32_tf32",
+                                         "vq_search_N256_D16_K100_fp32", "vq_search_N256_D16_K100_fp32_tf32",
+                                         "vq_layer_train_step_N256_D16_K40_fp32",
+                                         "vq_layer_train_step_N256_D16_K100_fp32"]
+    assert all(r["ms"]["fastgen"] > 0 and r["best_alternative"] and r["floor_ms_h100_tf32"] > 0 for r in rows)
+    assert all(r["ms"]["cdist_argmin"] > 0 for r in rows[:4])
+
+
 @pytest.mark.slow
 def test_demo_flow_runs(tmp_path, capsys):
     """`fastgen demo --model flow` end to end at 2 training steps: both pictures written, the

@@ -2,9 +2,9 @@
 same device.  One runner (``runner.py``: ``Case``, ``measure``, ``run_cases``, ``save``) and one
 module per op family that builds its cases and calls it: ``conv``, ``sampling`` (PixelCNN,
 Gated PixelCNN, PixelCNN++ samplers and the PixelCNN++ resnet step), ``wavenet``,
-``diffusion``, ``flows``.  Floors and targets are in each family module's docstring.
+``diffusion``, ``flows``, ``vq``.  Floors and targets are in each family module's docstring.
 
-    fastgen bench conv|sampling|wavenet|diffusion|flows [--quick] [--json PATH] [--filter S] [--dtypes D,...]
+    fastgen bench conv|sampling|wavenet|diffusion|flows|vq [--quick] [--json PATH] [--filter S] [--dtypes D,...]
     pytest benchmarks/ --benchmark-only          # the same cases through pytest-benchmark
 """
 import sys
@@ -18,12 +18,14 @@ from fastgen.bench.flows import coupling_cases, flow_rows
 from fastgen.bench.runner import CPU_TIMER_NOTE, Case, Measurement, environment, measure, run_cases, save
 from fastgen.bench.sampling import (half_precision_sampling_rows, pixelcnnpp_resnet_rows, sampler_cases,
                                     sampling_rows)
+from fastgen.bench.vq import layer_cases as vq_layer_cases, search_cases as vq_search_cases, vq_rows
 from fastgen.bench.wavenet import EagerQueueDraw, ModelWithCache, wavenet_cases, wavenet_rows
 
 __all__ = ["Case", "EagerQueueDraw", "Measurement", "ModelWithCache", "causal_conv_cases", "conv_cases", "coupling_cases",
            "diffusion_loop_rows", "diffusion_rows", "environment", "flow_rows", "format_row", "half_precision_sampling_rows",
            "masked_conv_cases", "measure", "pixelcnnpp_resnet_rows", "run", "run_cases", "sampler_cases",
-           "sampling_rows", "save", "step_cases", "wavenet_cases", "wavenet_rows"]
+           "sampling_rows", "save", "step_cases", "wavenet_cases", "wavenet_rows", "vq_layer_cases", "vq_rows",
+           "vq_search_cases"]
 
 
 def run(what: str, device: torch.device, quick: bool = False, json_path: Optional[str] = None,
@@ -49,8 +51,10 @@ def run(what: str, device: torch.device, quick: bool = False, json_path: Optiona
         rows = diffusion_rows(device, quick=quick)
     elif what == "flows":
         rows = flow_rows(device, quick=quick)
+    elif what == "vq":
+        rows = vq_rows(device, quick=quick)
     else:
-        raise ValueError(f"what must be conv, sampling, wavenet, diffusion or flows, got {what!r}")
+        raise ValueError(f"what must be conv, sampling, wavenet, diffusion, flows or vq, got {what!r}")
     if json_path:
         save(rows, json_path, command, device)
         print(f"wrote {json_path}")
