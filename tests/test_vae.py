@@ -394,7 +394,7 @@ def test_bad_input():
 @pytest.mark.slow
 @pytest.mark.parametrize("make,steps", [
     pytest.param(lambda: VAE((1, 8, 8), latent=16, hidden=32, levels=17), 800, id="VAE"),
-    pytest.param(lambda: HierarchicalVAE((1, 8, 8), levels=17), 500, id="HierarchicalVAE"),
+    pytest.param(lambda: HierarchicalVAE((1, 8, 8), levels=17), 800, id="HierarchicalVAE"),
 ])
 def test_trained_on_digits_beats_the_per_pixel_baseline(make, steps):
     """A few minutes of CPU training: the test ELBO, in bits/dim (the PixelCNN demo's units), is
