@@ -1,7 +1,7 @@
 """The ``fastgen`` command.
 
-    fastgen demo [--model pixelcnn|diffusion|flow] [--steps N] [--out DIR]
-                                 train a Gated PixelCNN (a DDPM, a Glow) on the bundled digits
+    fastgen demo [--model pixelcnn|diffusion|flow|transformer] [--steps N] [--out DIR]
+                                 train a Gated PixelCNN (a DDPM, a Glow, a local transformer) on the bundled digits
                                  and sample it
     fastgen sample wavenet --checkpoint CKPT --seconds S --out out.wav
                                  generate audio (progress bar with samples/s)
@@ -72,6 +72,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from fastgen import demo_flow
         demo_flow.run(steps=1500 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
         return 0
+    if args.model == "transformer":
+        from fastgen import demo_transformer
+        demo_transformer.run(steps=1200 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
+        return 0
     if args.model == "diffusion":
         from fastgen import demo_diffusion
         demo_diffusion.run(steps=2000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
@@ -126,12 +130,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="Fast kernels for deep generative models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a Gated PixelCNN (or a DDPM) on the bundled 8x8 digits and sample it")
-    p.add_argument("--model", choices=["pixelcnn", "diffusion", "flow"], default="pixelcnn",
+    p.add_argument("--model", choices=["pixelcnn", "diffusion", "flow", "transformer"], default="pixelcnn",
                    help="pixelcnn: Gated PixelCNN, fast vs naive sampler (default); diffusion: a class-"
                         "conditional DDPM sampled with several fused samplers; flow: a class-conditional "
-                        "Glow, bits/dim and samples at several temperatures")
+                        "Glow, bits/dim and samples at several temperatures; transformer: a class-conditional "
+                        "LocalImageTransformer (block-local attention), KV-cache vs naive sampler")
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default 1000; 2000 for diffusion, 1500 for flow)")
+                   help="training steps (default 1000; 2000 for diffusion, 1500 for flow, 1200 for transformer)")
     p.add_argument("--out", default=".", help="where the PNGs go")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_demo)

@@ -8,10 +8,12 @@ from fastgen.models.made import MADE
 from fastgen.models.maf import IAF, MAF, PlanarFlow, RadialFlow
 from fastgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from fastgen.models.pixelcnnpp import PixelCNNpp
+from fastgen.models.pixelsnail import PixelSNAIL
+from fastgen.models.transformer import LocalImageTransformer, VideoTransformer
 from fastgen.models.unet import DDPM, NCSN, UNet
 from fastgen.models.vae import VAE
 from fastgen.models.wavenet import WaveNet
 
 __all__ = ["DDPM", "GatedPixelCNN", "Glow", "IAF", "MADE", "MAF", "NCSN", "NICE", "PixelCNN", "PixelCNNpp", "PlanarFlow",
-           "RadialFlow", "RealNVP", "UNet", "WaveNet",
+           "RadialFlow", "RealNVP", "UNet", "WaveNet", "LocalImageTransformer", "PixelSNAIL", "VideoTransformer",
            "HierarchicalVAE", "VAE", "train_step"]

@@ -1,5 +1,6 @@
 """Drop-in ``nn.Module`` layers backed by fastgen's kernels."""
 from fastgen.nn import functional, latent
+from fastgen.nn.attention import AttentionCache, BlockLocalAttention, SparseAttention
 from fastgen.nn.conv import CausalConv1d, GatedMaskedConv2d, MaskedConv2d
 from fastgen.nn.density_flows import FlowSample, IAFLayer, MAFLayer, PlanarLayer, RadialLayer
 from fastgen.nn.latent import DiagonalGaussian
@@ -14,4 +15,4 @@ __all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "FlowSequential", "I
            "CausalConv1d", "DownRightShiftedConv", "DownRightShiftedDeconv", "DownShiftedConv", "DownShiftedDeconv",
            "GatedMaskedConv2d", "GatedResnet", "MaskedConv2d", "functional", "pack_cond_bias", "pack_resnet_weights",
            "FlowSample", "GaussianMADE", "GaussianMADEOutput", "IAFLayer", "MAFLayer", "PlanarLayer", "RadialLayer",
-           "DiagonalGaussian", "latent", "VectorQuantizer"]
+           "DiagonalGaussian", "latent", "AttentionCache", "BlockLocalAttention", "SparseAttention", "VectorQuantizer"]
