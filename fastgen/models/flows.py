@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastgen.nn.flows import ActNorm, AdditiveCoupling, AffineCoupling, FlowOutput, FlowSequential, InvConv1x1, Squeeze
+from fastgen.nn.density_flows import standard_normal_log_prob
 from fastgen.nn.invertible_backprop import invertible_backprop
+from fastgen.nn.latent import gaussian_log_prob
 
 __all__ = ["NICE", "FlowLatents", "Glow", "RealNVP", "dequantize", "quantize"]
 
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class FlowLatents(NamedTuple):
@@ -52,12 +53,6 @@ def dequantize(images: Tensor, levels: int, generator: Optional[torch.Generator]
 def quantize(x: Tensor, levels: int) -> Tensor:
     """Continuous x in [-0.5, 0.5) -> long images floor((x + 0.5) * levels), clamped to [0, levels)."""
     return ((x + 0.5) * levels).floor().clamp(0, levels - 1).long()
-
-
-def _gaussian_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """sum over all but dim 0 of log N(z; mean, exp(log_std)^2)."""
-    lp = -0.5 * _LOG_2PI - log_std - 0.5 * ((z - mean) * torch.exp(-log_std)) ** 2
-    return lp.flatten(1).sum(1)
 
 
 def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -221,7 +216,7 @@ class NICE(_FlowModel):
         """log p(z) summed over D -> [B]."""
         if self.prior == "logistic":
             return -(F.softplus(z) + F.softplus(-z)).sum(1)
-        return (-0.5 * _LOG_2PI - 0.5 * z ** 2).sum(1)
+        return standard_normal_log_prob(z)
 
     def log_prob(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """x [B, *shape] continuous -> log p(x) [B] in nats."""
@@ -315,10 +310,10 @@ class _MultiScaleFlow(_FlowModel):
                 keep = h.shape[1] // 2
                 h, z = h[:, :keep], h[:, keep:]
                 mean, log_std = self.split_priors[i](h)
-                prior = prior + _gaussian_log_prob(z, mean, log_std)
+                prior = prior + gaussian_log_prob(z, mean, 2 * log_std)
                 latents.append(z)
         mean, log_std = self.top_prior(x.shape[0], y)
-        prior = prior + _gaussian_log_prob(h, mean, log_std)
+        prior = prior + gaussian_log_prob(h, mean, 2 * log_std)
         latents.append(h)
         return latents, logdet, prior
 
