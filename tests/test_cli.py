@@ -53,13 +53,18 @@ def test_bench_wavenet_quick(tmp_path):
 
 
 def test_bench_flows_quick(tmp_path):
-    """The coupling cases run, agree with the eager math (check_coupling_case), and compare."""
+    """The coupling cases run, agree with the eager math (check_coupling_case), and compare; the
+    Glow training step runs for fastgen (plain and invertible backprop) and the eager model."""
     path = tmp_path / "flows.json"
     assert cli.main(["bench", "flows", "--quick", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["results"]
     assert [r["case"] for r in rows] == ["affine_coupling_glow_B2_C8_8x8_float32_fwdbwd",
-                                         "affine_coupling_glow_B2_C8_8x8_bfloat16_fwdbwd"]
-    assert all(r["ms"]["fastgen"] > 0 and r["ms"]["eager"] > 0 and r["best_alternative"] for r in rows)
+                                         "affine_coupling_glow_B2_C8_8x8_bfloat16_fwdbwd",
+                                         "glow_K2_L2_h16_B4_8x8_train_step"]
+    assert all(r["ms"]["fastgen"] > 0 and r["ms"]["eager"] > 0 and r["best_alternative"] for r in rows[:2])
+    glow = rows[2]["ms"]
+    assert {"fastgen", "fastgen_invertible_backprop", "eager_same_architecture"} <= set(glow)
+    assert all(v > 0 for v in glow.values())
 
 
 def test_bench_vq_quick(tmp_path):

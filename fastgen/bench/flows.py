@@ -21,15 +21,13 @@ bf16.  Target: >= 70% of the floor, well over 10x eager.
 """
 from typing import Callable
 
-import contextlib
-import os
 import statistics
 import time
 
 import torch
 
 from fastgen import ops
-from fastgen.bench.runner import Case, torch_compiled
+from fastgen.bench.runner import Case, forced_backend, torch_compiled
 
 
 def eager_glow_coupling(x_b: torch.Tensor, h: torch.Tensor):
@@ -81,21 +79,6 @@ def flow_rows(device: torch.device, quick: bool = False) -> list[dict]:
     for case in cases:
         check_coupling_case(case)
     return run_cases(cases, device) + glow_train_rows(device, quick)
-
-
-@contextlib.contextmanager
-def _backend(name):
-    """Force every fastgen op onto one backend (FASTGEN_BACKEND) for the duration."""
-    before = os.environ.get("FASTGEN_BACKEND")
-    if name is not None:
-        os.environ["FASTGEN_BACKEND"] = name
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("FASTGEN_BACKEND", None)
-        else:
-            os.environ["FASTGEN_BACKEND"] = before
 
 
 def normflows_glow(levels: int, steps: int, hidden: int, shape: tuple):
@@ -166,7 +149,7 @@ def glow_train_rows(device: torch.device, quick: bool = False) -> list[dict]:
                                       ("eager_same_architecture", "reference", False)):
             torch.manual_seed(0)
             model = Glow(shape, levels=levels, steps=steps, hidden=hidden, invertible_backprop=saving).to(device)
-            with _backend(backend):
+            with forced_backend(backend):
                 with torch.no_grad():
                     model.loss(images)                    # ActNorm's data-dependent initialisation
                 stats[name] = _train_step_stats(model, lambda m=model: m.loss(images),

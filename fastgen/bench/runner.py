@@ -31,6 +31,7 @@ Floors: a case states its useful flops and the bytes it must move; its floor is 
 of flops at the H100's measured bf16 peak (stated for 16-bit inputs only: no fp32/TF32 peak
 is measured) and bytes at its measured copy bandwidth.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -241,6 +242,22 @@ def save(rows: list[dict], path: str, command: str, device: torch.device) -> Non
     """Write ``{"env", "command", "results"}`` (the shape ``benchmarks/table.py`` reads)."""
     with open(path, "w") as f:
         json.dump({"env": environment(device), "command": command, "results": rows}, f, indent=1)
+
+
+@contextlib.contextmanager
+def forced_backend(name: Optional[str]):
+    """Run every fastgen op on one backend ('reference' | 'triton'; None: the automatic choice)
+    for the duration, through FASTGEN_BACKEND -- how a case times "the same model in eager ops"."""
+    before = os.environ.get("FASTGEN_BACKEND")
+    if name is not None:
+        os.environ["FASTGEN_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FASTGEN_BACKEND", None)
+        else:
+            os.environ["FASTGEN_BACKEND"] = before
 
 
 def torch_compiled(fn: Callable) -> Optional[Callable]:

@@ -26,13 +26,13 @@ call) and ``floor_ms_h100_tf32`` / ``pct_of_floor``.  On a CPU (small sizes, fas
 reference path unless TRITON_INTERPRET=1) the rows check the harness and are not speed claims.
 """
 import contextlib
-import os
+import functools
 from typing import Callable, Optional
 
 import torch
 
 from fastgen import ops
-from fastgen.bench.runner import Case, run_cases, sync
+from fastgen.bench.runner import Case, forced_backend, run_cases, sync
 
 TF32_FLOPS = 400e12          # the anchor's H100 dense TF32 rate (shared/anchors/anchor_bench2.py)
 
@@ -99,22 +99,6 @@ def vqp_layer(K: int, D: int):
     return VectorQuantize(dim=D, codebook_size=K, decay=0.99, commitment_weight=0.25)
 
 
-def _backend(name: Optional[str]):
-    @contextlib.contextmanager
-    def scope():
-        before = os.environ.get("FASTGEN_BACKEND")
-        if name is not None:
-            os.environ["FASTGEN_BACKEND"] = name
-        try:
-            yield
-        finally:
-            if before is None:
-                os.environ.pop("FASTGEN_BACKEND", None)
-            else:
-                os.environ["FASTGEN_BACKEND"] = before
-    return scope
-
-
 def layer_cases(device: torch.device, quick: bool = False) -> list[Case]:
     from fastgen.nn import VectorQuantizer
     N, D, Ks = _sizes(quick)
@@ -126,7 +110,7 @@ def layer_cases(device: torch.device, quick: bool = False) -> list[Case]:
         for name, backend in (("fastgen", None), ("eager_reference", "reference")):
             layer = VectorQuantizer(K, D).to(device).train()
 
-            def step(layer=layer, scope=_backend(backend), z=z):
+            def step(layer=layer, scope=functools.partial(forced_backend, backend), z=z):
                 with scope():
                     out = layer(z)
                     return torch.autograd.grad(out.quantized.sum() + out.commitment_loss, z)
