@@ -373,6 +373,56 @@ def flow_coupling_configurations(quick=False):
     return cases
 
 
+def _block_local(B, H, grid, block, memory, D, dtype, precision, decode=True):
+    """Forward, backward (delta, dK/dV, dQ) and decode of block-local attention as the op lays
+    them out: q, k, v [B, H, N, D] (SDPA's layout), out/grads contiguous, fp32 statistics."""
+    from fastgen.kernels import block_local_attention as k
+    N = math.prod(grid)
+    q, out, lse = _t(B, H, N, D, dtype=dtype), _t(B, H, N, D, dtype=dtype), _t(B, H, N)
+    k.block_local_forward(q, q, q, out, lse, grid, block, True, memory or 0, D ** -0.5, precision)
+    k.block_local_backward(q, q, q, out, _t(B, H, N, D, dtype=dtype), lse, _t(B, H, N), _t(B, H, N, D, dtype=dtype),
+                           _t(B, H, N, D, dtype=dtype), _t(B, H, N, D, dtype=dtype), grid, block, True, memory or 0,
+                           D ** -0.5, precision)
+    if decode:
+        k.block_local_decode(_t(B, H, 1, D, dtype=dtype), q, q, _t(B, H, 1, D, dtype=dtype), N - 1, grid, block,
+                             memory or 0, D ** -0.5)
+
+
+def _sparse(B, H, N, pattern, width, D, dtype, precision):
+    from fastgen.kernels import block_local_attention as k
+    q, out, lse = _t(B, H, N, D, dtype=dtype), _t(B, H, N, D, dtype=dtype), _t(B, H, N)
+    k.sparse_forward(q, q, q, out, lse, pattern, width, 1, True, D ** -0.5, precision)
+    k.sparse_backward(q, q, q, out, _t(B, H, N, D, dtype=dtype), lse, _t(B, H, N), _t(B, H, N, D, dtype=dtype),
+                      _t(B, H, N, D, dtype=dtype), _t(B, H, N, D, dtype=dtype), pattern, width, 1, True, D ** -0.5,
+                      precision)
+
+
+def block_local_attention_configurations(quick=False):
+    """Block-local attention (forward, backward, decode) at the issue's benchmark shapes, 8 heads:
+    video 16x32x32 tokens in 4x8x8 blocks (batch 1), a 64x64 image in 8x8 blocks with the block
+    above as memory (batch 4), 65,536 tokens in 256-token blocks with the previous block (batch
+    1) -- bf16 at head dims 64 (and 32 / 128 for the video), the video also fp32 (exact and
+    TF32 dots); Sparse Transformer strided (l = 128) and fixed (l = 128) over 16,384 tokens."""
+    if quick:
+        return [("block_local_attention 8x8 blocks 4x4 mem1 D32 fp32/ieee",
+                 lambda: _block_local(1, 2, (8, 8), (4, 4), 1, 32, torch.float32, "ieee"))]
+    video, image, seq = ((16, 32, 32), (4, 8, 8), None, 1), ((64, 64), (8, 8), 1, 4), ((65536,), (256,), 1, 1)
+    cases = []
+    for name, (grid, block, memory, B) in (("video 16x32x32 blocks 4x8x8", video), ("image 64x64 blocks 8x8 mem1", image),
+                                           ("1-D 65536 blocks 256 mem1", seq)):
+        variants = [(64, torch.bfloat16, "tf32")]
+        if grid == video[0]:
+            variants += [(32, torch.bfloat16, "tf32"), (128, torch.bfloat16, "tf32"), (64, torch.float32, "ieee"),
+                         (64, torch.float32, "tf32")]
+        for D, dtype, precision in variants:
+            cases.append((f"block_local_attention {name} B{B} H8 D{D} {_NAMES[dtype]}/{precision}",
+                          lambda a=(B, 8, grid, block, memory, D, dtype, precision): _block_local(*a)))
+    for pattern in ("strided", "fixed"):
+        cases.append((f"sparse_attention {pattern} l128 N16384 H8 D64 bf16",
+                      lambda p=pattern: _sparse(1, 8, 16384, p, 128, 64, torch.bfloat16, "tf32")))
+    return cases
+
+
 def vector_quantize_configurations(quick=False):
     """The VQ search (code norms + the tiled nearest-code kernel) at the benchmark's shapes, N =
     65,536 rows (a B64 32x32 latent map): D=64 with K=512 and K=8,192 in fp32 (exact and TF32) and
@@ -415,6 +465,7 @@ FAMILIES = {
     "pixelcnnpp_mixture": pixelcnnpp_mixture_configurations,
     "diffusion_step": diffusion_configurations,
     "flow_coupling": flow_coupling_configurations,
+    "block_local_attention": block_local_attention_configurations,
     "vector_quantize": vector_quantize_configurations,
 }
 
