@@ -9,7 +9,7 @@
     fastgen compile-gate [--arch 80,90] [--out DIR] [--quick]
                                  compile every kernel at every configuration the library launches
                                  for sm_80 / sm_90 (no GPU needed): registers, spills, shared memory
-    fastgen bench conv|sampling|wavenet|diffusion|flows|vq [--quick] [--json PATH]
+    fastgen bench conv|sampling|wavenet|diffusion|flows|vq|attention [--quick] [--json PATH]
                                  time the conv kernels against cuDNN / torch.compile, the
                                  PixelCNN samplers, WaveNet generation or diffusion steps here
 """
@@ -160,7 +160,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     compile_gate.add_arguments(p)
     p.set_defaults(func=compile_gate.cmd)
     p = sub.add_parser("bench", help="time fastgen against the alternatives on this machine")
-    p.add_argument("what", choices=["conv", "sampling", "wavenet", "diffusion", "flows", "vq"], help="which benchmark")
+    p.add_argument("what", choices=["conv", "sampling", "wavenet", "diffusion", "flows", "vq", "attention"],
+                   help="which benchmark")
     p.add_argument("--quick", action="store_true", help="small sizes (always on without a GPU)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--filter", default="", help="only cases whose name contains this")

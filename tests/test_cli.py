@@ -67,6 +67,20 @@ def test_bench_flows_quick(tmp_path):
     assert all(v > 0 for v in glow.values())
 
 
+def test_bench_attention_quick(tmp_path):
+    """The block-local attention cases (forward; forward + backward) run, agree with the dense-mask
+    SDPA and the permuted SDPA (check_attention_case), and report flops and the memory floor."""
+    path = tmp_path / "attention.json"
+    assert cli.main(["bench", "attention", "--quick", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert [r["case"] for r in rows] == [f"block_local_attention_{name}_B{b}_H2_D16_float32_{part}"
+                                         for name, b in (("video_4x4x4_blk2x2x2", 1), ("image_8x8_blk4x4_mem1", 1),
+                                                         ("seq_64_blk16_mem1", 1)) for part in ("fwd", "fwdbwd")]
+    assert all(r["ms"]["fastgen"] > 0 and r["ms"]["sdpa_dense_mask"] > 0 and r["fastgen_TFLOPs"]
+               and r["pct_of_memory_floor"] for r in rows)
+    assert "permute_blocks_sdpa" in rows[0]["ms"] and "permute_blocks_sdpa" not in rows[2]["ms"]
+
+
 def test_bench_vq_quick(tmp_path):
     """The VQ cases run (fastgen's indices checked against cdist+argmin first) and compare."""
     path = tmp_path / "vq.json"
