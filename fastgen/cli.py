@@ -1,15 +1,19 @@
 """The ``fastgen`` command.
 
-    fastgen demo [--model pixelcnn|diffusion|flow|transformer] [--steps N] [--out DIR]
+    fastgen demo [--model pixelcnn|diffusion|flow|transformer|gan] [--steps N] [--out DIR]
                                  train a Gated PixelCNN (a DDPM, a Glow, a local transformer) on the bundled digits
                                  and sample it
-    fastgen sample wavenet --checkpoint CKPT --seconds S --out out.wav
-                                 generate audio (progress bar with samples/s)
+    fastgen train MODEL --data digits|audio-synthetic|PATH --steps N [--out DIR] [--resume] ...
+                                 train any registered zoo model (checkpoints: safetensors + config.json);
+                                 several GPUs: torchrun --nproc-per-node K -m fastgen train ...
+    fastgen sample MODEL --checkpoint DIR --n N --out FILE [--method fast|naive] [--cuda-graph] ...
+                                 sample a checkpoint into a PNG grid or WAV files (wavenet: also a
+                                 WaveNet.save file, as before)
     fastgen info                 versions, device, the backend each op uses, native extension
     fastgen compile-gate [--arch 80,90] [--out DIR] [--quick]
                                  compile every kernel at every configuration the library launches
                                  for sm_80 / sm_90 (no GPU needed): registers, spills, shared memory
-    fastgen bench conv|sampling|wavenet|diffusion|flows|vq|attention [--quick] [--json PATH]
+    fastgen bench conv|sampling|wavenet|diffusion|flows|stylegan|vq|attention [--quick] [--json PATH]
                                  time the conv kernels against cuDNN / torch.compile, the
                                  PixelCNN samplers, WaveNet generation or diffusion steps here
 """
@@ -68,6 +72,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 0:
         print("--steps must be >= 0", file=sys.stderr)
         return 2
+    if args.model == "gan":
+        from fastgen import demo_gan
+        demo_gan.run(steps=2000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
+        return 0
     if args.model == "flow":
         from fastgen import demo_flow
         demo_flow.run(steps=1500 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
@@ -84,40 +92,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    import time
-
-    from tqdm import tqdm
-
-    from fastgen.data import save_wav
-    from fastgen.models import WaveNet
-
-    if args.seconds <= 0:
-        print("--seconds must be > 0", file=sys.stderr)
-        return 2
-    if not args.checkpoint:
-        print("pass --checkpoint (a file written by WaveNet.save)", file=sys.stderr)
-        return 2
-    device = torch.device(args.device) if args.device else _device()
-    model, checkpoint = WaveNet.load(args.checkpoint)
-    model = model.to(device).eval()
-    rate = checkpoint.get("sample_rate", 16000)
-    n = int(round(args.seconds * rate))
-    if model.local_channels:
-        print("this model needs local conditioning; sample it from Python with model.stream(...)", file=sys.stderr)
-        return 2
-    gc = torch.full((args.batch,), args.speaker, dtype=torch.long, device=device) if model.global_classes else None
-    bar = tqdm(total=n, unit="sample", unit_scale=True, desc=f"wavenet ({args.method})")
-    start = time.perf_counter()
-    audio = model.generate(n, args.batch, None, gc, args.method, torch.Generator().manual_seed(args.seed),
-                           args.temperature, progress=lambda done: bar.update(done - bar.n))
-    bar.close()
-    seconds = time.perf_counter() - start
-    save_wav(args.out, audio[0], rate)
-    print(f"{n * args.batch / seconds:,.0f} samples/s ({args.batch} x {n} samples in {seconds:.1f} s); wrote {args.out}")
-    return 0
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from fastgen import bench
 
@@ -130,28 +104,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="Fast kernels for deep generative models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a Gated PixelCNN (or a DDPM) on the bundled 8x8 digits and sample it")
-    p.add_argument("--model", choices=["pixelcnn", "diffusion", "flow", "transformer"], default="pixelcnn",
+    p.add_argument("--model", choices=["pixelcnn", "diffusion", "flow", "transformer", "gan"], default="pixelcnn",
                    help="pixelcnn: Gated PixelCNN, fast vs naive sampler (default); diffusion: a class-"
                         "conditional DDPM sampled with several fused samplers; flow: a class-conditional "
                         "Glow, bits/dim and samples at several temperatures; transformer: a class-conditional "
-                        "LocalImageTransformer (block-local attention), KV-cache vs naive sampler")
+                        "LocalImageTransformer (block-local attention), KV-cache vs naive sampler; gan: a "
+                        "class-conditional DCGAN (spectral norm, hinge loss), samples judged by a classifier")
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default 1000; 2000 for diffusion, 1500 for flow, 1200 for transformer)")
+                   help="training steps (default 1000; 2000 for diffusion, 1500 for flow, 1200 for transformer, "
+                        "2000 for gan)")
     p.add_argument("--out", default=".", help="where the PNGs go")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("sample", help="generate from a trained model")
-    p.add_argument("model", choices=["wavenet"])
-    p.add_argument("--checkpoint", required=False, help="a file written by WaveNet.save")
-    p.add_argument("--seconds", type=float, default=1.0)
-    p.add_argument("--out", default="out.wav")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--method", choices=["fast", "naive"], default="fast")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--speaker", type=int, default=0, help="global-conditioning id, for models that have one")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=cmd_sample)
+    from fastgen.train.commands import add_sample_parser, add_train_parser
+    add_train_parser(sub)
+    add_sample_parser(sub)
     p = sub.add_parser("info", help="versions, device and backends")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("compile-gate", help="compile every kernel for sm_80 / sm_90 (no GPU needed); fail on "
@@ -160,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     compile_gate.add_arguments(p)
     p.set_defaults(func=compile_gate.cmd)
     p = sub.add_parser("bench", help="time fastgen against the alternatives on this machine")
-    p.add_argument("what", choices=["conv", "sampling", "wavenet", "diffusion", "flows", "vq", "attention"],
+    p.add_argument("what", choices=["conv", "sampling", "wavenet", "diffusion", "flows", "stylegan", "vq", "attention"],
                    help="which benchmark")
     p.add_argument("--quick", action="store_true", help="small sizes (always on without a GPU)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")

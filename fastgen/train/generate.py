@@ -1,0 +1,121 @@
+"""Drawing samples from a registered model and writing them: ``draw`` (in chunks, sharded over
+ranks), ``write`` (a PNG grid of images, or WAV files: one per clip), ``load_model`` (a model and
+its data facts from a ``fastgen train`` checkpoint).
+
+Same samples whatever the world size: the n samples are cut into chunks of ``batch``; chunk c
+(samples c*batch ...) is drawn with a generator seeded by ``derive(seed, 'sample', c * batch)``
+and the conditioning of its sample indices, by rank c mod world_size; the chunks are gathered
+in index order.  A single process draws every chunk the same way, so one process and K
+processes write the same file (for the same --batch).
+"""
+import math
+import os
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from fastgen.train import checkpoint as ckpt_io
+from fastgen.train.distributed import DistEnv, derive
+from fastgen.train.registry import DataInfo, ModelSpec, SampleOptions, attach_data, get
+
+
+def labels_for(num_classes: Optional[int], start: int, count: int, label: Optional[int],
+               device: torch.device) -> Optional[Tensor]:
+    """Class ids of samples start..start+count: ``label`` for all, or cycling through the classes."""
+    if num_classes is None:
+        return None
+    if label is not None:
+        return torch.full((count,), label, dtype=torch.long, device=device)
+    return (torch.arange(start, start + count, device=device) % num_classes).long()
+
+
+@torch.no_grad()
+def draw(spec: ModelSpec, model: nn.Module, n: int, batch: int, seed: int, options: SampleOptions,
+         env: DistEnv = DistEnv(0, 1, 0), label: Optional[int] = None, progress=None) -> Optional[Tensor]:
+    """n samples (long images [n, C, H, W] or audio [n, T]); under torchrun every rank returns
+    them all (gathered in index order).  ``progress(count)`` after each chunk on rank 0."""
+    device = next(model.parameters()).device
+    mine = []
+    for c, start in enumerate(range(0, n, batch)):
+        if c % env.world_size != env.rank:
+            continue
+        count = min(batch, n - start)
+        chunk_seed = derive(seed, "sample", start)
+        where = device if spec.sample_generator == "model" else torch.device("cpu")
+        generator = torch.Generator(device=where).manual_seed(chunk_seed)
+        labels = labels_for(spec.num_classes(model), start, count, label, device)
+        out = spec.sample(model, count, options._replace(seed=chunk_seed % (2 ** 31)), generator, labels)
+        mine.append((start, out.detach().cpu()))
+        if progress is not None:
+            progress(count * env.world_size)
+    if env.world_size > 1:
+        import torch.distributed as dist
+        gathered: List[list] = [None] * env.world_size
+        dist.all_gather_object(gathered, mine)
+        mine = [item for part in gathered for item in part]
+    return torch.cat([out for _, out in sorted(mine, key=lambda item: item[0])])
+
+
+def save_image_grid(images: Tensor, levels: int, path: str, scale: int = 8) -> None:
+    """Long images [N, C, H, W] in [0, levels), C = 1 (grey, dark ink on white as
+    ``fastgen.demo.save_grid``) or 3 (RGB), as a near-square grid PNG."""
+    if images.shape[1] == 1:
+        from fastgen.demo import save_grid
+        n = len(images)
+        cols = math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        pad = rows * cols - n
+        if pad:                                        # blank (white) cells fill the last row
+            images = torch.cat([images, images.new_zeros(pad, *images.shape[1:])])
+        save_grid(images, levels, path, rows=rows, scale=scale)
+        return
+    from PIL import Image
+    n, C, H, W = images.shape
+    if C != 3:
+        raise ValueError(f"image grids show 1 or 3 channels, got {C}")
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = torch.ones(3, rows * (H + 1) + 1, cols * (W + 1) + 1)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[:, 1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = \
+            images[i].float() / (levels - 1)
+    pixels = (grid * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(pixels, mode="RGB").resize((pixels.shape[1] * scale, pixels.shape[0] * scale),
+                                               Image.NEAREST).save(path)
+
+
+def audio_paths(out: str, n: int) -> List[str]:
+    """One WAV per clip: ``out`` itself for one clip, else ``<stem>-<i>.wav`` (i = 0..n-1)."""
+    if n == 1:
+        return [out]
+    stem, ext = os.path.splitext(out)
+    return [f"{stem}-{i}{ext}" for i in range(n)]
+
+
+def write(samples: Tensor, info: DataInfo, out: str) -> List[str]:
+    """Write ``samples`` to ``out``; returns the paths written."""
+    if info.kind == "image":
+        save_image_grid(samples, info.levels, out)
+        return [out]
+    from fastgen.data import save_wav
+    paths = audio_paths(out, len(samples))
+    for clip, path in zip(samples, paths):
+        save_wav(path, clip, info.sample_rate)
+    return paths
+
+
+def load_model(folder: str, model_name: str, device: torch.device, ema: bool = True):
+    """(spec, model in eval mode on ``device``, DataInfo, Checkpoint) from a ``fastgen train``
+    checkpoint; the EMA weights when the checkpoint has them and ``ema``."""
+    spec = get(model_name)
+    ckpt = ckpt_io.open_checkpoint(folder, spec.name)
+    info = ckpt.data_info
+    model = attach_data(spec.make(ckpt.config["args"]), spec, info)
+    weights = ckpt.path("ema") if ema and ckpt.path("ema") else ckpt.path("model")
+    ckpt_io.load_weights(model, weights)
+    state = torch.load(ckpt.path("state"), map_location="cpu", weights_only=True)
+    if spec.set_state and state.get("model_state"):
+        spec.set_state(model, state["model_state"])
+    return spec, model.to(device).eval(), info, ckpt

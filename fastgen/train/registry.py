@@ -1,0 +1,460 @@
+"""The one registry behind ``fastgen train`` and ``fastgen sample``: for every trainable zoo
+model, its class, its default constructor arguments for a data set, how a batch becomes its
+loss, and how it is sampled.
+
+A ``ModelSpec`` holds plain functions, so adding a model is one entry here:
+
+- ``data``: the kind of data it trains on: ``'image'`` (integer images [N, C, H, W]) or
+  ``'audio'`` (float clips [N, T] in [-1, 1]);
+- ``defaults(info)``: constructor arguments (JSON-serialisable) for a ``DataInfo``;
+  ``--config`` entries are merged over them (dictionaries recursively);
+- ``build(args)``: the model (``cls(**args)`` unless given);
+- ``loss(model, batch, rng)``: a scalar loss for a ``Batch``; ``rng.cpu()`` / ``rng.on(device)``
+  are the step's generators (seeded from the run seed and the sample index, see
+  ``fastgen.train.loop``); ``units``: 'bits/dim' or 'bits/sample' when the loss is one;
+- ``sample(model, n, opts, generator, labels)``: n outputs -- long images [n, C, H, W] in
+  [0, levels) or audio [n, T];
+- ``train_step`` / ``optimizers``: for models with their own update (the GANs' two optimizers);
+- ``data_init(model, batch, rng)``: a data-dependent initialisation run once on the first
+  global batch before training (Glow's ActNorm), identical on every rank.
+
+Models the zoo has but this registry cannot train are in ``NOT_TRAINABLE`` with the reason.
+Models are imported lazily (``module:Class``): an entry whose module is missing is reported
+as unavailable, never an import error at startup.
+"""
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+class UsageError(ValueError):
+    """A bad command-line input: the CLI prints its message on one line and exits with code 2."""
+
+
+class DataInfo(NamedTuple):
+    """What a model is built for.  image: shape (C, H, W), levels; audio: shape (T,) (the
+    training segment), sample_rate.  num_classes: labels available (None: none)."""
+    kind: str
+    shape: Tuple[int, ...]
+    levels: Optional[int] = None
+    num_classes: Optional[int] = None
+    sample_rate: Optional[int] = None
+
+
+class Batch(NamedTuple):
+    """One batch on the training device: x (long images [B, C, H, W] or float audio [B, T]) and
+    labels [B] (or None)."""
+    x: Tensor
+    labels: Optional[Tensor]
+
+
+class StepRNG:
+    """The generators of one training step (one rank): seeded from ``seed``, created on demand
+    on the host or on a device (a loss that draws noise with ``torch.rand(..., device=...)``
+    needs a generator there)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._gens: Dict[str, torch.Generator] = {}
+
+    def on(self, device: torch.device) -> torch.Generator:
+        key = str(torch.device(device))
+        if key not in self._gens:
+            self._gens[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._gens[key]
+
+    def cpu(self) -> torch.Generator:
+        return self.on(torch.device("cpu"))
+
+
+class SampleOptions(NamedTuple):
+    """What ``fastgen sample`` passes to a spec's ``sample`` (None: the spec's default)."""
+    method: str = "fast"
+    temperature: Optional[float] = None
+    cuda_graph: bool = False
+    length: Optional[int] = None          # audio: samples per clip
+    speaker: Optional[int] = None         # audio: global-conditioning id
+    steps: Optional[int] = None           # diffusion / score models: sampler steps
+    seed: int = 0                         # this chunk's seed (samplers that draw noise in a kernel)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    target: str                                       # "module:Class"
+    data: str                                         # 'image' | 'audio'
+    summary: str
+    defaults: Callable[[DataInfo], Dict[str, Any]]
+    loss: Callable[..., Tensor]
+    sample: Callable[..., Tensor]
+    tiny: Dict[str, Any] = field(default_factory=dict)      # overrides for tests and quick checks
+    build: Optional[Callable[[Dict[str, Any]], nn.Module]] = None
+    units: Optional[str] = None                       # 'bits/dim' | 'bits/sample' | None
+    lr: float = 1e-3
+    methods: Tuple[str, ...] = ("fast",)             # sampling methods ('fast' always the default)
+    temperature: Optional[str] = None                 # None (not used), '>0' or '>=0'
+    cuda_graph: bool = False
+    num_classes: Callable[[nn.Module], Optional[int]] = lambda model: getattr(model, "num_classes", None)
+    train_step: Optional[Callable[..., Tensor]] = None
+    optimizers: Optional[Callable[[nn.Module, float], List[torch.optim.Optimizer]]] = None
+    data_init: Optional[Callable[..., None]] = None
+    get_state: Optional[Callable[[nn.Module], Dict[str, Any]]] = None
+    set_state: Optional[Callable[[nn.Module, Dict[str, Any]], None]] = None
+    after_step: Optional[Callable[[nn.Module], None]] = None
+    sample_generator: str = "cpu"                     # where ``sample``'s generator lives: 'cpu' | 'model'
+
+    @property
+    def cls(self) -> type:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def available(self) -> bool:
+        try:
+            self.cls
+        except (ImportError, AttributeError):
+            return False
+        return True
+
+    def make(self, args: Dict[str, Any]) -> nn.Module:
+        """The model for constructor arguments ``args``; a bad argument is a UsageError."""
+        try:
+            return self.build(args) if self.build else self.cls(**args)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"cannot build {self.name} from its configuration {args}: {err}") from err
+
+
+def merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    """``override`` over ``base``, dictionaries merged recursively (JSON configs)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# helpers shared by the entries
+
+def _image_args(info: DataInfo) -> Dict[str, Any]:
+    return {"image_shape": list(info.shape), "levels": info.levels}
+
+
+def _to_unit(x: Tensor, levels: int) -> Tensor:
+    """Integer pixels -> floats in [-1, 1]."""
+    return x.float() * (2.0 / (levels - 1)) - 1.0
+
+
+def _from_unit(x: Tensor, levels: int) -> Tensor:
+    """Floats in [-1, 1] -> long pixels in [0, levels)."""
+    return ((x.float().clamp(-1, 1) + 1) * (levels - 1) / 2).round().long()
+
+
+def _labels(model_classes: Optional[int], batch: Batch) -> Optional[Tensor]:
+    if model_classes is None:
+        return None
+    if batch.labels is None:
+        raise UsageError(f"the model is class-conditional ({model_classes} classes) but the data has no labels")
+    return batch.labels
+
+
+def _temperature(opts: SampleOptions) -> float:
+    return 1.0 if opts.temperature is None else opts.temperature
+
+
+# autoregressive image models (PixelCNN family, transformers): loss in bits/dim, fastgen.sampling.sample
+
+def _pixel_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    return model.loss(batch.x, _labels(model.num_classes, batch))
+
+
+def _pixel_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    from fastgen.sampling import sample
+    return sample(model, n, labels, method=opts.method, generator=generator, temperature=_temperature(opts),
+                  cuda_graph=opts.cuda_graph)
+
+
+def _pixel_spec(name, target, summary, defaults, tiny, **kw) -> ModelSpec:
+    return ModelSpec(name, target, "image", summary, defaults, _pixel_loss, _pixel_sample, tiny, units="bits/dim",
+                     methods=("fast", "naive"), temperature=">0", cuda_graph=True, **kw)
+
+
+# MADE: the image flattened to a vector of D = C*H*W values
+
+def _made_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    return model.loss(batch.x.flatten(1))
+
+
+def _made_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    from fastgen.sampling import sample_sequence
+    return sample_sequence(model, n, opts.method, generator, _temperature(opts)).view(n, *model.image_shape)
+
+
+def _made_after_step(model) -> None:
+    if model.num_masks > 1:
+        model.next_mask()         # connectivity-agnostic training: the next mask set every step
+
+
+# WaveNet: audio clips [B, T]
+
+def _wavenet_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    if model.local_channels:
+        raise UsageError("fastgen train has no local-conditioning features for WaveNet: train it unconditioned "
+                         "(local_channels=None) or from Python")
+    return model.loss(batch.x, None, None if not model.global_classes else _labels(model.global_classes, batch))
+
+
+def _wavenet_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    gc = None
+    if model.global_classes:
+        gc = torch.full((n,), opts.speaker or 0, dtype=torch.long, device=next(model.parameters()).device)
+    return model.generate(opts.length, n, None, gc, opts.method, generator, _temperature(opts),
+                          cuda_graph=opts.cuda_graph)
+
+
+# diffusion (DDPM over a UNet) and score models (NCSN over a UNet): images scaled to [-1, 1]
+
+def _unet_args(info: DataInfo) -> Dict[str, Any]:
+    C, H, _ = info.shape
+    return {"in_channels": C, "channels": 32, "channel_mult": [1, 2], "blocks": 1, "attention_at": [H // 2],
+            "image_size": H, "dropout": 0.0, "num_classes": None, "groups": 8}
+
+
+def _build_ddpm(args):
+    from fastgen.models import DDPM, UNet
+    return DDPM(UNet(**args["unet"]), **args.get("ddpm", {}))
+
+
+def _build_ncsn(args):
+    from fastgen.models import NCSN, UNet
+    return NCSN(UNet(**args["unet"]), **args.get("ncsn", {}))
+
+
+def _diffusion_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    classes = model.model.num_classes if hasattr(model, "model") else model.unet.num_classes
+    return model.loss(_to_unit(batch.x, model.levels), _labels(classes, batch), generator=rng.cpu())
+
+
+def _ddpm_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    from fastgen.sampling import diffusion
+    device = next(model.parameters()).device
+    noise = {"seed": opts.seed} if opts.cuda_graph else {"generator": generator}
+    x = diffusion.sample(model.model, (n, *model.image_shape), "ddim", opts.steps or 50, betas=model.betas,
+                         prediction=model.prediction, cond=labels, device=device, clip=True,
+                         cuda_graph=opts.cuda_graph, backend="reference" if opts.method == "naive" else None, **noise)
+    return _from_unit(x, model.levels)
+
+
+def _ncsn_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    from fastgen.sampling import diffusion
+    device = next(model.parameters()).device
+    noise = {"seed": opts.seed} if opts.cuda_graph else {"generator": generator}
+    x = diffusion.sample(model, (n, *model.image_shape), "pc_ve", len(model.sigmas) if opts.steps is None
+                         else opts.steps, sigmas=_geometric(model.sigmas, opts.steps), cond=labels, device=device,
+                         cuda_graph=opts.cuda_graph, backend="reference" if opts.method == "naive" else None, **noise)
+    return _from_unit(x, model.levels)
+
+
+def _geometric(sigmas: Tensor, steps: Optional[int]) -> Tensor:
+    """The model's sigmas, or ``steps`` geometric sigmas over their range."""
+    if steps is None or steps == len(sigmas):
+        return sigmas
+    hi, lo = float(sigmas.max()), float(sigmas.min())
+    return torch.logspace(math.log10(hi), math.log10(lo), steps)
+
+
+def _diffusion_num_classes(model) -> Optional[int]:
+    return (model.model if hasattr(model, "model") else model.unet).num_classes
+
+
+# normalizing flows over images (NICE, RealNVP, Glow): integer images, loss = bits/dim
+
+def _flow_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    return model.loss(batch.x, _labels(model.num_classes, batch), generator=rng.on(batch.x.device))
+
+
+def _flow_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    x = model.sample(n, _temperature(opts), labels, generator=generator)
+    return model.quantize(x).view(n, *model.image_shape)
+
+
+def _glow_init(model, batch: Batch, rng: StepRNG) -> None:
+    """ActNorm's data-dependent initialisation on the first global batch (every rank alike)."""
+    with torch.no_grad():
+        model.loss(batch.x, _labels(model.num_classes, batch), generator=rng.on(batch.x.device))
+
+
+# MAF / IAF: vectors of D = C*H*W dequantised values, x = (pixel + u) / L - 0.5
+
+def _vector_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    from fastgen.models.flows import dequantize
+    levels = model.pixel_levels
+    x = dequantize(batch.x.flatten(1), levels, rng.on(batch.x.device))
+    D = x.shape[1]
+    return ((-model.log_prob(x) + D * math.log(levels)) / (D * math.log(2))).mean()
+
+
+def _vector_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    from fastgen.models.flows import quantize
+    x = model.sample(n, _temperature(opts), generator)
+    return quantize(x, model.pixel_levels).view(n, *model.image_shape)
+
+
+# VAEs: integer images, loss = the negative ELBO in bits/dim
+
+def _vae_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    return model.loss(batch.x, generator=rng.on(batch.x.device))
+
+
+def _vae_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    return model.sample(n, generator=generator)
+
+
+def _hvae_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    return model.sample(n, _temperature(opts), generator=generator)
+
+
+# GANs: two optimizers and the model's own train_step; images scaled to [-1, 1]
+
+def _gan_optimizers(model, lr: float) -> List[torch.optim.Optimizer]:
+    return [torch.optim.Adam(model.generator.parameters(), lr=lr, betas=(0.0, 0.99)),
+            torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=(0.0, 0.99))]
+
+
+def _gan_train_step(model, batch: Batch, rng: StepRNG, optimizers) -> Tensor:
+    g_opt, d_opt = optimizers
+    real = _to_unit(batch.x, model.levels)
+    step = model.train_step(real, _labels(model.num_classes, batch), g_opt, d_opt, generator=rng.cpu())
+    return torch.tensor(step.discriminator_loss + step.generator_loss)
+
+
+def _gan_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    return _from_unit(model.sample(n, labels, generator=generator), model.levels)
+
+
+def _gan_args(info: DataInfo) -> Dict[str, Any]:
+    return {"image_shape": list(info.shape), "latent": 32, "channels": 32}
+
+
+def _gan_spec(name, target, summary) -> ModelSpec:
+    return ModelSpec(name, target, "image", summary, _gan_args, lambda *a: None, _gan_sample,
+                     {"latent": 8, "channels": 8}, lr=2e-4, train_step=_gan_train_step, optimizers=_gan_optimizers)
+
+
+# ------------------------------------------------------------------------------------------
+
+SPECS: List[ModelSpec] = [
+    _pixel_spec("pixelcnn", "fastgen.models.pixelcnn:PixelCNN", "PixelCNN (masked convs, residual blocks)",
+                lambda i: {**_image_args(i), "channels": 32, "residual_blocks": 4},
+                {"channels": 8, "residual_blocks": 1}),
+    _pixel_spec("gated-pixelcnn", "fastgen.models.pixelcnn:GatedPixelCNN", "Gated PixelCNN (vertical/horizontal "
+                "stacks)", lambda i: {**_image_args(i), "channels": 32, "layers": 5}, {"channels": 8, "layers": 2}),
+    _pixel_spec("pixelcnnpp", "fastgen.models.pixelcnnpp:PixelCNNpp", "PixelCNN++ (discretised logistic mixture)",
+                lambda i: {**_image_args(i), "channels": 32, "nr_resnet": 1, "nr_mix": 5, "dropout": 0.0},
+                {"channels": 8, "nr_resnet": 1, "nr_mix": 2}),
+    _pixel_spec("pixelsnail", "fastgen.models.pixelsnail:PixelSNAIL", "PixelSNAIL (gated convs + causal attention)",
+                lambda i: {**_image_args(i), "channels": 32, "blocks": 1, "res_layers": 1, "heads": 2},
+                {"channels": 8, "heads": 2}),
+    _pixel_spec("local-transformer", "fastgen.models.transformer:LocalImageTransformer",
+                "Image transformer on block-local attention",
+                lambda i: {**_image_args(i), "dim": 32, "heads": 2, "layers": 2}, {"dim": 16, "heads": 2, "layers": 1}),
+    ModelSpec("made", "fastgen.models.made:MADE", "image", "MADE over the flattened image",
+              lambda i: {"dim": math.prod(i.shape), "hidden": [256, 256], "levels": i.levels},
+              _made_loss, _made_sample, {"hidden": [16]}, units="bits/dim", methods=("fast", "naive"),
+              temperature=">0", num_classes=lambda m: None, after_step=_made_after_step,
+              get_state=lambda m: {"mask_index": m.mask_index},
+              set_state=lambda m, s: (setattr(m, "mask_index", s["mask_index"]), m._install(s["mask_index"]))),
+    ModelSpec("wavenet", "fastgen.models.wavenet:WaveNet", "audio", "WaveNet (mu-law or mixture of logistics)",
+              lambda i: {"layers": 10, "cycle": 5, "residual_channels": 32, "skip_channels": 64, "quantization": 256},
+              _wavenet_loss, _wavenet_sample,
+              {"layers": 3, "cycle": 3, "residual_channels": 8, "skip_channels": 8, "quantization": 16},
+              units="bits/sample", methods=("fast", "naive"), temperature=">0", cuda_graph=True,
+              num_classes=lambda m: m.global_classes),
+    ModelSpec("ddpm", "fastgen.models.unet:DDPM", "image", "DDPM over a UNet (sampled with DDIM)",
+              lambda i: {"unet": _unet_args(i), "ddpm": {"prediction": "eps", "cond_drop": 0.0}},
+              _diffusion_loss, _ddpm_sample,
+              {"unet": {"channels": 8, "groups": 4}, "ddpm": {"betas": [1e-4 + 0.02 * k / 99 for k in range(100)]}},
+              build=_build_ddpm, lr=2e-3, methods=("fast", "naive"), cuda_graph=True,
+              num_classes=_diffusion_num_classes),
+    ModelSpec("ncsn", "fastgen.models.unet:NCSN", "image", "Noise-conditional score network over a UNet "
+              "(predictor-corrector sampling)",
+              lambda i: {"unet": _unet_args(i), "ncsn": {"sigmas": None}}, _diffusion_loss, _ncsn_sample,
+              {"unet": {"channels": 8, "groups": 4}}, build=_build_ncsn, lr=2e-3, methods=("fast", "naive"),
+              cuda_graph=True, num_classes=_diffusion_num_classes),
+    ModelSpec("nice", "fastgen.models.flows:NICE", "image", "NICE (additive couplings)",
+              lambda i: {"shape": list(i.shape), "layers": 4, "hidden": 256, "depth": 2, "pixel_levels": i.levels},
+              _flow_loss, _flow_sample, {"layers": 2, "hidden": 16, "depth": 1}, units="bits/dim", temperature=">=0", sample_generator="model"),
+    ModelSpec("realnvp", "fastgen.models.flows:RealNVP", "image", "RealNVP (multi-scale affine couplings)",
+              lambda i: {"image_shape": list(i.shape), "scales": 2, "hidden": 32, "pixel_levels": i.levels},
+              _flow_loss, _flow_sample, {"hidden": 8}, units="bits/dim", temperature=">=0", sample_generator="model"),
+    ModelSpec("glow", "fastgen.models.flows:Glow", "image", "Glow (ActNorm, invertible 1x1 convs, couplings)",
+              lambda i: {"image_shape": list(i.shape), "levels": 2, "steps": 4, "hidden": 32, "pixel_levels": i.levels},
+              _flow_loss, _flow_sample, {"levels": 1, "steps": 2, "hidden": 8}, units="bits/dim", temperature=">=0",
+              data_init=_glow_init, sample_generator="model"),
+    ModelSpec("maf", "fastgen.models.maf:MAF", "image", "Masked autoregressive flow over the flattened image",
+              lambda i: {"dim": math.prod(i.shape), "hidden": [128, 128], "layers": 4},
+              _vector_loss, _vector_sample, {"hidden": [16], "layers": 2}, units="bits/dim", temperature=">=0",
+              num_classes=lambda m: None, sample_generator="model"),
+    ModelSpec("iaf", "fastgen.models.maf:IAF", "image", "Inverse autoregressive flow over the flattened image",
+              lambda i: {"dim": math.prod(i.shape), "hidden": [128, 128], "layers": 4},
+              _vector_loss, _vector_sample, {"hidden": [16], "layers": 2}, units="bits/dim", temperature=">=0",
+              num_classes=lambda m: None, sample_generator="model"),
+    ModelSpec("vae", "fastgen.models.vae:VAE", "image", "VAE (discretised logistic decoder)",
+              lambda i: {"image_shape": list(i.shape), "latent": 16, "hidden": 32, "decoder": "logistic",
+                         "levels": i.levels},
+              _vae_loss, _vae_sample, {"latent": 4, "hidden": 8}, units="bits/dim", num_classes=lambda m: None, sample_generator="model"),
+    ModelSpec("hvae", "fastgen.models.hvae:HierarchicalVAE", "image", "Hierarchical VAE (NVAE / VD-VAE style)",
+              lambda i: {**_image_args(i), "groups_per_scale": [1, 2, 2], "channels": 32, "latent_channels": 4},
+              _vae_loss, _hvae_sample, {"groups_per_scale": [1, 1], "channels": 8, "latent_channels": 2},
+              units="bits/dim", temperature=">=0", num_classes=lambda m: None, sample_generator="model"),
+    _gan_spec("dcgan", "fastgen.models.gan:DCGAN", "DCGAN (two optimizers, the model's train_step)"),
+    _gan_spec("sngan", "fastgen.models.gan:SNGAN", "SNGAN (spectral norm, the model's train_step)"),
+    _gan_spec("stylegan2", "fastgen.models.gan:StyleGAN2", "StyleGAN2 (the model's train_step)"),
+]
+
+REGISTRY: Dict[str, ModelSpec] = {spec.name: spec for spec in SPECS}
+
+NOT_TRAINABLE: Dict[str, str] = {
+    "ebm": "its replay buffer of SGLD negatives is not model state, so a checkpoint could not resume it exactly; "
+           "train it from Python (fastgen.models.EBM)",
+    "jem": "its replay buffer of SGLD negatives is not model state, so a checkpoint could not resume it exactly; "
+           "train it from Python (fastgen.models.JEM)",
+    "video-transformer": "fastgen train has no video data sets yet; train it from Python "
+                         "(fastgen.models.VideoTransformer)",
+    "planar-flow": "planar flows have no closed-form inverse to evaluate data densities with; use maf",
+    "radial-flow": "radial flows are variational posteriors, not density models of data; use maf",
+}
+
+
+def available() -> List[str]:
+    """Names of the registered models whose code is present."""
+    return [name for name, spec in REGISTRY.items() if spec.available()]
+
+
+def get(name: str) -> ModelSpec:
+    """The spec of ``name``; a UsageError naming the choices otherwise."""
+    key = name.lower().replace("_", "-")
+    if key in NOT_TRAINABLE:
+        raise UsageError(f"{name} cannot be trained by fastgen train: {NOT_TRAINABLE[key]}")
+    spec = REGISTRY.get(key)
+    if spec is None:
+        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(available())}")
+    if not spec.available():
+        raise UsageError(f"model {name!r} ({spec.target}) is not available in this installation of fastgen")
+    return spec
+
+
+def attach_data(model: nn.Module, spec: ModelSpec, info: DataInfo) -> nn.Module:
+    """Store the data facts a model needs for sampling but does not take as arguments
+    (``image_shape`` and ``levels`` of diffusion models and GANs, ``pixel_levels`` of MAF/IAF)."""
+    if spec.data != "image":
+        return model
+    if spec.name in ("made", "maf", "iaf", "nice", "realnvp", "glow", "ddpm", "ncsn") or spec.train_step:
+        model.image_shape = tuple(info.shape)
+    if spec.name in ("ddpm", "ncsn") or spec.train_step:
+        model.levels = info.levels
+    if spec.name in ("maf", "iaf"):
+        model.pixel_levels = info.levels
+    return model
