@@ -23,6 +23,7 @@ setup(
         "tqdm",
         "scikit-learn",   # the bundled 8x8 digits of `fastgen demo`
         "pillow",         # samples.png
+        "safetensors",    # fastgen train's checkpoint weights
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
