@@ -6,6 +6,7 @@ from fastgen.nn.density_flows import FlowSample, IAFLayer, MAFLayer, PlanarLayer
 from fastgen.nn.latent import DiagonalGaussian
 from fastgen.nn.made import GaussianMADE, GaussianMADEOutput
 from fastgen.nn.flows import ActNorm, AdditiveCoupling, AffineCoupling, FlowSequential, InvConv1x1, Squeeze
+from fastgen.nn.gan import ConditionalBatchNorm2d, ProjectionHead, SpectralNorm, spectral_norm
 from fastgen.nn.invertible_backprop import InvertibleBackprop, invertible_backprop
 from fastgen.nn.vq import VectorQuantizer
 from fastgen.nn.pixelcnnpp import (DownRightShiftedConv, DownRightShiftedDeconv, DownShiftedConv, DownShiftedDeconv,
@@ -15,4 +16,5 @@ __all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "FlowSequential", "I
            "CausalConv1d", "DownRightShiftedConv", "DownRightShiftedDeconv", "DownShiftedConv", "DownShiftedDeconv",
            "GatedMaskedConv2d", "GatedResnet", "MaskedConv2d", "functional", "pack_cond_bias", "pack_resnet_weights",
            "FlowSample", "GaussianMADE", "GaussianMADEOutput", "IAFLayer", "MAFLayer", "PlanarLayer", "RadialLayer",
-           "DiagonalGaussian", "latent", "AttentionCache", "BlockLocalAttention", "SparseAttention", "VectorQuantizer"]
+           "DiagonalGaussian", "latent", "AttentionCache", "BlockLocalAttention", "SparseAttention", "VectorQuantizer",
+           "ConditionalBatchNorm2d", "ProjectionHead", "SpectralNorm", "spectral_norm"]
