@@ -430,13 +430,16 @@ def head_block(D):
     return max(16, _pow2(D))
 
 
-def tiles(block, D):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for blocks of ``block`` slots and head dim D."""
+def tiles(block, D, dtype=torch.bfloat16, backward=False):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for blocks of ``block`` slots, head dim D.
+    Sized by the compile gate (no spills on sm_80 / sm_90): 64-slot tiles for 16-bit inputs,
+    32 for fp32 (fp32 operands of an exact dot take twice the registers); 8 warps for the
+    backward kernels' four [64, D] accumulators / operands and for head dims of 128."""
     slots = 1
     for b in block:
         slots *= int(b)
-    tile = min(64, max(16, _pow2(slots)))
-    warps = 8 if head_block(D) >= 128 and tile >= 64 else 4
+    tile = min(64 if dtype != torch.float32 else 32, max(16, _pow2(slots)))
+    warps = 8 if tile >= 64 and (backward or head_block(D) >= 128) else 4
     return tile, tile, warps, 2
 
 
@@ -444,10 +447,10 @@ def _strides(t):
     return (t.stride(0), t.stride(1), t.stride(2))
 
 
-def _geometry(grid, block, D):
+def _geometry(grid, block, D, dtype=torch.bfloat16, backward=False):
     G, Bk = _pad3(grid), _pad3(block)
     NB = [-(-g // b) for g, b in zip(G, Bk)]
-    BLOCK_M, BLOCK_N, warps, stages = tiles(Bk, D)
+    BLOCK_M, BLOCK_N, warps, stages = tiles(Bk, D, dtype, backward)
     slots = Bk[0] * Bk[1] * Bk[2]
     return G, Bk, NB, BLOCK_M, BLOCK_N, -(-slots // BLOCK_M), -(-slots // BLOCK_N), warps, stages
 
@@ -455,7 +458,7 @@ def _geometry(grid, block, D):
 def block_local_forward(q, k, v, out, lse, grid, block, causal, memory, scale, precision):
     """Launch the forward: q, k, v, out [B, H, N, D] (last dim contiguous), lse [B, H, N] fp32."""
     B, H, N, D = q.shape
-    G, Bk, NB, BM, BN, TM, TN, warps, stages = _geometry(grid, block, D)
+    G, Bk, NB, BM, BN, TM, TN, warps, stages = _geometry(grid, block, D, q.dtype)
     launch(bla_fwd_kernel, (NB[0] * NB[1] * NB[2] * TM, B * H),
            (q, *_strides(q), k, *_strides(k), v, *_strides(v), out, *_strides(out), lse,
             H, N, G[0], G[1], G[2], NB[1], NB[2], int(memory), float(scale) * LOG2E),
@@ -475,7 +478,7 @@ def block_local_backward(q, k, v, out, grad, lse, delta, dq, dk, dv, grid, block
     """Launch the backward: delta = rowsum(out * grad) into ``delta`` [B, H, N] fp32, then dK/dV
     and dQ (dq, dk, dv [B, H, N, D] contiguous, overwritten)."""
     B, H, N, D = q.shape
-    G, Bk, NB, BM, BN, TM, TN, warps, stages = _geometry(grid, block, D)
+    G, Bk, NB, BM, BN, TM, TN, warps, stages = _geometry(grid, block, D, q.dtype, backward=True)
     _delta(out, grad, delta)
     common = dict(B0=Bk[0], B1=Bk[1], B2=Bk[2], CAUSAL=bool(causal), BLOCK_M=BM, BLOCK_N=BN, TILES_M=TM,
                   TILES_N=TN, D=D, HEAD=head_block(D), PRECISION=precision)
@@ -492,7 +495,7 @@ def block_local_backward(q, k, v, out, grad, lse, delta, dq, dk, dv, grid, block
 def block_local_decode(q, k_cache, v_cache, out, index, grid, block, memory, scale):
     """Launch the decoding step: q, out [B, H, 1, D], caches [B, H, N, D]; one program per (b, h)."""
     B, H, _, D = q.shape
-    G, Bk, NB, BM, BN, TM, TN, warps, stages = _geometry(grid, block, D)
+    G, Bk, NB, BM, BN, TM, TN, warps, stages = _geometry(grid, block, D, q.dtype)
     launch(bla_decode_kernel, (B * H,),
            (q, q.stride(0), q.stride(1), k_cache, *_strides(k_cache), v_cache, *_strides(v_cache),
             out, out.stride(0), out.stride(1), H, int(index), G[1], G[2], int(memory), float(scale) * LOG2E),
@@ -503,9 +506,9 @@ def block_local_decode(q, k_cache, v_cache, out, index, grid, block, memory, sca
 SPARSE_TILE = 64
 
 
-def sparse_tiles(N):
-    """(BLOCK_M, BLOCK_N) of the sparse kernels for sequences of N tokens."""
-    tile = min(SPARSE_TILE, max(16, _pow2(N)))
+def sparse_tiles(N, dtype=torch.bfloat16):
+    """(BLOCK_M, BLOCK_N) of the sparse kernels for sequences of N tokens (32 for fp32)."""
+    tile = min(SPARSE_TILE if dtype != torch.float32 else 32, max(16, _pow2(N)))
     return tile, tile
 
 
@@ -547,10 +550,10 @@ def sparse_layout(N, pattern, width, summary, causal, BLOCK_M, BLOCK_N, device):
     return lut, counts, lut_t, counts_t
 
 
-def _sparse_common(q, pattern, causal, precision):
+def _sparse_common(q, pattern, causal, precision, backward=False):
     B, H, N, D = q.shape
-    BM, BN = sparse_tiles(N)
-    warps = 8 if head_block(D) >= 128 and BM >= 64 else 4
+    BM, BN = sparse_tiles(N, q.dtype)
+    warps = 8 if BM >= 64 and (backward or head_block(D) >= 128) else 4
     return BM, BN, warps, dict(PATTERN=PATTERNS[pattern], CAUSAL=bool(causal), BLOCK_M=BM, BLOCK_N=BN, D=D,
                                HEAD=head_block(D), PRECISION=precision)
 
@@ -568,7 +571,7 @@ def sparse_forward(q, k, v, out, lse, pattern, width, summary, causal, scale, pr
 def sparse_backward(q, k, v, out, grad, lse, delta, dq, dk, dv, pattern, width, summary, causal, scale, precision):
     """Launch the sparse backward (as ``block_local_backward``)."""
     B, H, N, D = q.shape
-    BM, BN, warps, const = _sparse_common(q, pattern, causal, precision)
+    BM, BN, warps, const = _sparse_common(q, pattern, causal, precision, backward=True)
     lut, counts, lut_t, counts_t = sparse_layout(N, pattern, int(width), int(summary), bool(causal), BM, BN,
                                                  q.device)
     _delta(out, grad, delta)
