@@ -17,7 +17,12 @@ MODELS_HELP = ("one of: " + ", ".join(REGISTRY) + " (not trainable here: " + ", 
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Defaults shown for every option that has one (None / off: the help text says what happens)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _usage(command: str, err: Exception) -> int:
@@ -41,8 +46,8 @@ and the sample index (see fastgen/train/loop.py)."""
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a zoo model; checkpoints that fastgen sample reads",
-                       description="Train a model of the zoo on images or audio, with checkpoints (safetensors + "
-                                   "config.json) that `fastgen sample` reads.  Runs on one device, or on several "
+                       description="Train a model of the zoo on images or audio, with checkpoints (safetensors +\n"
+                                   "config.json) that `fastgen sample` reads.  Runs on one device, or on several\n"
                                    "under torchrun (DistributedDataParallel).",
                        formatter_class=_Formatter, epilog=TRAIN_EPILOG)
     p.add_argument("model", help=MODELS_HELP)
@@ -115,7 +120,7 @@ SAMPLE_EPILOG = """examples:
   fastgen sample gated-pixelcnn --checkpoint runs/gated --n 64 --out samples.png
   fastgen sample ddpm --checkpoint runs/ddpm --n 16 --steps 100 --out ddpm.png
   fastgen sample wavenet --checkpoint runs/wavenet --seconds 2 --n 3 --out out.wav   # out-0.wav .. out-2.wav
-  torchrun --nproc-per-node 4 -m fastgen sample ddpm --checkpoint runs/ddpm --n 1024 --batch 64 --out big.png
+  torchrun --nproc-per-node 4 -m fastgen sample ddpm --checkpoint runs/ddpm --num-samples 1024 --batch 64 --out big.png
 
 Images go into one PNG grid; audio clips into one WAV each (OUT for one clip, OUT-<i>.wav for
 several).  --batch samples are drawn at a time; the same --seed and --batch give the same
@@ -124,14 +129,16 @@ samples on one process or many (each chunk of --batch is seeded by its first sam
 
 def add_sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate from a checkpoint of fastgen train (or a WaveNet.save file)",
-                       description="Draw samples from a model trained by `fastgen train` (a checkpoint folder), or "
-                                   "from a WaveNet saved with WaveNet.save (a .pt file).",
+                       description="Draw samples from a model trained by `fastgen train` (a checkpoint folder),\n"
+                                   "or from a WaveNet saved with WaveNet.save (a .pt file).",
                        formatter_class=_Formatter, epilog=SAMPLE_EPILOG)
     p.add_argument("model", help=MODELS_HELP)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder written by fastgen train (wavenet: also a "
                                                        "file written by WaveNet.save)")
-    p.add_argument("--n", type=int, default=None, help="how many samples (default: 64 images or 1 audio clip; "
-                                                       "audio with only --batch given: --batch clips)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=None,
+                   help="how many samples (default: 64 images or 1 audio clip; audio with only --batch given: "
+                        "--batch clips).  Under torchrun write --num-samples: torchrun's own parser takes --n for "
+                        "an abbreviation of its options")
     p.add_argument("--out", default=None, help="output file: .png for images, .wav for audio "
                                                "(default: samples.png or out.wav)")
     p.add_argument("--batch", type=int, default=None, help="samples drawn at a time (default: min(n, 64) images, "

@@ -136,6 +136,8 @@ def _check_options(opts: TrainOptions, spec: ModelSpec, env: DistEnv) -> None:
         raise UsageError(f"--ema is a decay in (0, 1) such as 0.999, got {opts.ema}")
     if opts.amp not in (None, "bf16"):
         raise UsageError(f"--amp {opts.amp}: only bf16 is supported")
+    if opts.amp and spec.no_amp:
+        raise UsageError(f"--amp {opts.amp}: {spec.name} trains in fp32 only: {spec.no_amp}")
     if opts.sample_every < 0:
         raise UsageError(f"--sample-every must be >= 0, got {opts.sample_every}")
     if opts.checkpoint_every < 1:

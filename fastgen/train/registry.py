@@ -106,6 +106,7 @@ class ModelSpec:
     set_state: Optional[Callable[[nn.Module, Dict[str, Any]], None]] = None
     after_step: Optional[Callable[[nn.Module], None]] = None
     sample_generator: str = "cpu"                     # where ``sample``'s generator lives: 'cpu' | 'model'
+    no_amp: Optional[str] = None                      # why --amp bf16 cannot train it (None: it can)
 
     @property
     def cls(self) -> type:
@@ -338,9 +339,15 @@ def _gan_args(info: DataInfo) -> Dict[str, Any]:
     return {"image_shape": list(info.shape), "latent": 32, "channels": 32}
 
 
-def _gan_spec(name, target, summary) -> ModelSpec:
+def _gan_spec(name, target, summary, no_amp=None) -> ModelSpec:
     return ModelSpec(name, target, "image", summary, _gan_args, lambda *a: None, _gan_sample,
-                     {"latent": 8, "channels": 8}, lr=2e-4, train_step=_gan_train_step, optimizers=_gan_optimizers)
+                     {"latent": 8, "channels": 8}, lr=2e-4, train_step=_gan_train_step, optimizers=_gan_optimizers,
+                     no_amp=no_amp)
+
+
+# --amp bf16 runs the loss under torch.autocast; these models call fastgen ops that have no
+# autocast rule yet, so bf16 activations would meet fp32 weights.
+_NO_AUTOCAST_CONV = "its masked convolutions (fastgen.ops.masked_conv2d) have no autocast rule yet"
 
 
 # ------------------------------------------------------------------------------------------
@@ -348,9 +355,10 @@ def _gan_spec(name, target, summary) -> ModelSpec:
 SPECS: List[ModelSpec] = [
     _pixel_spec("pixelcnn", "fastgen.models.pixelcnn:PixelCNN", "PixelCNN (masked convs, residual blocks)",
                 lambda i: {**_image_args(i), "channels": 32, "residual_blocks": 4},
-                {"channels": 8, "residual_blocks": 1}),
+                {"channels": 8, "residual_blocks": 1}, no_amp=_NO_AUTOCAST_CONV),
     _pixel_spec("gated-pixelcnn", "fastgen.models.pixelcnn:GatedPixelCNN", "Gated PixelCNN (vertical/horizontal "
-                "stacks)", lambda i: {**_image_args(i), "channels": 32, "layers": 5}, {"channels": 8, "layers": 2}),
+                "stacks)", lambda i: {**_image_args(i), "channels": 32, "layers": 5}, {"channels": 8, "layers": 2},
+                no_amp=_NO_AUTOCAST_CONV),
     _pixel_spec("pixelcnnpp", "fastgen.models.pixelcnnpp:PixelCNNpp", "PixelCNN++ (discretised logistic mixture)",
                 lambda i: {**_image_args(i), "channels": 32, "nr_resnet": 1, "nr_mix": 5, "dropout": 0.0},
                 {"channels": 8, "nr_resnet": 1, "nr_mix": 2}),
@@ -410,8 +418,10 @@ SPECS: List[ModelSpec] = [
               _vae_loss, _hvae_sample, {"groups_per_scale": [1, 1], "channels": 8, "latent_channels": 2},
               units="bits/dim", temperature=">=0", num_classes=lambda m: None, sample_generator="model"),
     _gan_spec("dcgan", "fastgen.models.gan:DCGAN", "DCGAN (two optimizers, the model's train_step)"),
-    _gan_spec("sngan", "fastgen.models.gan:SNGAN", "SNGAN (spectral norm, the model's train_step)"),
-    _gan_spec("stylegan2", "fastgen.models.gan:StyleGAN2", "StyleGAN2 (the model's train_step)"),
+    _gan_spec("sngan", "fastgen.models.gan:SNGAN", "SNGAN (spectral norm, the model's train_step)",
+              no_amp="spectral normalisation's power iteration mixes fp32 and bf16 under autocast"),
+    _gan_spec("stylegan2", "fastgen.models.gan:StyleGAN2", "StyleGAN2 (the model's train_step)",
+              no_amp="its fastgen ops (modulated_conv2d, upfirdn2d) have no autocast rule yet"),
 ]
 
 REGISTRY: Dict[str, ModelSpec] = {spec.name: spec for spec in SPECS}

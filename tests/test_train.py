@@ -1,0 +1,217 @@
+"""fastgen train: every registered model round-trips train -> checkpoint -> sample at tiny
+sizes; resume after an interruption is the uninterrupted run bit for bit; a crash while writing
+leaves the last checkpoint intact; two processes under torchrun (gloo, CPU) train to the
+parameters of one process with the same global batch and sample the same images."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastgen import cli
+from fastgen.train import REGISTRY, TrainOptions, UsageError, train
+from fastgen.train import checkpoint as ckpt_io
+from fastgen.train.generate import load_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {name: json.dumps(spec.tiny) for name, spec in REGISTRY.items()}
+SLOW = {"stylegan2", "pixelcnnpp"}       # the slowest round trips (still seconds)
+
+
+def _data(name):
+    return "digits" if REGISTRY[name].data == "image" else "audio-synthetic"
+
+
+def _train(name, out, steps=2, *extra):
+    argv = ["train", name, "--data", _data(name), "--steps", str(steps), "--batch", "4", "--out", str(out),
+            "--config", TINY[name], "--device", "cpu", "--no-progress", "--segment", "64", *extra]
+    assert cli.main(argv) == 0
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+    return load_file(path)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in REGISTRY])
+def test_train_sample_round_trip(name, tmp_path, capsys):
+    spec = REGISTRY[name]
+    out = tmp_path / "run"
+    _train(name, out)
+    ckpt = ckpt_io.open_checkpoint(str(out), name)
+    assert ckpt.step == 2 and ckpt.config["model"] == name and ckpt.config["class"] == spec.target
+    assert ckpt.config["train"]["batch"] == 4 and ckpt.config["data"]["kind"] == spec.data
+    assert sorted(os.listdir(out)) == sorted(["config.json", "log.jsonl", "model-00000002.safetensors",
+                                              "state-00000002.pt"])
+    # the checkpoint rebuilds the model with exactly the saved weights
+    _, model, info, _ = load_model(str(out), name, torch.device("cpu"))
+    saved = _weights(ckpt.path("model"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    if spec.data == "image":
+        path = tmp_path / "s.png"
+        extra = ["--steps", "2"] if name in ("ddpm", "ncsn") else []
+        assert cli.main(["sample", name, "--checkpoint", str(out), "--n", "5", "--batch", "2", "--out", str(path),
+                         "--device", "cpu", *extra]) == 0
+        assert Image.open(path).size[0] > 8
+        again = tmp_path / "again.png"
+        assert cli.main(["sample", name, "--checkpoint", str(out), "--n", "5", "--batch", "2", "--out", str(again),
+                         "--device", "cpu", *extra]) == 0
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(again)))   # seeded
+        assert "images/s" in capsys.readouterr().out
+    else:
+        from fastgen.data import load_wav
+        path = tmp_path / "s.wav"
+        assert cli.main(["sample", name, "--checkpoint", str(out), "--n", "2", "--seconds", "0.001",
+                         "--out", str(path), "--device", "cpu"]) == 0
+        for i in range(2):
+            audio, rate = load_wav(tmp_path / f"s-{i}.wav")
+            assert rate == 16000 and audio.shape == (16,)
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("gated-pixelcnn", ()),                                  # deterministic loss
+    ("ddpm", ("--ema", "0.9")),                              # noise drawn per step (timesteps, eps) + EMA
+    ("glow", ()),                                            # data-dependent ActNorm init, dequantisation noise
+])
+def test_resume_after_interruption_is_bit_exact(name, extra, tmp_path):
+    _train(name, tmp_path / "whole", 4, "--checkpoint-every", "2", *extra)
+    _train(name, tmp_path / "broken", 2, *extra)                      # "interrupted" after step 2
+    with pytest.raises(UsageError, match="already holds a checkpoint"):
+        train(TrainOptions(name, data=_data(name), steps=4, out=str(tmp_path / "broken"), device="cpu"))
+    _train(name, tmp_path / "broken", 4, "--resume")
+    whole = ckpt_io.open_checkpoint(str(tmp_path / "whole"))
+    resumed = ckpt_io.open_checkpoint(str(tmp_path / "broken"))
+    assert whole.step == resumed.step == 4
+    for key in ("model",) + (("ema",) if extra else ()):
+        a, b = _weights(whole.path(key)), _weights(resumed.path(key))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), key
+    sa = torch.load(whole.path("state"), weights_only=True)
+    sb = torch.load(resumed.path("state"), weights_only=True)
+    for oa, ob in zip(sa["optimizers"], sb["optimizers"]):
+        for k in oa["state"]:
+            assert all(torch.equal(oa["state"][k][f], ob["state"][k][f]) for f in oa["state"][k])
+    assert sa["sampler"] == sb["sampler"]
+    assert [json.loads(line)["loss"] for line in open(tmp_path / "whole" / "log.jsonl")][-1] == \
+        [json.loads(line)["loss"] for line in open(tmp_path / "broken" / "log.jsonl")][-1]
+
+
+def test_resume_keeps_made_mask_schedule(tmp_path):
+    """MADE with several mask sets moves to the next set every step: the position is saved."""
+    config = json.dumps({"hidden": [16], "num_masks": 3})
+    common = ["train", "made", "--data", "digits", "--batch", "4", "--config", config, "--device", "cpu",
+              "--no-progress"]
+    assert cli.main(common + ["--steps", "5", "--out", str(tmp_path / "a")]) == 0
+    assert cli.main(common + ["--steps", "2", "--out", str(tmp_path / "b")]) == 0
+    assert cli.main(common + ["--steps", "5", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a = _weights(ckpt_io.open_checkpoint(str(tmp_path / "a")).path("model"))
+    b = _weights(ckpt_io.open_checkpoint(str(tmp_path / "b")).path("model"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crash_while_writing_leaves_the_last_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _train("gated-pixelcnn", out, 2)
+    before = ckpt_io.read_config(str(out))
+    real_replace = os.replace
+
+    def crash_on_commit(src, dst):
+        if os.path.basename(dst) == "config.json":
+            raise KeyboardInterrupt("killed while committing")
+        real_replace(src, dst)
+    monkeypatch.setattr(ckpt_io.os, "replace", crash_on_commit)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainOptions("gated-pixelcnn", steps=4, batch=4, out=str(out), resume=True, device="cpu",
+                           progress=False))
+    monkeypatch.setattr(ckpt_io.os, "replace", real_replace)
+    ckpt = ckpt_io.open_checkpoint(str(out), "gated-pixelcnn")          # still step 2, complete and loadable
+    assert ckpt.config == before and ckpt.step == 2
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+    load_model(str(out), "gated-pixelcnn", torch.device("cpu"))
+    _train("gated-pixelcnn", out, 4, "--resume")                       # and resuming from it works
+    assert ckpt_io.open_checkpoint(str(out)).step == 4
+
+
+def test_bad_training_inputs(tmp_path, monkeypatch, capsys):
+    def fails(argv, words):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and all(w in err for w in words), err
+
+    fails(["train", "nosuch", "--steps", "1"], ["unknown model 'nosuch'", "gated-pixelcnn"])
+    fails(["train", "ebm", "--steps", "1"], ["replay buffer"])
+    fails(["train", "gated-pixelcnn", "--data", str(tmp_path / "missing.npy")], ["no such file"])
+    fails(["train", "wavenet", "--data", "digits"], ["audio"])
+    fails(["train", "gated-pixelcnn", "--config", '{"nosuch": 1}', "--out", str(tmp_path / "x")], ["nosuch"])
+    fails(["train", "gated-pixelcnn", "--config", "{not json"], ["JSON"])
+    fails(["train", "gated-pixelcnn", "--steps", "0"], ["--steps"])
+    fails(["train", "gated-pixelcnn", "--ema", "1.5"], ["--ema"])
+    fails(["train", "gated-pixelcnn", "--amp", "bf16"], ["fp32 only", "autocast"])
+    if not torch.cuda.is_available():
+        fails(["train", "gated-pixelcnn", "--device", "cuda"], ["CUDA"])
+    out = tmp_path / "run"
+    _train("gated-pixelcnn", out, 1)
+    capsys.readouterr()
+    fails(["train", "gated-pixelcnn", "--steps", "3", "--out", str(out), "--config", '{"channels": 16}',
+           "--resume"], ["does not match"])
+    fails(["train", "made", "--steps", "3", "--out", str(out), "--resume"], ["holds a gated-pixelcnn"])
+    fails(["train", "gated-pixelcnn", "--steps", "3", "--out", str(out), "--batch", "8", "--resume"], ["--batch"])
+    fails(["train", "gated-pixelcnn", "--steps", "1", "--out", str(out), "--resume"], ["step 1 already"])
+    # a world size that does not divide the global batch: refused before joining the process group
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    fails(["train", "gated-pixelcnn", "--batch", "8", "--steps", "1", "--out", str(tmp_path / "w"),
+           "--device", "cpu"], ["--batch 8", "world size 3"])
+    fails(["train", "dcgan", "--batch", "6", "--steps", "1", "--out", str(tmp_path / "g"), "--device", "cpu"],
+          ["one process"])
+
+
+def test_train_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: digits)" in text and "(default: 500)" in text and "torchrun" in text
+
+
+def test_amp_and_sample_every(tmp_path):
+    out = tmp_path / "run"
+    _train("local-transformer", out, 2, "--amp", "bf16", "--sample-every", "1")
+    assert sorted(os.listdir(out / "samples")) == ["step-00000001.png", "step-00000002.png"]
+    assert ckpt_io.read_config(str(out))["train"]["amp"] == "bf16"
+
+
+def _torchrun(*argv, nproc=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "fastgen", *argv]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_processes_train_and_sample_like_one(tmp_path):
+    """torchrun --nproc-per-node 2 (gloo on CPU): DDP with the same global batch gives the
+    single-process parameters (fp32 tolerance); distributed sampling writes the same PNG."""
+    common = ["gated-pixelcnn", "--data", "digits", "--steps", "3", "--batch", "8", "--config", TINY["gated-pixelcnn"],
+              "--device", "cpu", "--no-progress"]
+    _torchrun("train", *common, "--out", str(tmp_path / "two"))
+    assert cli.main(["train", *common, "--out", str(tmp_path / "one")]) == 0
+    two = ckpt_io.open_checkpoint(str(tmp_path / "two"))
+    one = ckpt_io.open_checkpoint(str(tmp_path / "one"))
+    assert two.config["train"]["world_size"] == 2
+    a, b = _weights(one.path("model")), _weights(two.path("model"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+    sample = ["sample", "gated-pixelcnn", "--checkpoint", str(tmp_path / "two"), "--num-samples", "7", "--batch", "2",
+              "--device", "cpu", "--seed", "3"]
+    _torchrun(*sample, "--out", str(tmp_path / "two.png"))
+    assert cli.main([*sample, "--out", str(tmp_path / "one.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one.png")), np.asarray(Image.open(tmp_path / "two.png")))
