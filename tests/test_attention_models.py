@@ -320,6 +320,6 @@ def test_video_trains_and_errors():
 @pytest.mark.slow
 def test_transformer_demo_runs(tmp_path):
     from fastgen import demo_transformer
-    result = demo_transformer.run(steps=30, out_dir=str(tmp_path), device="cpu", per_class=1)
+    result = demo_transformer.run(steps=10, out_dir=str(tmp_path), device="cpu", per_class=1)
     assert (tmp_path / "transformer_samples.png").exists()
     assert result["identical"] == 1.0 and result["test_bits"] < 4.5
