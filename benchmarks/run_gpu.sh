@@ -33,6 +33,14 @@ if [[ $STEPS == *bench* ]]; then
   fastgen bench flows --json "$OUT/flows.json" 2>&1 | tee "$OUT/bench_flows.log" || status=1
   fastgen bench attention --json "$OUT/attention.json" 2>&1 | tee "$OUT/bench_attention.log" || status=1
   fastgen bench vq --json "$OUT/vq.json" 2>&1 | tee "$OUT/bench_vq.log" || status=1
+  # fastgen train throughput (items/s, peak memory): Gated PixelCNN and the DDPM UNet, global batch 64,
+  # on one GPU and, when there are several, on all of them through torchrun (DDP)
+  python3 benchmarks/bench_train.py --json "$OUT/train.json" 2>&1 | tee "$OUT/bench_train.log" || status=1
+  NGPU=$(nvidia-smi -L | wc -l)
+  if (( NGPU > 1 )); then
+    torchrun --standalone --nproc-per-node "$NGPU" benchmarks/bench_train.py --json "$OUT/train_${NGPU}gpu.json" \
+      >"$OUT/bench_train_${NGPU}gpu.log" 2>&1 || status=1
+  fi
 fi
 if [[ $STEPS == *sampling* ]]; then   # minutes: the naive samplers are the slow anchors
   fastgen bench sampling --json "$OUT/sampling.json" 2>&1 | tee "$OUT/bench_sampling.log" || status=1

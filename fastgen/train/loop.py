@@ -284,7 +284,8 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
                 loss_value = _mean_over_ranks(loss.detach().float(), env)
                 rate = items / max(time.perf_counter() - tic, 1e-9)
                 if env.is_main:
-                    record = {"step": step, "loss": loss_value, "items_per_s": rate}
+                    record = {"step": step, "loss": loss_value, "items_per_s": rate,
+                              "elapsed_s": time.perf_counter() - tic}
                     if spec.units:
                         record[spec.units] = loss_value
                     if device.type == "cuda":
