@@ -1,8 +1,8 @@
 """The ``fastgen`` command.
 
-    fastgen demo [--model pixelcnn|diffusion|flow|transformer|gan] [--steps N] [--out DIR]
-                                 train a Gated PixelCNN (a DDPM, a Glow, a local transformer) on the bundled digits
-                                 and sample it
+    fastgen demo [--model pixelcnn|diffusion|flow|transformer|gan|vqvae] [--steps N] [--out DIR]
+                                 train a Gated PixelCNN (a DDPM, a Glow, a local transformer, a VQ-VAE and its
+                                 prior) on the bundled digits and sample it
     fastgen train MODEL --data digits|audio-synthetic|PATH --steps N [--out DIR] [--resume] ...
                                  train any registered zoo model (checkpoints: safetensors + config.json);
                                  several GPUs: torchrun --nproc-per-node K -m fastgen train ...
@@ -74,7 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     if args.model == "gan":
         from fastgen import demo_gan
-        demo_gan.run(steps=2000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
+        demo_gan.run(steps=1000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
         return 0
     if args.model == "flow":
         from fastgen import demo_flow
@@ -83,6 +83,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.model == "transformer":
         from fastgen import demo_transformer
         demo_transformer.run(steps=1200 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
+        return 0
+    if args.model == "vqvae":
+        from fastgen import demo_vqvae
+        demo_vqvae.run(steps=1500 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
         return 0
     if args.model == "diffusion":
         from fastgen import demo_diffusion
@@ -104,15 +108,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="Fast kernels for deep generative models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a Gated PixelCNN (or a DDPM) on the bundled 8x8 digits and sample it")
-    p.add_argument("--model", choices=["pixelcnn", "diffusion", "flow", "transformer", "gan"], default="pixelcnn",
+    p.add_argument("--model", choices=["pixelcnn", "diffusion", "flow", "transformer", "gan", "vqvae"],
+                   default="pixelcnn",
                    help="pixelcnn: Gated PixelCNN, fast vs naive sampler (default); diffusion: a class-"
                         "conditional DDPM sampled with several fused samplers; flow: a class-conditional "
                         "Glow, bits/dim and samples at several temperatures; transformer: a class-conditional "
                         "LocalImageTransformer (block-local attention), KV-cache vs naive sampler; gan: a "
-                        "class-conditional DCGAN (spectral norm, hinge loss), samples judged by a classifier")
+                        "class-conditional DCGAN (spectral norm, hinge loss), samples judged by a classifier; "
+                        "vqvae: a VQ-VAE, then a Gated PixelCNN prior over its codes, samples through the prior")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default 1000; 2000 for diffusion, 1500 for flow, 1200 for transformer, "
-                        "2000 for gan)")
+                        "1000 for gan, 1500 for vqvae: VQ-VAE steps, then half as many prior steps)")
     p.add_argument("--out", default=".", help="where the PNGs go")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_demo)
