@@ -431,6 +431,9 @@ NOT_TRAINABLE: Dict[str, str] = {
            "train it from Python (fastgen.models.EBM)",
     "jem": "its replay buffer of SGLD negatives is not model state, so a checkpoint could not resume it exactly; "
            "train it from Python (fastgen.models.JEM)",
+    "vqvae": "it trains in two stages (the VQ-VAE, then a prior over its codes) and samples through the prior; "
+             "fastgen train trains one model (see fastgen demo --model vqvae)",
+    "vqvae2": "it trains in two stages (the VQ-VAE-2, then priors over its codes); fastgen train trains one model",
     "video-transformer": "fastgen train has no video data sets yet; train it from Python "
                          "(fastgen.models.VideoTransformer)",
     "planar-flow": "planar flows have no closed-form inverse to evaluate data densities with; use maf",
