@@ -45,7 +45,11 @@ def draw(spec: ModelSpec, model: nn.Module, n: int, batch: int, seed: int, optio
         where = device if spec.sample_generator == "model" else torch.device("cpu")
         generator = torch.Generator(device=where).manual_seed(chunk_seed)
         labels = labels_for(spec.num_classes(model), start, count, label, device)
-        out = spec.sample(model, count, options._replace(seed=chunk_seed % (2 ** 31)), generator, labels)
+        # ops that draw from the global RNG (StyleGAN2's per-layer noise) are seeded per chunk too,
+        # inside fork_rng so that the caller's RNG state is left as it was
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(chunk_seed)
+            out = spec.sample(model, count, options._replace(seed=chunk_seed % (2 ** 31)), generator, labels)
         mine.append((start, out.detach().cpu()))
         if progress is not None:
             progress(count * env.world_size)
