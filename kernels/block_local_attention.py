@@ -433,13 +433,21 @@ def head_block(D):
 def tiles(block, D, dtype=torch.bfloat16, backward=False):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for blocks of ``block`` slots, head dim D.
     Sized by the compile gate (no spills on sm_80 / sm_90): 64-slot tiles for 16-bit inputs,
-    32 for fp32 (fp32 operands of an exact dot take twice the registers); 8 warps for the
-    backward kernels' four [64, D] accumulators / operands and for head dims of 128."""
+    32 for fp32 (fp32 operands of an exact dot take twice the registers), half of that in the
+    backward at head dim 128; the backward at 8 warps and one pipeline stage (and dK/dV with
+    query tiles of half the key tile: ``block_local_backward``); 8 warps forward at head dim 128."""
     slots = 1
     for b in block:
         slots *= int(b)
-    tile = min(64 if dtype != torch.float32 else 32, max(16, _pow2(slots)))
-    warps = 8 if tile >= 64 and (backward or head_block(D) >= 128) else 4
+    largest = 64 if dtype != torch.float32 else 32
+    if backward and head_block(D) >= 128:
+        largest //= 2                  # dK/dV keep two [tile, 128] fp32 accumulators and four operands
+    tile = min(largest, max(16, _pow2(slots)))
+    if backward:
+        # the backward's live state (q, do, k, v tiles, dk/dv or dq accumulators) spills at 4 warps
+        # or with a second pipeline stage on sm_80 (the compile gate): 8 warps, one stage
+        return tile, tile, (8 if tile >= 32 else 4), 1
+    warps = 8 if tile >= 64 and head_block(D) >= 128 else 4
     return tile, tile, warps, 2
 
 
@@ -484,9 +492,13 @@ def block_local_backward(q, k, v, out, grad, lse, delta, dq, dk, dv, grid, block
                   TILES_N=TN, D=D, HEAD=head_block(D), PRECISION=precision)
     inputs = (q, *_strides(q), k, *_strides(k), v, *_strides(v), grad, *_strides(grad), lse, delta)
     n_blocks = NB[0] * NB[1] * NB[2]
+    # dK/dV hold two [BN, D] fp32 accumulators while streaming q and dO: query tiles of half the
+    # key tile keep that under 255 registers on sm_80 (the compile gate; 64/64 spilled there)
+    BM_kv = max(16, BN // 2)
+    kv = dict(common, BLOCK_M=BM_kv, TILES_M=-(-(Bk[0] * Bk[1] * Bk[2]) // BM_kv))
     launch(bla_dkdv_kernel, (n_blocks * TN, B * H),
            (*inputs, dk, dv, *_strides(dk), H, N, G[0], G[1], G[2], NB[0], NB[1], NB[2], int(memory),
-            float(scale) * LOG2E, float(scale)), common, dk, num_warps=warps, num_stages=stages)
+            float(scale) * LOG2E, float(scale)), kv, dk, num_warps=warps, num_stages=stages)
     launch(bla_dq_kernel, (n_blocks * TM, B * H),
            (*inputs, dq, *_strides(dq), H, N, G[0], G[1], G[2], NB[1], NB[2], int(memory),
             float(scale) * LOG2E, float(scale)), common, dq, num_warps=warps, num_stages=stages)
@@ -579,7 +591,7 @@ def sparse_backward(q, k, v, out, grad, lse, delta, dq, dk, dv, pattern, width, 
     tail = (H, N, int(width), int(summary), float(scale) * LOG2E, float(scale))
     launch(sparse_dkdv_kernel, (lut_t.shape[0], B * H),
            (*inputs, dk, dv, *_strides(dk), lut_t, counts_t, lut_t.shape[1], *tail), const, dk,
-           num_warps=warps, num_stages=2)
+           num_warps=warps, num_stages=1)
     launch(sparse_dq_kernel, (lut.shape[0], B * H),
            (*inputs, dq, *_strides(dq), lut, counts, lut.shape[1], *tail), const, dq,
-           num_warps=warps, num_stages=2)
+           num_warps=warps, num_stages=1)
