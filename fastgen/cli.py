@@ -74,7 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     if args.model == "gan":
         from fastgen import demo_gan
-        demo_gan.run(steps=1000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
+        demo_gan.run(steps=2000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
         return 0
     if args.model == "flow":
         from fastgen import demo_flow
@@ -118,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "vqvae: a VQ-VAE, then a Gated PixelCNN prior over its codes, samples through the prior")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default 1000; 2000 for diffusion, 1500 for flow, 1200 for transformer, "
-                        "1000 for gan, 1500 for vqvae: VQ-VAE steps, then half as many prior steps)")
+                        "2000 for gan, 1500 for vqvae: VQ-VAE steps, then half as many prior steps)")
     p.add_argument("--out", default=".", help="where the PNGs go")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_demo)

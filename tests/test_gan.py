@@ -375,3 +375,16 @@ def test_demo_gan_runs(tmp_path, capsys):
     fd = out.split("GAN samples ")[2]
     samples, train = float(fd.split(",")[0]), float(fd.split("real training digits ")[1].split(",")[0])
     assert train < samples
+
+
+def test_faces_are_optional():
+    """scikit-image's lfw_subset faces when it is installed (100 faces, 16x16 in [-1, 1]); None otherwise."""
+    from fastgen import demo_gan
+    faces = demo_gan.load_faces()
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        assert faces is None
+        assert demo_gan.run(steps=1, dataset="faces") == {}
+        return
+    assert faces.shape == (100, 1, 16, 16) and faces.abs().max() <= 1
