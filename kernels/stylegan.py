@@ -224,18 +224,19 @@ def upfirdn2d_kernel(x_ptr, f_ptr, y_ptr, NC, C, H, W, sxn, sxc, sxh, sxw, OH, O
                 w = wy * tl.load(f_ptr + fj, mask=j < FW, other=0.0).to(tl.float32)
             else:
                 w = tl.load(f_ptr + fi * FW + fj, mask=(i < FH) & (j < FW), other=0.0).to(tl.float32)
-            xv = tl.load(base + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw, mask=v, other=0.0)
+            xv = tl.load(base + (iy * sxh + ix * sxw), mask=v, other=0.0)      # in-plane offsets: int32
             acc += xv.to(tl.float32) * w
     acc = acc * gain
     tl.store(y_ptr + nc * OH * OW + oy * OW + ox, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
 def upfirdn2d_tiles(NC, OH, OW):
-    """(BLOCK_P, BLOCK_H, BLOCK_W, plane blocks, tiles_h, tiles_w): 1024 outputs per program --
+    """(BLOCK_P, BLOCK_H, BLOCK_W, plane blocks, tiles_h, tiles_w): 512 outputs per program (2 per
+    thread: 16 unrolled taps at 4 per thread spilled on sm_80) --
     a tile of one plane, or several whole planes when they are small."""
     block_w = min(64, triton.next_power_of_2(max(OW, 1)))
-    block_h = min(triton.next_power_of_2(max(OH, 1)), max(1, 1024 // block_w))
-    block_p = max(1, min(1024 // (block_h * block_w), triton.next_power_of_2(NC)))
+    block_h = min(triton.next_power_of_2(max(OH, 1)), max(1, 512 // block_w))
+    block_p = max(1, min(512 // (block_h * block_w), triton.next_power_of_2(NC)))
     return block_p, block_h, block_w, triton.cdiv(NC, block_p), triton.cdiv(OH, block_h), triton.cdiv(OW, block_w)
 
 
@@ -255,7 +256,7 @@ def upfirdn2d_launch(x, f, y, up, down, padding, flip_filter, gain):
            (x, f, y, N * C, C, H, W, *x.stride(), OH, OW, tiles_w, kqx * up[0] - x0, kqy * up[1] - y0, kqx, kqy,
             float(gain)),
            dict(UPX=up[0], UPY=up[1], DOWNX=down[0], DOWNY=down[1], FH=fh, FW=fw, SEPARABLE=separable,
-                FLIP=not flip_filter, BLOCK_P=block_p, BLOCK_H=block_h, BLOCK_W=block_w), y, num_warps=4)
+                FLIP=not flip_filter, BLOCK_P=block_p, BLOCK_H=block_h, BLOCK_W=block_w), y, num_warps=8)
 
 
 # ------------------------------------------------------------------------- modulated conv
@@ -294,12 +295,12 @@ def conv_kernel(x_ptr, w_ptr, in_ptr, out_ptr, y_ptr, part_ptr, o_ptr,
         for j in range(j0, KW, U):
             ix = (ox * S + j - PX + OFFX) // U - OFFX // U
             row_ok = y_ok & (ix >= 0) & (ix < W)
-            x_rows = x_base + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw
+            x_rows = x_base + (iy * sxh + ix * sxw)          # in-sample offsets: int32 (checked by the op)
             w_tap = w_ptr + (i * KW + j) * CIN * COUT
             for c0 in range(0, CIN, BLOCK_K):
                 ci = c0 + kc
                 ci_ok = ci < CIN
-                a = tl.load(x_rows[:, None] + ci[None, :].to(tl.int64) * sxc, mask=row_ok[:, None] & ci_ok[None, :],
+                a = tl.load(x_rows[:, None] + ci[None, :] * sxc, mask=row_ok[:, None] & ci_ok[None, :],
                             other=0.0)
                 if HAS_IN:
                     scale = tl.load(in_ptr + n * CIN + ci, mask=ci_ok, other=0.0).to(tl.float32)
@@ -375,7 +376,14 @@ def _offset(p, u):
     return max(0, -(-p // u)) * u
 
 
-def conv_tiles(M, COUT, CIN, dtype_bytes):
+def conv_tiles(M, COUT, CIN, dtype_bytes, precision="tf32", partial=False):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps).  The styles' partial sums (``partial``) hold a second
+    [BLOCK_M, BLOCK_N] tile in the epilogue: half the N tile there (no spills, compile gate)."""
+    if precision == "ieee":       # exact fp32: FMA dots hold both operands in registers
+        return (min(64, max(16, triton.next_power_of_2(M))), min(32, max(16, triton.next_power_of_2(COUT))),
+                16, 4)
+    if partial:
+        COUT = min(COUT, 64)
     block_m = 128 if M >= 128 else max(16, triton.next_power_of_2(M))
     block_n = 128 if COUT >= 128 else max(16, triton.next_power_of_2(COUT))
     block_k = (64 if dtype_bytes == 2 else 32) if CIN >= 32 else max(16, triton.next_power_of_2(CIN))
@@ -393,7 +401,8 @@ def conv_launch(x, wk, in_scale, out_scale, y, partial_other, up, stride, py, px
     OH, OW = y.shape[2], y.shape[3]
     U = up
     ph_h, ph_w = -(-OH // U), -(-OW // U)
-    block_m, block_n, block_k, warps = conv_tiles(ph_h * ph_w, COUT, CIN, wk.element_size())
+    block_m, block_n, block_k, warps = conv_tiles(ph_h * ph_w, COUT, CIN, wk.element_size(), precision,
+                                                  partial_other is not None)
     m_tiles = triton.cdiv(ph_h * ph_w, block_m)
     part = None
     if partial_other is not None:
@@ -406,7 +415,7 @@ def conv_launch(x, wk, in_scale, out_scale, y, partial_other, up, stride, py, px
             N, CIN, COUT, H, W, OH, OW, *x.stride(), py, px, _offset(py, U), _offset(px, U), ph_h, ph_w, m_tiles),
            dict(KH=KH, KW=KW, U=U, S=stride, HAS_IN=in_scale is not None, HAS_OUT=out_scale is not None,
                 PARTIAL=part is not None, PRECISION=precision, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k),
-           y, num_warps=warps, num_stages=3)
+           y, num_warps=warps, num_stages=3 if precision != "ieee" else 1)
     if part is None:
         return None
     return part.view(N, U * U * m_tiles, COUT).sum(1)
@@ -425,17 +434,21 @@ def wgrad_launch(x, g, in_scale, out_scale, part, up, stride, py, px, KH, KW, pr
     N, CIN, H, W = x.shape
     COUT, OH, OW = g.shape[1], g.shape[2], g.shape[3]
     U = up
-    block_ci, block_co, block_k = wgrad_tiles(CIN, COUT)
+    block_ci, block_co, block_k = wgrad_tiles(CIN, COUT, precision, g.element_size())
     launch(wgrad_kernel, (triton.cdiv(CIN, block_ci), triton.cdiv(COUT, block_co), KH * KW * split),
            (x, g, in_scale if in_scale is not None else g, out_scale if out_scale is not None else g, part,
             N, CIN, COUT, H, W, OH, OW, *x.stride(), *g.stride(), py, px, _offset(py, U), _offset(px, U),
             -(-OH // U), -(-OW // U), k_per_split, split),
            dict(KH=KH, KW=KW, U=U, S=stride, HAS_IN=in_scale is not None, HAS_OUT=out_scale is not None,
                 PRECISION=precision, BLOCK_CI=block_ci, BLOCK_CO=block_co, BLOCK_K=block_k),
-           part, num_warps=8 if block_ci * block_co >= 128 * 128 else 4, num_stages=3)
+           part, num_warps=8 if block_ci * block_co >= 128 * 128 else 4, num_stages=3 if precision != "ieee" else 1)
 
 
-def wgrad_tiles(CIN, COUT):
+def wgrad_tiles(CIN, COUT, precision="tf32", dtype_bytes=2):
+    if precision == "ieee":
+        return min(64, max(16, triton.next_power_of_2(CIN))), min(32, max(16, triton.next_power_of_2(COUT))), 16
+    if dtype_bytes == 4:          # fp32 operands (TF32): a 128 x 64 tile (128 x 128 spills on sm_80)
+        COUT = min(COUT, 64)
     block_ci = 128 if CIN >= 128 else max(16, triton.next_power_of_2(CIN))
     block_co = 128 if COUT >= 128 else max(16, triton.next_power_of_2(COUT))
     return block_ci, block_co, 32

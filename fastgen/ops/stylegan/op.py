@@ -325,6 +325,8 @@ def upfirdn2d(x: Tensor, f: Optional[Tensor], up: Union[int, Sequence[int]] = 1,
     why = _kernel_dtype(op, x=x)
     if why is None and x.shape[0] * x.shape[1] >= 2 ** 31:
         why = "N * C must be below 2^31"
+    if why is None and (x.shape[2] - 1) * abs(x.stride(2)) + (x.shape[3] - 1) * abs(x.stride(3)) >= 2 ** 31:
+        why = "one (n, c) plane of x must span fewer than 2^31 elements"
     if why is None:
         from fastgen.kernels.stylegan import upfirdn2d_tiles
         _, _, _, _, th, tw = upfirdn2d_tiles(x.shape[0] * x.shape[1], OH, OW)
@@ -394,7 +396,7 @@ def _conv_grads(grad, x, weight, styles, dcoefs, y, up, stride, py, px, oh, ow, 
         if needs[2]:
             ds = ds.to(styles.dtype)
     if needs[1]:
-        block_ci, block_co, block_k = wgrad_tiles(CIN, COUT)
+        block_ci, block_co, block_k = wgrad_tiles(CIN, COUT, precision, x.element_size())
         k_total = N * (-(-oh // up)) * (-(-ow // up))
         split, k_per_split = wgrad_splits(CIN, COUT, KH * KW, k_total, block_ci, block_co, block_k)
         part = _backend.empty(split, KH, KW, CIN, COUT, dtype=torch.float32, device=x.device)
@@ -494,6 +496,8 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     why = _kernel_dtype(op, x=x, weight=weight, styles=styles)
     if why is None and x.dtype == torch.bfloat16 and x.device.type == "cpu" and _backend.interpreting():
         why = "bfloat16 tl.dot does not run in the Triton interpreter (numpy has no bfloat16); it is tested on the GPU"
+    if why is None and max(x[0].numel(), weight.shape[0] * th * tw * up * up * 4) >= 2 ** 31:
+        why = "one sample of x and of the output must have fewer than 2^31 elements"
     if why is None and (N * up * up > _MAX_GRID_YZ or -(-COUT // 16) > _MAX_GRID_YZ):
         why = f"N * up^2 must be at most {_MAX_GRID_YZ}"
     if _conv_kernel.backend(x, backend, unsupported=why) == "reference":
