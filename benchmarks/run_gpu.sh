@@ -31,6 +31,7 @@ if [[ $STEPS == *bench* ]]; then
     >"$OUT/bench_conv_normal_launch.log" 2>&1 || status=1
   fastgen bench diffusion --json "$OUT/diffusion.json" 2>&1 | tee "$OUT/bench_diffusion.log" || status=1
   fastgen bench flows --json "$OUT/flows.json" 2>&1 | tee "$OUT/bench_flows.log" || status=1
+  fastgen bench stylegan --json "$OUT/stylegan.json" 2>&1 | tee "$OUT/bench_stylegan.log" || status=1
   fastgen bench attention --json "$OUT/attention.json" 2>&1 | tee "$OUT/bench_attention.log" || status=1
   fastgen bench vq --json "$OUT/vq.json" 2>&1 | tee "$OUT/bench_vq.log" || status=1
   # fastgen train throughput (items/s, peak memory): Gated PixelCNN and the DDPM UNet, global batch 64,

@@ -94,6 +94,18 @@ def test_bench_vq_quick(tmp_path):
     assert all(r["ms"]["cdist_argmin"] > 0 for r in rows[:4])
 
 
+def test_bench_stylegan_quick(tmp_path):
+    """The StyleGAN2 op cases run, agree with the eager formulations (check_case), and compare."""
+    path = tmp_path / "stylegan.json"
+    assert cli.main(["bench", "stylegan", "--quick", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    names = [r["case"] for r in rows]
+    assert "bias_act_lrelu_clamp_B2_C8_8x8_float32_fwdbwd" in names
+    assert "upfirdn2d_upsample2d_4x4_B2_C8_4x4_bfloat16_fwd" in names
+    assert "modulated_conv3x3_up2_B2_C8_4x4_float32_fwdbwd" in names
+    assert all(r["ms"]["fastgen"] > 0 and r["best_alternative"] for r in rows)
+
+
 @pytest.mark.slow
 def test_demo_flow_runs(tmp_path, capsys):
     """`fastgen demo --model flow` end to end at 2 training steps: both pictures written, the
