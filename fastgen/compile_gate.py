@@ -457,6 +457,73 @@ def vector_quantize_configurations(quick=False):
     return cases
 
 
+def stylegan_configurations(quick=False):
+    """StyleGAN2's ops at StyleGAN2 shapes (batch 32, 512 channels): bias_act forward and
+    backward (first and second order; lrelu, linear and swish with clamp 256) on [32, 512, 64,
+    64]; upfirdn2d with the [1, 3, 3, 1] filter (4x4, and separable) up 2 (32^2 -> 64^2, gain 4),
+    down 2 (64^2 -> 32^2) and their gradients (each the other's arithmetic); the modulated conv
+    3x3 at 16^2, 32^2, 64^2: forward, the upsampling transposed conv (U=2), the downsampling
+    strided conv (S=2), their input gradients (with the styles' partial sums) and weight
+    gradients -- fp32 (exact and TF32), bf16 and fp16."""
+    from fastgen.kernels.stylegan import (bias_act_backward, bias_act_forward, conv_launch, upfirdn2d_launch,
+                                          wgrad_launch, wgrad_splits, wgrad_tiles)
+    B, C, R = (32, 512, 64) if not quick else (2, 16, 8)
+    cases = []
+
+    def bias_act(act, dtype):
+        x = _t(B, C, R, R, dtype=dtype)
+        bias_act_forward(x, _t(C, dtype=dtype), _t(B, C, R, R, dtype=dtype), act, 0.2, 1.4, 256.0, C, R * R)
+        for order in (1, 2):
+            bias_act_backward(x, x if order == 2 else None, x, _t(C, dtype=dtype) if act == "swish" else None,
+                              _t(B, C, R, R, dtype=dtype), act, 0.2, 1.4, 256.0, C, R * R, order)
+
+    def fir(separable, dtype):
+        f = _t(4) if separable else _t(4, 4)
+        lo, hi = R // 2, R
+        upfirdn2d_launch(_t(B, C, lo, lo, dtype=dtype), f, _t(B, C, hi, hi, dtype=dtype), (2, 2), (1, 1),
+                         (2, 1, 2, 1), False, 4.0)                                     # upsample2d
+        upfirdn2d_launch(_t(B, C, hi, hi, dtype=dtype), f, _t(B, C, lo, lo, dtype=dtype), (1, 1), (2, 2),
+                         (1, 1, 1, 1), False, 1.0)                                     # downsample2d / its gradient
+
+    def conv(H, dtype, precision, up, stride):
+        """The conv core as modulated_conv2d launches it: forward, input and weight gradient."""
+        K = 3
+        if up > 1:
+            OH = H * up + 3 + 2 - K + 1                 # transposed conv before the FIR (padding 1 + filter)
+            py = 3
+        elif stride > 1:
+            OH = (H - K) // stride + 1                  # H: the FIR-filtered, padded input (64 -> 65)
+            py = 0
+        else:
+            OH, py = H, 1
+        x, y = _t(B, C, H, H, dtype=dtype), _t(B, C, OH, OH, dtype=dtype)
+        s, d = _t(B, C), _t(B, C)
+        wk = _t(K, K, C, C, dtype=dtype)
+        conv_launch(x, wk, s, d, y, None, up, stride, py, py, precision)
+        conv_launch(y, wk, d, s, _t(B, C, H, H, dtype=dtype), x, stride, up, K - 1 - py, K - 1 - py, precision)
+        block_ci, block_co, block_k = wgrad_tiles(C, C, precision, x.element_size())
+        k_total = B * (-(-OH // up)) ** 2
+        split, k_per_split = wgrad_splits(C, C, K * K, k_total, block_ci, block_co, block_k)
+        wgrad_launch(x, y, s, d, _t(split, K, K, C, C), up, stride, py, py, K, K, precision, split, k_per_split)
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for act in (("lrelu", "linear", "swish") if dtype == torch.float32 else ("lrelu",)):
+            cases.append((f"bias_act {act} clamp B{B} C{C} {R}x{R} fwd+bwd {_NAMES[dtype]}",
+                          lambda a=act, d=dtype: bias_act(a, d)))
+        for separable in (False, True):
+            cases.append((f"upfirdn2d {'[4]' if separable else '4x4'} up2/down2 B{B} C{C} {R // 2}<->{R} "
+                          f"{_NAMES[dtype]}", lambda sp=separable, d=dtype: fir(sp, d)))
+    for dtype, precision in PRECISIONS:
+        for H in ((16, 32, 64) if not quick else (R,)):
+            for up, stride, what in ((1, 1, "3x3"), (2, 1, "up2 transposed 3x3"), (1, 2, "down2 strided 3x3")):
+                size = H if up == 1 and stride == 1 else (H // 2 if up > 1 else H + 1)
+                cases.append((f"modulated conv {what} B{B} C{C} {H}x{H} fwd+dx+dw {_NAMES[dtype]}/{precision}",
+                              lambda a=(size, dtype, precision, up, stride): conv(*a)))
+        if quick:
+            break
+    return cases
+
+
 FAMILIES = {
     "conv": conv_configurations,
     "gated_pixel_step": gated_pixel_configurations,
@@ -467,6 +534,7 @@ FAMILIES = {
     "flow_coupling": flow_coupling_configurations,
     "block_local_attention": block_local_attention_configurations,
     "vector_quantize": vector_quantize_configurations,
+    "stylegan": stylegan_configurations,
 }
 
 
