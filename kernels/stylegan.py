@@ -198,30 +198,53 @@ def upfirdn2d_kernel(x_ptr, f_ptr, y_ptr, NC, C, H, W, sxn, sxc, sxh, sxw, OH, O
     # t = o * DOWN - p0 + OFF >= 0; tap i reads upsampled position t + i - OFF, a real sample iff UP | t + i
     ty = oy * DOWNY + OFFY
     tx = ox * DOWNX + OFFX
-    phase_y = (UPY - ty % UPY) % UPY
-    phase_x = (UPX - tx % UPX) % UPX
+    # without upsampling every tap hits a sample: phase 0, so taps (and filter loads) are scalars
+    if UPY == 1:
+        phase_y = 0
+    else:
+        phase_y = (UPY - ty % UPY) % UPY
+    if UPX == 1:
+        phase_x = 0
+    else:
+        phase_x = (UPX - tx % UPX) % UPX
     base = x_ptr + (nc // C) * sxn + (nc % C) * sxc
     acc = tl.zeros([BLOCK_P * BLOCK_H * BLOCK_W], tl.float32)
     for a in tl.static_range((FH + UPY - 1) // UPY):
         i = phase_y + a * UPY
         iy = (ty + i) // UPY - KQY
-        vy = out_ok & (i < FH) & (iy >= 0) & (iy < H)
+        vy = out_ok & (iy >= 0) & (iy < H)
+        if UPY > 1:
+            vy = vy & (i < FH)
         if FLIP:
             fi = FH - 1 - i
         else:
             fi = i
         if SEPARABLE:
-            wy = tl.load(f_ptr + fi, mask=i < FH, other=0.0).to(tl.float32)
+            if UPY == 1:     # a scalar tap in range
+                wy = tl.load(f_ptr + fi).to(tl.float32)
+            else:
+                wy = tl.load(f_ptr + fi, mask=i < FH, other=0.0).to(tl.float32)
         for bb in tl.static_range((FW + UPX - 1) // UPX):
             j = phase_x + bb * UPX
             ix = (tx + j) // UPX - KQX
-            v = vy & (j < FW) & (ix >= 0) & (ix < W)
+            v = vy & (ix >= 0) & (ix < W)
+            if UPX > 1:
+                v = v & (j < FW)
             if FLIP:
                 fj = FW - 1 - j
             else:
                 fj = j
             if SEPARABLE:
-                w = wy * tl.load(f_ptr + fj, mask=j < FW, other=0.0).to(tl.float32)
+                if UPX == 1:
+                    w = wy * tl.load(f_ptr + fj).to(tl.float32)
+                else:
+                    w = wy * tl.load(f_ptr + fj, mask=j < FW, other=0.0).to(tl.float32)
+            elif UPX == 1 and UPY == 1:
+                w = tl.load(f_ptr + fi * FW + fj).to(tl.float32)
+            elif UPY == 1:
+                w = tl.load(f_ptr + fi * FW + fj, mask=j < FW, other=0.0).to(tl.float32)
+            elif UPX == 1:
+                w = tl.load(f_ptr + fi * FW + fj, mask=i < FH, other=0.0).to(tl.float32)
             else:
                 w = tl.load(f_ptr + fi * FW + fj, mask=(i < FH) & (j < FW), other=0.0).to(tl.float32)
             xv = tl.load(base + (iy * sxh + ix * sxw), mask=v, other=0.0)      # in-plane offsets: int32
@@ -380,14 +403,14 @@ def conv_tiles(M, COUT, CIN, dtype_bytes, precision="tf32", partial=False):
     """(BLOCK_M, BLOCK_N, BLOCK_K, warps).  The styles' partial sums (``partial``) hold a second
     [BLOCK_M, BLOCK_N] tile in the epilogue: half the N tile there (no spills, compile gate)."""
     if precision == "ieee":       # exact fp32: FMA dots hold both operands in registers
-        return (min(64, max(16, triton.next_power_of_2(M))), min(32, max(16, triton.next_power_of_2(COUT))),
-                16, 4)
-    if partial:
+        return (min(32 if partial else 64, max(16, triton.next_power_of_2(M))),
+                min(32, max(16, triton.next_power_of_2(COUT))), 16, 4)
+    if partial or dtype_bytes == 4:     # (fp32 operands under TF32: a 128 x 128 tile spilled on sm_90)
         COUT = min(COUT, 64)
     block_m = 128 if M >= 128 else max(16, triton.next_power_of_2(M))
     block_n = 128 if COUT >= 128 else max(16, triton.next_power_of_2(COUT))
     block_k = (64 if dtype_bytes == 2 else 32) if CIN >= 32 else max(16, triton.next_power_of_2(CIN))
-    warps = 8 if block_m * block_n >= 128 * 128 else 4
+    warps = 8 if block_m * block_n >= 128 * 64 else 4
     return block_m, block_n, block_k, warps
 
 
@@ -441,7 +464,7 @@ def wgrad_launch(x, g, in_scale, out_scale, part, up, stride, py, px, KH, KW, pr
             -(-OH // U), -(-OW // U), k_per_split, split),
            dict(KH=KH, KW=KW, U=U, S=stride, HAS_IN=in_scale is not None, HAS_OUT=out_scale is not None,
                 PRECISION=precision, BLOCK_CI=block_ci, BLOCK_CO=block_co, BLOCK_K=block_k),
-           part, num_warps=8 if block_ci * block_co >= 128 * 128 else 4, num_stages=3 if precision != "ieee" else 1)
+           part, num_warps=8 if block_ci * block_co >= 128 * 64 else 4, num_stages=3 if precision != "ieee" else 1)
 
 
 def wgrad_tiles(CIN, COUT, precision="tf32", dtype_bytes=2):
