@@ -246,29 +246,35 @@ def _resnet_at(B, C, NP, kw, n_aux, cond, dtype, precision):
 
 
 def pixelcnnpp_configurations(quick=False):
-    """PixelCNN++'s fused GatedResnet (conv1 + conv2/gate): the paper's CIFAR model (160
-    channels) at batch 16, a down-shifted row of the u stream (2x3 window, 32 positions) and a
-    down-right-shifted pixel of the ul stream (2x2, one position), with 0, 1 or 2 aux maps,
-    with and without class conditioning; fp32 weights, maps fp32 / bf16 / fp16."""
+    """PixelCNN++'s GatedResnet step (``resnet_at``): the paper's CIFAR model (160 channels), a
+    down-shifted row of the u stream (2x3 window, 32 positions) and a down-right-shifted pixel of
+    the ul stream (2x2, one position), with 0, 1 or 2 aux maps, with and without class
+    conditioning; fp32 weights, maps fp32 / bf16 / fp16; at batch 1 (the sampler's launch
+    budget) and 16.  A ul pixel is the one-launch ``resnet_fused_kernel``, a u row conv1 +
+    conv2/gate."""
     if quick:
-        return [("pixelcnnpp_resnet_at C16 row k2x3 aux1 fp32/ieee",
+        return [("pixelcnnpp_resnet_at C16 B2 pixel k2x2 aux1 fp32/ieee (one launch)",
+                 lambda: _resnet_at(2, 16, 1, 2, 1, False, torch.float32, "ieee")),
+                ("pixelcnnpp_resnet_at C16 B2 row k2x3 aux1 fp32/ieee (two launches)",
                  lambda: _resnet_at(2, 16, 4, 3, 1, False, torch.float32, "ieee"))]
     cases = []
     for dtype, precision in PRECISIONS:
-        for NP, kw, stream in ((32, 3, "u row"), (1, 2, "ul pixel")):
-            for n_aux in (0, 1, 2):
-                for cond in (False, True):
-                    cases.append((f"pixelcnnpp_resnet_at C160 B16 {stream} aux{n_aux}{' cond' if cond else ''} "
-                                  f"{_NAMES[dtype]}/{precision}",
-                                  lambda NP=NP, kw=kw, a=n_aux, c=cond, d=dtype, p=precision: _resnet_at(
-                                      16, 160, NP, kw, a, c, d, p)))
+        for B in (1, 16):
+            for NP, kw, stream in ((32, 3, "u row"), (1, 2, "ul pixel")):
+                for n_aux in (0, 1, 2):
+                    for cond in (False, True):
+                        cases.append((f"pixelcnnpp_resnet_at C160 B{B} {stream} aux{n_aux}{' cond' if cond else ''} "
+                                      f"{_NAMES[dtype]}/{precision}",
+                                      lambda B=B, NP=NP, kw=kw, a=n_aux, c=cond, d=dtype, p=precision: _resnet_at(
+                                          B, 160, NP, kw, a, c, d, p)))
     return cases
 
 
 def pixelcnnpp_mixture_configurations(quick=False):
     """PixelCNN++'s mixture draw (one pixel's colour channels in one launch): the paper's CIFAR
     head (RGB, 256 levels, 10 logistics) and grey images, writing into the image's pixel, and the
-    widest mixture tile the op sends to the kernel (64 logistics)."""
+    widest mixture tile the op sends to the kernel (64 logistics); and the draw with the head
+    fused in (``pixelcnnpp_head_draw``: 160 features, batch 1 and 16)."""
     from fastgen.kernels.pixelcnnpp_mixture import mixture_draw
     sizes = [(3, 256, 10, 16), (1, 256, 10, 16), (1, 256, 5, 64), (3, 256, 64, 16)] if not quick else [(3, 16, 2, 2)]
     cases = []
@@ -279,6 +285,15 @@ def pixelcnnpp_mixture_configurations(quick=False):
             mixture_draw(_t(B, params), _t(B, C, levels), _t(levels), image[:, :, 4, 7], image_scaled[:, :, 4, 7],
                          nr_mix, 1.0 / (levels - 1), -5.5, 1.0)
         cases.append((f"mixture_draw C{C} levels{levels} nr_mix{nr_mix}", draw))
+    # with the head fused in (pixelcnnpp_head_draw): 160 features of the last ul map's pixel
+    for C, levels, nr_mix, B in ([(3, 256, 10, 1), (3, 256, 10, 16), (1, 256, 10, 1)] if not quick else [(3, 16, 2, 2)]):
+        def head_draw(C=C, levels=levels, nr_mix=nr_mix, B=B, F=160):
+            image, image_scaled = _t(B, C, 32, 32, dtype=torch.long), _t(B, C, 32, 32)
+            params = nr_mix * (1 + 3 * C) if C > 1 else 3 * nr_mix
+            ul = _t(B, F, 33, 34)
+            mixture_draw(ul[:, :, 5, 8], _t(B, C, levels), _t(levels), image[:, :, 4, 7], image_scaled[:, :, 4, 7],
+                         nr_mix, 1.0 / (levels - 1), -5.5, 1.0, head_w=_t(F, params), head_b=_t(params))
+        cases.append((f"mixture_draw with head F160 B{B} C{C} levels{levels} nr_mix{nr_mix}", head_draw))
     return cases
 
 

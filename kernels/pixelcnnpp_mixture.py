@@ -12,6 +12,15 @@ means read the channels drawn before them), over chunks of BLOCK_L levels:
 then values[b, j] = value, scaled[b, j] = level_values[value] (the drawn channel's x for the next
 channels' means).  Pointers and strides: params [B, P], gumbel [B, C, L], values [B, C] (int64),
 scaled [B, C]; level_values [L] contiguous.  Everything is fp32 in registers; no dots.
+
+With HEAD (``fastgen.ops.pixelcnnpp_head_draw``) the kernel also runs the network's head, the
+1x1 conv after an elu: p_ptr then points at the features [B, F] under the head (any strides),
+and each group of NR_MIX parameters it reads is computed instead of loaded,
+
+    params[b, q] = sum_f elu(features[b, f]) * head_w[f, q] + head_b[q]
+
+(head_w [F, P], head_b [P] contiguous fp32; a [BLOCK_F, BLOCK_MIX] tile per chunk of features,
+reduced over f -- one row per program, so no dots).  Two torch ops per pixel fewer.
 """
 import triton
 import triton.language as tl
@@ -48,8 +57,22 @@ def _tanh(x):
 
 
 @triton.jit
-def _param(p_row, spp, index, k, k_ok):
-    return tl.load(p_row + (index + k) * spp, mask=k_ok, other=0.0).to(tl.float32)
+def _param(p_row, spp, index, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD: tl.constexpr, BLOCK_F: tl.constexpr):
+    """params[b, index + k] (k < NR_MIX): loaded, or with HEAD computed by the head from the
+    features at p_row (stride spp)."""
+    if HEAD:
+        q = index + k
+        acc = tl.load(hb_ptr + q, mask=k_ok, other=0.0)
+        for f0 in range(0, F, BLOCK_F):
+            f = f0 + tl.arange(0, BLOCK_F)
+            f_ok = f < F
+            v = tl.load(p_row + f * spp, mask=f_ok, other=0.0).to(tl.float32)
+            e = tl.where(v > 0, v, tl.exp(tl.minimum(v, 0.0)) - 1.0)        # elu (elu(0) = 0: masked add 0)
+            w = tl.load(hw_ptr + f[:, None] * P + q[None, :], mask=f_ok[:, None] & k_ok[None, :], other=0.0)
+            acc += tl.sum(e[:, None] * w, axis=0)
+        return acc
+    else:
+        return tl.load(p_row + (index + k) * spp, mask=k_ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -59,27 +82,32 @@ def mixture_draw_kernel(
     lv_ptr,
     v_ptr, svb, svc,
     s_ptr, ssb, ssc,
+    hw_ptr, hb_ptr, F, P,
     LEVELS, NR_MIX, half, log_half_bins, temperature,
-    C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_MIX: tl.constexpr,
+    C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_MIX: tl.constexpr, HEAD: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     p_row = p_ptr + b * spb
     k = tl.arange(0, BLOCK_MIX)
     k_ok = k < NR_MIX
     # log_softmax of the mixture logits, as torch computes it: (x - max) - log(sum exp(x - max))
-    logit = tl.load(p_row + k * spp, mask=k_ok, other=float("-inf")).to(tl.float32)
+    logit = tl.where(k_ok, _param(p_row, spp, 0, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F), float("-inf"))
     shifted = logit - tl.max(logit, axis=0)
     log_w = shifted - tl.log(tl.sum(tl.where(k_ok, tl.exp(shifted), 0.0), axis=0))
     x0 = 0.0    # the drawn R and G, scaled (read by the coupled means)
     x1 = 0.0
     for j in tl.static_range(C):
-        mean = _param(p_row, spp, NR_MIX + j * NR_MIX, k, k_ok)
+        mean = _param(p_row, spp, NR_MIX + j * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
         if j == 1:
-            mean = mean + _tanh(_param(p_row, spp, NR_MIX + 2 * C * NR_MIX, k, k_ok)) * x0
+            coeff = _param(p_row, spp, NR_MIX + 2 * C * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
+            mean = mean + _tanh(coeff) * x0
         if j == 2:
-            mean = mean + _tanh(_param(p_row, spp, NR_MIX + (2 * C + 1) * NR_MIX, k, k_ok)) * x0
-            mean = mean + _tanh(_param(p_row, spp, NR_MIX + (2 * C + 2) * NR_MIX, k, k_ok)) * x1
-        log_s = tl.maximum(_param(p_row, spp, NR_MIX + (C + j) * NR_MIX, k, k_ok), -7.0)
+            coeff = _param(p_row, spp, NR_MIX + (2 * C + 1) * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
+            mean = mean + _tanh(coeff) * x0
+            coeff = _param(p_row, spp, NR_MIX + (2 * C + 2) * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
+            mean = mean + _tanh(coeff) * x1
+        log_s = _param(p_row, spp, NR_MIX + (C + j) * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
+        log_s = tl.maximum(log_s, -7.0)
         inv_s = tl.exp(-log_s)
         best = tl.full((), float("-inf"), tl.float32)
         best_idx = tl.full((), 0, tl.int32)
@@ -125,13 +153,24 @@ def block_sizes(levels, nr_mix):
     return block_l, block_mix
 
 
-def mixture_draw(params, gumbel, level_values, values, scaled, nr_mix, half, log_half_bins, temperature):
-    """Launch the draw (shapes in the module docstring; nr_mix <= 64, fp32 params, 32-bit offsets)."""
+BLOCK_F = 32             # features per chunk of the head's reduction ([32, BLOCK_MIX] weight tiles)
+# With the head: 8 warps, 1 stage -- no spills on sm_80 / sm_90 at 160 features (4 warps spilled
+# 12-16 B on sm_90 with 3 stages or 1, 64- or 32-wide chunks).
+
+
+def mixture_draw(params, gumbel, level_values, values, scaled, nr_mix, half, log_half_bins, temperature,
+                 head_w=None, head_b=None):
+    """Launch the draw (shapes in the module docstring; nr_mix <= 64, fp32 params, 32-bit offsets).
+    With head_w [F, P] and head_b [P], ``params`` holds the head's features [B, F] instead."""
     B, C, levels = gumbel.shape
     block_l, block_mix = block_sizes(levels, nr_mix)
-    # Direct launch (kernels/_launch.py) is safe: the kernel reads params, gumbel and level_values
-    # and overwrites values and scaled, which it does not read.
+    head = head_w is not None
+    F, P = head_w.shape if head else (0, 0)
+    # Direct launch (kernels/_launch.py) is safe: the kernel reads params (or the features and
+    # the head), gumbel and level_values and overwrites values and scaled, which it does not read.
     launch(mixture_draw_kernel, (B,),
            (params, *params.stride(), gumbel, *gumbel.stride(), level_values, values, *values.stride(),
-            scaled, *scaled.stride(), levels, nr_mix, half, log_half_bins, temperature),
-           dict(C=C, BLOCK_L=block_l, BLOCK_MIX=block_mix), values, num_warps=4)
+            scaled, *scaled.stride(), head_w if head else params, head_b if head else params, F, P,
+            levels, nr_mix, half, log_half_bins, temperature),
+           dict(C=C, BLOCK_L=block_l, BLOCK_MIX=block_mix, HEAD=head, BLOCK_F=BLOCK_F if head else 16),
+           values, num_warps=8 if head else 4, num_stages=1 if head else 3)

@@ -37,14 +37,17 @@ BUDGETS = {
     # pixel in total (from 1.54 + 4.94; counted with the kernels recorded instead of run)
     "gated_fused": Budget(triton=1.036, ops=0.6),
     # per pixel, grey 4x4, 16 channels, nr_resnet 1, the whole sample() call (setup included):
-    # 22.1 in all (76 = 10.25 + 65.75 before the fused mixture draw; RGB: 204).  Triton 11.25:
-    # 10.25 GatedResnet launches (two per step, a chain at each position: the cache's docstring)
-    # + 1 mixture draw of every colour channel.  Ops 10.81: per pixel the first layer's and the
-    # head's convs (3.69 with the lower levels' stride-2 convs and the u rows), their copies
-    # (1.69), the head's elu (1), add (0.56); per sample (amortised over only 16 pixels here):
-    # the weight packing's clones (2.81), the noise, the level table and one zeroed buffer for
-    # every map.  (3x8x8, nr_resnet 5, nr_mix 10, 256 levels: 34.5 + 9.6, the loop alone 34.5 + 6.6.)
-    "pixelcnnpp": Budget(triton=11.25, ops=11.0),
+    # 16.1 in all (22.1 before the one-launch ul step and the head in the draw; 76 before the
+    # fused draw).  Triton 7.25: 4 one-launch GatedResnet steps of the ul stream (a position's
+    # chain: the cache's docstring) + 2.25 for the u rows' steps (two launches each) + 1
+    # head-and-draw of every colour channel.  Ops 8.88: per pixel the first layer's convs and the lower levels'
+    # stride-2 convs / deconvs (2.69), their copies (1.69), add (0.56); per sample (amortised over
+    # only 16 pixels here) the weight packing, the noise, the level table and one zeroed buffer
+    # for every map.  At the issue's size (3x8x8, 160 channels, nr_resnet 5, nr_mix 10, 256
+    # levels, batch 1; the kernels recorded with observe_launches(execute=False), not run):
+    # 20.125 + 7.66 = 27.8 per pixel, the loop alone 20.125 + 4.64 = 24.8 (was 34.5 + 9.6 and
+    # 34.5 + 6.6 = 41.1): ul steps 14.375, u rows 4.75, the draw 1.
+    "pixelcnnpp": Budget(triton=7.25, ops=8.9),
     # per audio sample, the per-step kernel (and an empty_like per sample)
     "wavenet_per_step": Budget(triton=1.0, ops=0.0),
     # per block of 256 samples (the persistent kernel's block)

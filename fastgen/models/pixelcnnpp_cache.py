@@ -3,9 +3,10 @@ position computed once, when its inputs are final (Ramachandran et al. 2017, "Fa
 for Convolutional Autoregressive Models").  It implements ``fastgen.sampling.PixelCache``.
 
 Maps are zero-padded buffers [B, ch, h + 1, w + 2] (``_Map``); each GatedResnet step is one
-``fastgen.ops.pixelcnnpp_resnet_at`` call (two fused launches on a GPU), the other layers run
-as PyTorch convs on slices of their input maps (``_conv_at``), and the sampler's fused step
-draws a whole pixel from the head's output with one ``fastgen.ops.pixelcnnpp_mixture_draw``.
+``fastgen.ops.pixelcnnpp_resnet_at`` call (on a GPU one launch for a ``ul`` position, two for a
+``u`` row), the other layers run as PyTorch convs on slices of their input maps (``_conv_at``),
+and the sampler's fused step runs the head and draws a whole pixel with one
+``fastgen.ops.pixelcnnpp_mixture.pixelcnnpp_head_draw``.
 """
 import math
 from typing import TYPE_CHECKING, Optional
@@ -14,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastgen.nn.pixelcnnpp import DownShiftedDeconv, concat_elu, pack_cond_bias, pack_resnet_weights
-from fastgen.ops import pixelcnnpp_mixture_draw, pixelcnnpp_resnet_at
+from fastgen.nn.pixelcnnpp import (DownShiftedDeconv, concat_elu, pack_cond_bias, pack_head_weights,
+                                   pack_resnet_weights)
+from fastgen.ops import pixelcnnpp_resnet_at
+from fastgen.ops.pixelcnnpp_mixture import pixelcnnpp_head_draw
 
 if TYPE_CHECKING:   # (the model imports this module)
     from fastgen.models.pixelcnnpp import PixelCNNpp
@@ -100,23 +103,24 @@ class PixelCNNppCache:
     of one forward pass instead of H*W*C of them); the schedule depends only on (r, c).  The
     network output at (r, c) never reads pixel (r, c): the colour channels are coupled only by
     the mixture's coefficients, so each ``logits`` call re-evaluates just the mixture with the
-    channels written so far -- and the fused ``step`` (the sampler's ``FusedPixelStep``) draws
-    all of them in one launch of ``fastgen.ops.pixelcnnpp_mixture_draw``.  Dropout is off (eval
+    channels written so far -- and the fused ``step`` (the sampler's ``FusedPixelStep``) runs the
+    head and draws all of them in one launch of ``pixelcnnpp_head_draw``.  Dropout is off (eval
     mode).
 
     Launches per pixel, and why the GatedResnet steps are not batched further: within one stream
     and resolution, GatedResnet k + 1 at a position reads GatedResnet k's output *at that same
-    position* (the (i, j) tap of its conv1's 2x2 / 2x3 window), and its conv2 reads its conv1's
-    output there (and, for a whole ``u`` row, at the neighbouring columns computed by other
-    programs).  So the steps of one stream at one position form a chain of 2 launches per
-    GatedResnet with nothing between them to run alongside; the ``u`` stream already computes a
-    whole row per launch (its positions in a row depend on none of the row's new ones), and the
-    ``ul`` stream at (r, c) reads the image at (r, c - 1), drawn by the previous step, so no two
-    pixels' ``ul`` work can share a launch.  What a launch can absorb is the work after the
-    chain: the mixture draw of every colour channel is one launch instead of ~60 torch ops per
-    channel.  Per pixel, at nr_resnet = n, that leaves 2 (2n + 1) launches for the ``ul`` stream
-    at full resolution (plus 1/4 and 1/16 of that at the lower ones, and the ``u`` rows' share),
-    one draw, and the few torch convs of the first layer and the head.
+    position* (the (i, j) tap of its conv1's 2x2 / 2x3 window), so the steps of one stream at one
+    position form a chain with nothing between them to run alongside; the ``ul`` stream at (r, c)
+    reads the image at (r, c - 1), drawn by the previous step, so no two pixels' ``ul`` work can
+    share a launch.  Inside one step, conv2 at (i, j) reads conv1's output (``mid``) at rows
+    i - 1 and i: for a ``ul`` position every one of those is final except (i, j) itself, which
+    conv1 computes from x and the aux maps alone -- so the step is one launch that recomputes
+    conv1 there in each program (``kernels/pixelcnnpp_resnet.py`` states the argument).  A ``u``
+    row keeps two launches (conv1's whole row, then conv2 + gate): its conv2 reads the row's
+    neighbouring new columns.  The head (elu, 1x1 conv) runs inside the draw.  Per pixel, at
+    nr_resnet = n: 2n + 1 launches for the ``ul`` stream at full resolution (plus 1/4 and 1/16
+    of that at the lower ones), 2 per ``u`` step shared by a row, one head-and-draw, and the
+    torch convs of the first layer and the stride-2 layers.
     """
 
     def __init__(self, model: "PixelCNNpp", x: Tensor, cond: Optional[Tensor], track_writes: bool = False,
@@ -133,7 +137,9 @@ class PixelCNNppCache:
         self.level_values = torch.arange(m.levels, device=x.device).view(-1, 1, 1, 1, 1, 1)
         self.x = x                                # the image the fused step draws into
         self.level_scaled = m.scale(torch.arange(m.levels, device=x.device))    # as ``write`` scales
-        self.pixel, self.params = None, None      # the pixel whose network output ``params`` [B, P, 1, 1] is
+        self.pixel = None       # the pixel whose ul positions are computed
+        self.params = None      # its network output [B, P, 1, 1], once ``logits`` asked for it
+        self.head = pack_head_weights(m.out)      # the fused step runs the head inside its draw
         # The plans: (level, op(i, j0, j1)) in the network's order; op computes row i, columns
         # j0 .. j1 - 1 of its level (a deconv: its input's row i, writing output rows 2i, 2i + 1).
         self.u_plan, self.ul_plan = [], []
@@ -194,7 +200,7 @@ class PixelCNNppCache:
     def _resnet(self, res, x, aux, level, plan):
         """Plan GatedResnet ``res`` on map x, with the maps in ``aux`` (concatenated) as its aux
         input at the same positions; returns its output map.  Each step is one call of
-        ``fastgen.ops.pixelcnnpp_resnet_at`` (two fused launches on a GPU)."""
+        ``fastgen.ops.pixelcnnpp_resnet_at`` (on a GPU one launch for a position, two for a row)."""
         mid, out = self._new(level), self._new(level)
         cond_bias = pack_cond_bias(res, self.cond)
         weights = pack_resnet_weights(res)
@@ -238,10 +244,10 @@ class PixelCNNppCache:
         return self
 
     def step(self, r: int, c: int, gumbel: Tensor, temperature: float) -> None:
-        """Draw pixel (r, c) of every image: its ``ul`` positions and head (``_network_at``), then
-        R, G given R and B given R and G in one ``fastgen.ops.pixelcnnpp_mixture_draw`` -- what
-        ``logits`` and ``write`` per channel group give the sampler, in one launch instead of ~60
-        torch ops per channel.  The draw writes the values straight into x[:, :, r, c] of the
+        """Draw pixel (r, c) of every image: its ``ul`` positions (``_network_at``), then the head
+        and R, G given R and B given R and G in one ``pixelcnnpp_head_draw`` -- what ``logits``
+        and ``write`` per channel group give the sampler, in one launch instead of ~60 torch ops
+        per channel and the head's two.  The draw writes the values straight into x[:, :, r, c] of the
         image this cache samples (``incremental(x)``) and their scaled form into the image map
         (as ``write`` would): no copy per pixel.  gumbel: [B, C, levels] ([B, levels] for grey
         images)."""
@@ -250,8 +256,8 @@ class PixelCNNppCache:
             self._network_at(r, c)
         if gumbel.dim() == 2:
             gumbel = gumbel[:, None]
-        pixelcnnpp_mixture_draw(self.params[:, :, 0, 0], gumbel, self.level_scaled, self.x[:, :, r, c],
-                                self.image.data[:, :C, r + 1, c + 1], temperature)
+        pixelcnnpp_head_draw(self.last_ul.data[:, :, r + 1, c + 1], self.head, gumbel, self.level_scaled,
+                             self.x[:, :, r, c], self.image.data[:, :C, r + 1, c + 1], temperature)
 
     def begin_row(self, r: int) -> None:
         W = self.model.image_shape[2]
@@ -264,18 +270,20 @@ class PixelCNNppCache:
         self.image.data[:, :C, r + 1, c + 1] = self.model.scale(values)
 
     def _network_at(self, r, c):
-        """The ul stream's positions that pixel (r, c) completes, and the head at (r, c)."""
+        """The ul stream's positions that pixel (r, c) completes (the head runs in the fused step's
+        draw, or in ``logits``)."""
         for level, op in self.ul_plan:
             if r % (1 << level) == 0 and c % (1 << level) == 0:
                 op(r >> level, c >> level, (c >> level) + 1)
-        self.params = self.model.out(F.elu(self.last_ul.at(r, c, c + 1)))     # [B, P, 1, 1]
-        self.pixel = (r, c)
+        self.pixel, self.params = (r, c), None
 
     def logits(self, r: int, c: int) -> Tensor:
         """Per-level log-probabilities [B, levels, C] at (r, c), given the channels written so far."""
         m = self.model
         if self.pixel != (r, c):
             self._network_at(r, c)
+        if self.params is None:
+            self.params = m.out(F.elu(self.last_ul.at(r, c, c + 1)))           # [B, P, 1, 1]
         xs = self.image.at(r, c, c + 1)[:, :m.image_shape[0]]                  # [B, C, 1, 1]
         log_w, means, log_scales = m._mixture(self.params, xs)
         log_p = m._bin_log_probs(self.level_values, log_w[None], means[None], log_scales[None])   # [levels, B, C, 1, 1]

@@ -12,7 +12,8 @@ The stride-2 ``DownShiftedDeconv`` / ``DownRightShiftedDeconv`` upsample with th
 ``nn.ConvTranspose2d`` subclasses (same parameters and state dicts); maps are [B, C, H, W].
 
 ``pack_resnet_weights`` / ``pack_cond_bias`` give a GatedResnet's weights the form the fused
-sampling step ``fastgen.ops.pixelcnnpp_resnet_at`` takes.
+sampling step ``fastgen.ops.pixelcnnpp_resnet_at`` takes, ``pack_head_weights`` the output head's
+the form the fused head-and-draw ``fastgen.ops.pixelcnnpp_mixture.pixelcnnpp_head_draw`` takes.
 """
 from typing import Callable, Optional, Tuple
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastgen.ops.pixelcnnpp_mixture import HeadWeights
 from fastgen.ops.pixelcnnpp_resnet import ResnetWeights
 from fastgen.ops.pixelcnnpp_resnet.reference import concat_elu
 
@@ -135,3 +137,11 @@ def pack_cond_bias(res: GatedResnet, cond: Optional[Tensor]) -> Optional[Tensor]
     """The conditioning term res.cond(cond) [B, 2C] as the fused step takes it, or None
     without conditioning.  cond: [B, cond_dim] embedded conditioning."""
     return None if cond is None else _kernel_dtype(res.cond(cond))
+
+
+def pack_head_weights(out: nn.Conv2d) -> HeadWeights:
+    """PixelCNN++'s output head, the 1x1 ``Conv2d(F, P, 1)`` applied after an elu, as
+    ``pixelcnnpp_head_draw`` takes it: weight [F, P] (the conv's [P, F, 1, 1] transposed), bias
+    [P].  Detached copies, fp32 and contiguous (fp64 kept): pack again after the weights change."""
+    f32 = lambda t: _kernel_dtype(t.detach())
+    return HeadWeights(weight=f32(out.weight[:, :, 0, 0].T), bias=f32(out.bias))

@@ -1,13 +1,15 @@
 """fastgen.ops.pixelcnnpp_mixture: the fused mixture-of-logistics draw (Triton under the CPU
 interpreter) against its reference, every level's log-probability through the draw, the backend
 choice with its reason, errors naming the argument, opcheck, gradcheck of the reference's math,
-and the model computing its log-probabilities with that same reference."""
+and the model computing its log-probabilities with that same reference; the head-and-draw op
+(``pixelcnnpp_head_draw``) against its reference and the model's own head."""
 import pytest
 import torch
 
 from fastgen.models import PixelCNNpp
+from fastgen.nn.pixelcnnpp import pack_head_weights
 from fastgen.ops import pixelcnnpp_mixture_draw
-from fastgen.ops.pixelcnnpp_mixture import reference
+from fastgen.ops.pixelcnnpp_mixture import HeadWeights, pixelcnnpp_head_draw, reference
 
 
 def _params(B, C, nr_mix, generator, log_scales=(-5.0, 0.0), mean_range=1.3):
@@ -189,3 +191,95 @@ def test_the_model_computes_its_log_probs_with_the_reference(monkeypatch):
     model(x)
     model.loss(x)
     assert calls == ["mixture_parameters", "bin_log_probs"] * 2
+
+
+def _head_case(B, C, nr_mix, F, generator):
+    """Features [B, F] as a strided column of a wider map and a head whose parameters look like
+    ``_params``'s: a random head plus, in its bias, plausible parameters (features ~ N(0, 1))."""
+    P = (3 if C == 1 else 10) * nr_mix
+    wide = torch.randn(B, F + 5, generator=generator)
+    head = HeadWeights(0.3 * torch.randn(F, P, generator=generator) / F ** 0.5,
+                       _params(1, C, nr_mix, generator, log_scales=(-6.0, 0.3))[0])
+    return wide[:, 3:3 + F], head
+
+
+@pytest.mark.parametrize("C, nr_mix, L, B, F, temperature", [
+    pytest.param(1, 3, 16, 5, 37, 0.8, id="grey-M3-L16-B5-F37-T0.8"),
+    pytest.param(3, 10, 256, 3, 160, 1.0, id="rgb-M10-L256-B3-F160"),
+    pytest.param(3, 2, 33, 4, 16, 1.4, id="rgb-M2-L33-B4-F16-T1.4"),
+])
+def test_triton_head_draw_matches_reference(C, nr_mix, L, B, F, temperature):
+    """The head computed inside the draw (F not a multiple of its chunk, strided features) draws
+    what the reference draws: the head's parameters, then the plain draw."""
+    g = torch.Generator().manual_seed(F + L)
+    features, head = _head_case(B, C, nr_mix, F, g)
+    gumbel = -torch.log(-torch.log(torch.rand(B, C, L, generator=g)))
+    outs = []
+    for backend in ("reference", "triton"):
+        values, scaled = torch.full((B, C), -1), torch.zeros(B, C)
+        assert pixelcnnpp_head_draw(features, head, gumbel, _levels(L), values, scaled, temperature,
+                                    backend=backend) is values
+        outs.append((values, scaled))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    params = reference.head_params(features, head)
+    values, scaled = torch.full((B, C), -1), torch.zeros(B, C)
+    pixelcnnpp_mixture_draw(params, gumbel, _levels(L), values, scaled, temperature, backend="reference")
+    assert torch.equal(values, outs[1][0])
+    if B * C > 4:
+        assert values.unique().numel() > 1
+
+
+def test_head_params_are_the_models_head():
+    """reference.head_params with pack_head_weights is the model's out(elu(.)) 1x1 conv."""
+    model = PixelCNNpp((3, 4, 4), levels=8, channels=16, nr_resnet=1, nr_mix=2).eval()
+    features = torch.randn(3, 16)
+    expected = model.out(torch.nn.functional.elu(features[:, :, None, None]))[:, :, 0, 0]
+    torch.testing.assert_close(reference.head_params(features, pack_head_weights(model.out)), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_head_draw_inputs_the_kernel_cannot_take_run_the_reference_unless_triton_is_forced(monkeypatch):
+    monkeypatch.delenv("FASTGEN_BACKEND", raising=False)
+    g = torch.Generator().manual_seed(3)
+    features, head = _head_case(2, 3, 2, 16, g)
+    features, head = features.double(), HeadWeights(*(t.double() for t in head))
+    gumbel, lv = torch.rand(2, 3, 9, generator=g).double(), _levels(9).double()
+    values, scaled = torch.full((2, 3), -1), torch.zeros(2, 3, dtype=torch.float64)
+    pixelcnnpp_head_draw(features, head, gumbel, lv, values, scaled, 0.9)
+    expected = torch.full((2, 3), -1)
+    reference.pixelcnnpp_head_draw(features, head, gumbel, lv, expected, scaled.clone(), 0.9)
+    assert torch.equal(values, expected)
+    with pytest.raises(ValueError, match="float32"):
+        pixelcnnpp_head_draw(features, head, gumbel, lv, values, scaled, 0.9, backend="triton")
+
+
+def _head_args(C=3, B=4, L=10, nr_mix=2, F=16):
+    features, head = _head_case(B, C, nr_mix, F, torch.Generator().manual_seed(4))
+    return dict(features=features, head=head, gumbel=torch.rand(B, C, L), level_values=_levels(L),
+                values=torch.zeros(B, C, dtype=torch.long), scaled=torch.zeros(B, C), temperature=1.0)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda a: a.update(head=tuple(a["head"])), TypeError, "head must be a HeadWeights"),
+    (lambda a: a.update(features=a["features"][:3]), ValueError, "features must be a 2-D"),
+    (lambda a: a.update(head=a["head"]._replace(weight=a["head"].weight[1:])), ValueError, "head.weight must be"),
+    (lambda a: a.update(head=a["head"]._replace(bias=a["head"].bias[1:])), ValueError, "head.bias must be"),
+    (lambda a: a.update(head=HeadWeights(a["head"].weight[:, 1:], a["head"].bias[1:])), ValueError,
+     "the head must give 10 \\* nr_mix"),
+    (lambda a: a.update(head=a["head"]._replace(bias=a["head"].bias.double())), TypeError, "head.bias must be"),
+    (lambda a: a.update(scaled=a["scaled"].double()), TypeError, "scaled must have features' dtype"),
+    (lambda a: a.update(temperature=-1.0), ValueError, "temperature must be a positive"),
+], ids=["head-type", "features-batch", "weight-rows", "bias-shape", "head-width", "bias-dtype", "scaled-dtype",
+        "temperature"])
+def test_head_draw_bad_inputs_raise_errors_naming_the_argument(change, error, match):
+    args = _head_args()
+    change(args)
+    with pytest.raises(error, match=match):
+        pixelcnnpp_head_draw(**args, backend="reference")
+
+
+def test_head_draw_opcheck():
+    """torch.library.opcheck of the head-and-draw op (the declared in-place writes of values and scaled)."""
+    a = _head_args(C=1, B=3, L=12)
+    torch.library.opcheck(torch.ops.fastgen.pixelcnnpp_head_draw.default,
+                          (a["features"], *a["head"], a["gumbel"], a["level_values"], a["values"], a["scaled"], 0.8))

@@ -1,5 +1,7 @@
 """fastgen.ops.pixelcnnpp_resnet_at: the Triton kernels (interpreter on the CPU) against the
-reference, on random padded maps; error handling and backend choice; opcheck."""
+reference, on random padded maps -- the one-launch step (a single position) and the two-launch
+one (rows, and single positions of more than 32 batch rows); error handling and backend choice;
+opcheck."""
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ CASES = [  # (batch, channels, aux channels, kernel width, j0, j1 or None = the 
     pytest.param(5, 16, (), 3, 0, None, True, id="B5-C16-noaux-2x3-row-cond"),
     pytest.param(1, 32, (16,), 3, 0, None, False, id="B1-C32-aux16-2x3-row"),
     pytest.param(5, 16, (16, 32), 3, 2, 3, False, id="B5-C16-aux16+32-2x3-pixel"),
+    pytest.param(33, 16, (16,), 2, 4, 5, True, id="B33-C16-aux16-2x2-pixel-cond-two-launches"),
 ]
 H, W = 4, 7
 
@@ -58,6 +61,24 @@ def test_triton_matches_reference_and_writes_only_its_positions(B, C, aux_channe
     (mid_ref, out_ref), (mid_tri, out_tri) = results
     torch.testing.assert_close(mid_tri, mid_ref, rtol=1e-5, atol=1e-5, equal_nan=True)
     torch.testing.assert_close(out_tri, out_ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("B, j0, j1, kernels", [
+    (1, 3, 4, ["resnet_fused_kernel"]),
+    (32, 3, 4, ["resnet_fused_kernel"]),
+    (33, 3, 4, ["resnet_conv1_kernel", "resnet_conv2_gate_kernel"]),
+    (1, 0, W, ["resnet_conv1_kernel", "resnet_conv2_gate_kernel"]),
+], ids=["B1-pixel", "B32-pixel", "B33-pixel", "B1-row"])
+def test_a_single_position_is_one_launch(B, j0, j1, kernels):
+    """A single position of up to 32 batch rows (every ul step of the sampler) is one launch;
+    rows and wider batches take conv1, then conv2 + gate (recorded, not run)."""
+    from fastgen.kernels import _launch
+    x, aux, weights, cond_bias = _inputs(B, 16, (16,), 2, True)
+    seen = []
+    with _launch.observe_launches(lambda launch: seen.append(launch.kernel.__name__), execute=False):
+        pixelcnnpp_resnet_at(x, aux, torch.zeros_like(x), torch.zeros_like(x), weights, cond_bias, 1, j0, j1,
+                             backend="triton")
+    assert seen == kernels
 
 
 def test_channels_last_maps_match_the_reference():

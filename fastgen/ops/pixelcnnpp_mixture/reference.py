@@ -120,3 +120,17 @@ def pixelcnnpp_mixture_draw(params: Tensor, gumbel: Tensor, level_values: Tensor
         values[:, j] = drawn
         xs[:, j, 0, 0] = level_values[drawn]
     scaled.copy_(xs[:, :, 0, 0])
+
+
+def head_params(features: Tensor, head) -> Tensor:
+    """PixelCNN++'s head on features [B, F]: the raw mixture parameters [B, P] =
+    elu(features) @ head.weight + head.bias (the model's ``out`` 1x1 conv after its elu; head a
+    ``HeadWeights``)."""
+    return torch.addmm(head.bias, F.elu(features), head.weight)
+
+
+def pixelcnnpp_head_draw(features: Tensor, head, gumbel: Tensor, level_values: Tensor, values: Tensor,
+                         scaled: Tensor, temperature: float) -> None:
+    """``pixelcnnpp_mixture_draw`` from ``head_params(features, head)``: the head and the draw
+    (``fastgen.ops.pixelcnnpp_head_draw``'s specification)."""
+    pixelcnnpp_mixture_draw(head_params(features, head), gumbel, level_values, values, scaled, temperature)
