@@ -433,22 +433,25 @@ def head_block(D):
 def tiles(block, D, dtype=torch.bfloat16, backward=False):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for blocks of ``block`` slots, head dim D.
     Sized by the compile gate (no spills on sm_80 / sm_90): 64-slot tiles for 16-bit inputs,
-    32 for fp32 (fp32 operands of an exact dot take twice the registers), half of that in the
-    backward at head dim 128; the backward at 8 warps and one pipeline stage (and dK/dV with
-    query tiles of half the key tile: ``block_local_backward``); 8 warps forward at head dim 128."""
+    32 for fp32 (operands of an exact dot take twice the registers: 8 warps, one stage), a
+    quarter of that in the backward at head dim 128; the backward at 8 warps and one pipeline stage (and dK/dV with
+    query tiles of half the key tile, dQ with key tiles of half the query tile:
+    ``block_local_backward``); 8 warps forward at head dim 128."""
     slots = 1
     for b in block:
         slots *= int(b)
     largest = 64 if dtype != torch.float32 else 32
     if backward and head_block(D) >= 128:
-        largest //= 2                  # dK/dV keep two [tile, 128] fp32 accumulators and four operands
+        largest //= 4                  # dK/dV keep two [tile, 128] fp32 accumulators and four operands
     tile = min(largest, max(16, _pow2(slots)))
     if backward:
         # the backward's live state (q, do, k, v tiles, dk/dv or dq accumulators) spills at 4 warps
         # or with a second pipeline stage on sm_80 (the compile gate): 8 warps, one stage
         return tile, tile, (8 if tile >= 32 else 4), 1
-    warps = 8 if tile >= 64 and head_block(D) >= 128 else 4
-    return tile, tile, warps, 2
+    if dtype == torch.float32:
+        # exact fp32 operands spill at 4 warps on sm_80 or sm_90 under triton 3.6 (the gate)
+        return tile, tile, 8, 1
+    return tile, tile, (8 if tile >= 64 and head_block(D) >= 128 else 4), 2
 
 
 def _strides(t):
@@ -499,9 +502,12 @@ def block_local_backward(q, k, v, out, grad, lse, delta, dq, dk, dv, grid, block
     launch(bla_dkdv_kernel, (n_blocks * TN, B * H),
            (*inputs, dk, dv, *_strides(dk), H, N, G[0], G[1], G[2], NB[0], NB[1], NB[2], int(memory),
             float(scale) * LOG2E, float(scale)), kv, dk, num_warps=warps, num_stages=stages)
+    # dQ likewise streams key tiles of half the query tile (64/64 spilled on sm_80, triton 3.6)
+    BN_q = max(16, BM // 2)
+    q_kw = dict(common, BLOCK_N=BN_q, TILES_N=-(-(Bk[0] * Bk[1] * Bk[2]) // BN_q))
     launch(bla_dq_kernel, (n_blocks * TM, B * H),
            (*inputs, dq, *_strides(dq), H, N, G[0], G[1], G[2], NB[1], NB[2], int(memory),
-            float(scale) * LOG2E, float(scale)), common, dq, num_warps=warps, num_stages=stages)
+            float(scale) * LOG2E, float(scale)), q_kw, dq, num_warps=warps, num_stages=stages)
 
 
 def block_local_decode(q, k_cache, v_cache, out, index, grid, block, memory, scale):
