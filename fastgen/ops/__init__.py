@@ -12,7 +12,7 @@ from fastgen.ops.conv import causal_conv1d, masked_conv2d, pixelcnn_mask
 from fastgen.ops.diffusion_step import diffusion_step, score_noise_norms
 from fastgen.ops.flow_coupling import FlowOutput, affine_coupling
 from fastgen.ops.gated_pixel_step import gated_pixel_step, gated_vertical_row
-from fastgen.ops.pixelcnnpp_mixture import pixelcnnpp_mixture_draw
+from fastgen.ops.pixelcnnpp_mixture import pixelcnnpp_head_draw, pixelcnnpp_mixture_draw
 from fastgen.ops.pixelcnnpp_resnet import pixelcnnpp_resnet_at
 from fastgen.ops.stylegan import (bias_act, downsample2d, modulated_conv2d, setup_filter, upfirdn2d,
                                    upsample2d)
@@ -21,6 +21,6 @@ from fastgen.ops.wavenet_step import wavenet_step, wavenet_steps
 
 __all__ = ["block_local_attention", "block_local_attention_decode", "sparse_attention",
            "FlowOutput", "affine_coupling", "causal_conv1d", "diffusion_step", "gated_pixel_step", "gated_vertical_row", "masked_conv2d", "pixelcnn_mask",
-           "pixelcnnpp_mixture_draw", "pixelcnnpp_resnet_at", "score_noise_norms", "wavenet_step", "wavenet_steps",
+           "pixelcnnpp_head_draw", "pixelcnnpp_mixture_draw", "pixelcnnpp_resnet_at", "score_noise_norms", "wavenet_step", "wavenet_steps",
            "bias_act", "downsample2d", "modulated_conv2d", "setup_filter", "upfirdn2d", "upsample2d",
            "VQOutput", "ema_codebook_update", "nearest_code", "vector_quantize"]
