@@ -68,10 +68,11 @@ def _fwd_bwd(f: Callable, inputs, grad) -> Callable:
     return run
 
 
-def _impls(fastgen_fn, eager_fn, inputs, grad, backward):
+def _impls(fastgen_fn, eager_fn, inputs, grad, backward, quick):
     make = (lambda fn: _fwd_bwd(fn, inputs, grad)) if backward else (lambda fn: (lambda: fn(*inputs)))
     impls = {"fastgen": make(fastgen_fn), "eager": make(eager_fn)}
-    compiled = torch_compiled(eager_fn)
+    # quick (the CPU harness check): no torch.compile -- inductor on a CPU takes minutes here
+    compiled = None if quick else torch_compiled(eager_fn)
     if compiled is not None:
         impls["torch_compile"] = make(compiled)
     return impls
@@ -88,7 +89,7 @@ def bias_act_cases(device: torch.device, quick: bool = False) -> list[Case]:
         mine = lambda x, b: ops.bias_act(x, b, act="lrelu", clamp=256)  # noqa: E731
         for backward in (False, True):
             cases.append(Case(f"bias_act_lrelu_clamp_B{B}_C{C}_{R}x{R}_{str(dtype)[6:]}_{'fwdbwd' if backward else 'fwd'}",
-                              _impls(mine, eager_bias_act, (x, b), gy, backward),
+                              _impls(mine, eager_bias_act, (x, b), gy, backward, quick),
                               bytes=(5 if backward else 2) * x.numel() * x.element_size(), dtype=dtype,
                               target=">= 80% of the memory floor"))
     return cases
@@ -111,7 +112,7 @@ def upfirdn2d_cases(device: torch.device, quick: bool = False) -> list[Case]:
             for backward in (False, True):
                 cases.append(Case(f"upfirdn2d_{what}_4x4_B{B}_C{C}_{size}x{size}_{str(dtype)[6:]}_"
                                   f"{'fwdbwd' if backward else 'fwd'}",
-                                  _impls(mine, eager, (x,), gy, backward), bytes=(2 if backward else 1) * moved,
+                                  _impls(mine, eager, (x,), gy, backward, quick), bytes=(2 if backward else 1) * moved,
                                   dtype=dtype, target=">= 80% of the memory floor"))
     return cases
 
@@ -132,7 +133,7 @@ def modulated_conv_cases(device: torch.device, quick: bool = False) -> list[Case
                 x, w.to(x.dtype), s, up=up, padding=1, resample_filter=f if up > 1 else None, flip_weight=up == 1)
             grouped = lambda x, w, s, up=up: grouped_modulated_conv(x, w, s, up, f)  # noqa: E731
             impls = {"fastgen": _fwd_bwd(mine, (x, w, s), gy), "cudnn": _fwd_bwd(grouped, (x, w, s), gy)}
-            compiled = torch_compiled(grouped)
+            compiled = None if quick else torch_compiled(grouped)
             if compiled is not None:
                 impls["torch_compile"] = _fwd_bwd(compiled, (x, w, s), gy)
             flops = 3 * 2 * B * C * C * 9 * R * R          # forward + dx + dweight (at the input's resolution)
