@@ -254,12 +254,12 @@ def upfirdn2d_kernel(x_ptr, f_ptr, y_ptr, NC, C, H, W, sxn, sxc, sxh, sxw, OH, O
 
 
 def upfirdn2d_tiles(NC, OH, OW):
-    """(BLOCK_P, BLOCK_H, BLOCK_W, plane blocks, tiles_h, tiles_w): 512 outputs per program (2 per
-    thread: 16 unrolled taps at 4 per thread spilled on sm_80) --
-    a tile of one plane, or several whole planes when they are small."""
+    """(BLOCK_P, BLOCK_H, BLOCK_W, plane blocks, tiles_h, tiles_w): 256 outputs per program (1 per
+    thread at 8 warps: 16 unrolled taps at 4 per thread spilled on sm_80, at 2 per thread on sm_90
+    in fp16) -- a tile of one plane, or several whole planes when they are small."""
     block_w = min(64, triton.next_power_of_2(max(OW, 1)))
-    block_h = min(triton.next_power_of_2(max(OH, 1)), max(1, 512 // block_w))
-    block_p = max(1, min(512 // (block_h * block_w), triton.next_power_of_2(NC)))
+    block_h = min(triton.next_power_of_2(max(OH, 1)), max(1, 256 // block_w))
+    block_p = max(1, min(256 // (block_h * block_w), triton.next_power_of_2(NC)))
     return block_p, block_h, block_w, triton.cdiv(NC, block_p), triton.cdiv(OH, block_h), triton.cdiv(OW, block_w)
 
 
@@ -405,13 +405,14 @@ def conv_tiles(M, COUT, CIN, dtype_bytes, precision="tf32", partial=False):
     if precision == "ieee":       # exact fp32: FMA dots hold both operands in registers
         return (min(32 if partial else 64, max(16, triton.next_power_of_2(M))),
                 min(32, max(16, triton.next_power_of_2(COUT))), 16, 4)
-    if partial or dtype_bytes == 4:     # (fp32 operands under TF32: a 128 x 128 tile spilled on sm_90)
-        COUT = min(COUT, 64)
-    block_m = 128 if M >= 128 else max(16, triton.next_power_of_2(M))
-    block_n = 128 if COUT >= 128 else max(16, triton.next_power_of_2(COUT))
-    block_k = (64 if dtype_bytes == 2 else 32) if CIN >= 32 else max(16, triton.next_power_of_2(CIN))
-    warps = 8 if block_m * block_n >= 128 * 64 else 4
-    return block_m, block_n, block_k, warps
+    # 64 x 64 tiles: 128 x 128 and 128 x 64 spilled on the up (zero-insertion phases) and dx paths
+    # in 16 bits on sm_80 and sm_90 (the compile gate, triton 3.9)
+    block_m = 64 if M >= 64 else max(16, triton.next_power_of_2(M))
+    block_n = 64 if COUT >= 64 else max(16, triton.next_power_of_2(COUT))
+    if partial:                          # the styles' partial sums: a second tile in the epilogue
+        block_n = min(block_n, 32)
+    block_k = 32 if CIN >= 32 else max(16, triton.next_power_of_2(CIN))
+    return block_m, block_n, block_k, 4
 
 
 def conv_launch(x, wk, in_scale, out_scale, y, partial_other, up, stride, py, px, precision):
@@ -464,14 +465,16 @@ def wgrad_launch(x, g, in_scale, out_scale, part, up, stride, py, px, KH, KW, pr
             -(-OH // U), -(-OW // U), k_per_split, split),
            dict(KH=KH, KW=KW, U=U, S=stride, HAS_IN=in_scale is not None, HAS_OUT=out_scale is not None,
                 PRECISION=precision, BLOCK_CI=block_ci, BLOCK_CO=block_co, BLOCK_K=block_k),
-           part, num_warps=8 if block_ci * block_co >= 128 * 64 else 4, num_stages=3 if precision != "ieee" else 1)
+           part, num_warps=8 if (g.element_size() == 4 or U > 1) and block_ci * block_co >= 64 * 64 else 4,
+           num_stages=3 if precision != "ieee" else 1)
 
 
 def wgrad_tiles(CIN, COUT, precision="tf32", dtype_bytes=2):
     if precision == "ieee":
         return min(64, max(16, triton.next_power_of_2(CIN))), min(32, max(16, triton.next_power_of_2(COUT))), 16
-    if dtype_bytes == 4:          # fp32 operands (TF32): a 128 x 64 tile (128 x 128 spills on sm_80)
-        COUT = min(COUT, 64)
-    block_ci = 128 if CIN >= 128 else max(16, triton.next_power_of_2(CIN))
-    block_co = 128 if COUT >= 128 else max(16, triton.next_power_of_2(COUT))
-    return block_ci, block_co, 32
+    # 64 x 64 tiles: 128 x 64 and 128 x 128 spilled on sm_80 (triton 3.6) and sm_90 (3.9); fp32
+    # operands (TF32) and the zero-insertion path (U = 2) also at 4 warps: 8 warps there, and
+    # 16-deep K slices for fp32 operands
+    block_ci = 64 if CIN >= 64 else max(16, triton.next_power_of_2(CIN))
+    block_co = 64 if COUT >= 64 else max(16, triton.next_power_of_2(COUT))
+    return block_ci, block_co, (16 if dtype_bytes == 4 else 32)
