@@ -18,6 +18,7 @@
                                  PixelCNN samplers, WaveNet generation or diffusion steps here
 """
 import argparse
+import importlib
 import platform
 import sys
 from typing import List, Optional
@@ -66,31 +67,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# fastgen demo --model NAME: its module (a ``run(steps, out_dir, device)``) and default steps
+DEMOS = {"diffusion": ("demo_diffusion", 2000), "flow": ("demo_flow", 1500), "transformer": ("demo_transformer", 1200),
+         "vqvae": ("demo_vqvae", 1500), "gan": ("demo_gan", 2000)}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastgen import demo
 
     if args.steps is not None and args.steps < 0:
         print("--steps must be >= 0", file=sys.stderr)
         return 2
-    if args.model == "gan":
-        from fastgen import demo_gan
-        demo_gan.run(steps=2000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
-        return 0
-    if args.model == "flow":
-        from fastgen import demo_flow
-        demo_flow.run(steps=1500 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
-        return 0
-    if args.model == "transformer":
-        from fastgen import demo_transformer
-        demo_transformer.run(steps=1200 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
-        return 0
-    if args.model == "vqvae":
-        from fastgen import demo_vqvae
-        demo_vqvae.run(steps=1500 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
-        return 0
-    if args.model == "diffusion":
-        from fastgen import demo_diffusion
-        demo_diffusion.run(steps=2000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
+    if args.model != "pixelcnn":
+        module, default_steps = DEMOS[args.model]
+        run = importlib.import_module(f"fastgen.{module}").run
+        run(steps=default_steps if args.steps is None else args.steps, out_dir=args.out, device=args.device)
         return 0
     demo.run(steps=1000 if args.steps is None else args.steps, out_dir=args.out, device=args.device)
     return 0

@@ -26,34 +26,13 @@ import triton
 import triton.language as tl
 
 from fastgen.kernels._launch import launch
-
-
-@triton.jit
-def _log1p(z):
-    # log(1 + z) to a few ulps for small z (Goldberg's trick: the rounding of 1 + z cancels);
-    # the interpreter has no libdevice, so the kernel does not call it
-    u = 1.0 + z
-    d = u - 1.0
-    return tl.where(d == 0.0, z, tl.log(u) * (z / tl.where(d == 0.0, 1.0, d)))
+from fastgen.kernels._math import log1p, tanh
 
 
 @triton.jit
 def _softplus(x):
     # torch's softplus (beta 1, threshold 20): x above 20, log1p(exp(x)) below
-    return tl.where(x > 20.0, x, _log1p(tl.exp(tl.minimum(x, 20.0))))
-
-
-@triton.jit
-def _tanh(x):
-    # tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)) with the sign of x: accurate near 0 (where
-    # 2 sigmoid(2x) - 1 would lose the relative precision the coupled means need).  expm1 by
-    # Kahan's trick: (e - 1) * y / log(e), exact where e rounds to 1.
-    y = -2.0 * tl.abs(x)
-    e = tl.exp(y)
-    log_e = tl.log(e)
-    em = tl.where(e == 1.0, y, (e - 1.0) * (y / tl.where(log_e == 0.0, 1.0, log_e)))
-    t = -em / (2.0 + em)
-    return tl.where(x < 0.0, -t, t)
+    return tl.where(x > 20.0, x, log1p(tl.exp(tl.minimum(x, 20.0))))
 
 
 @triton.jit
@@ -100,12 +79,12 @@ def mixture_draw_kernel(
         mean = _param(p_row, spp, NR_MIX + j * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
         if j == 1:
             coeff = _param(p_row, spp, NR_MIX + 2 * C * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
-            mean = mean + _tanh(coeff) * x0
+            mean = mean + tanh(coeff) * x0
         if j == 2:
             coeff = _param(p_row, spp, NR_MIX + (2 * C + 1) * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
-            mean = mean + _tanh(coeff) * x0
+            mean = mean + tanh(coeff) * x0
             coeff = _param(p_row, spp, NR_MIX + (2 * C + 2) * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
-            mean = mean + _tanh(coeff) * x1
+            mean = mean + tanh(coeff) * x1
         log_s = _param(p_row, spp, NR_MIX + (C + j) * NR_MIX, k, k_ok, hw_ptr, hb_ptr, F, P, HEAD, BLOCK_F)
         log_s = tl.maximum(log_s, -7.0)
         inv_s = tl.exp(-log_s)
