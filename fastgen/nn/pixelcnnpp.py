@@ -142,6 +142,8 @@ def pack_cond_bias(res: GatedResnet, cond: Optional[Tensor]) -> Optional[Tensor]
 def pack_head_weights(out: nn.Conv2d) -> HeadWeights:
     """PixelCNN++'s output head, the 1x1 ``Conv2d(F, P, 1)`` applied after an elu, as
     ``pixelcnnpp_head_draw`` takes it: weight [F, P] (the conv's [P, F, 1, 1] transposed), bias
-    [P].  Detached copies, fp32 and contiguous (fp64 kept): pack again after the weights change."""
-    f32 = lambda t: _kernel_dtype(t.detach())
-    return HeadWeights(weight=f32(out.weight[:, :, 0, 0].T), bias=f32(out.bias))
+    [P].  Detached contiguous copies in the conv's dtype -- the dtype of the features the model
+    computes (fp32 takes the kernel; 16-bit and fp64 models draw on the reference): pack again
+    after the weights change."""
+    packed = lambda t: t.detach().contiguous()
+    return HeadWeights(weight=packed(out.weight[:, :, 0, 0].T), bias=packed(out.bias))
