@@ -141,7 +141,6 @@ def test_float64_on_triton_is_refused_with_the_reason():
 @pytest.mark.parametrize("call, message", [
     (lambda x, h: ops.affine_coupling(x, h, scale="exp"), "scale must be one of"),
     (lambda x, h: ops.affine_coupling(x, h[:, :5]), r"h must be \(3, 8, 5, 6\)"),
-    (lambda x, h: ops.affine_coupling(x, h[:, :4], scale="additive")[0] + 1, None),
     (lambda x, h: ops.affine_coupling(x, h, scale="additive"), r"h must be \(3, 4, 5, 6\) \(t\)"),
     (lambda x, h: ops.affine_coupling(x, h, checkerboard=2), "checkerboard must be None, 0 or 1"),
     (lambda x, h: ops.affine_coupling(x[..., 0], h[..., 0], checkerboard=0), "needs images"),
@@ -150,8 +149,5 @@ def test_float64_on_triton_is_refused_with_the_reason():
 ])
 def test_bad_input_errors(call, message):
     x, h = _inputs("sigmoid")
-    if message is None:
-        call(x, h)
-        return
     with pytest.raises((ValueError, TypeError), match=message):
         call(x, h)
