@@ -402,9 +402,10 @@ def _offset(p, u):
 def conv_tiles(M, COUT, CIN, dtype_bytes, precision="tf32", partial=False):
     """(BLOCK_M, BLOCK_N, BLOCK_K, warps).  The styles' partial sums (``partial``) hold a second
     [BLOCK_M, BLOCK_N] tile in the epilogue: half the N tile there (no spills, compile gate)."""
-    if precision == "ieee":       # exact fp32: FMA dots hold both operands in registers
-        return (min(32 if partial else 64, max(16, triton.next_power_of_2(M))),
-                min(32, max(16, triton.next_power_of_2(COUT))), 16, 4)
+    if precision == "ieee":       # exact fp32: FMA dots hold both operands in registers (64-row
+        # and, with the styles' partials, 16 x 16 tiles spilled on sm_80: the quick gates)
+        return (min(16 if partial else 32, max(16, triton.next_power_of_2(M))),
+                min(16 if partial else 32, max(16, triton.next_power_of_2(COUT))), 16, 4)
     # 64 x 64 tiles: 128 x 128 and 128 x 64 spilled on the up (zero-insertion phases) and dx paths
     # in 16 bits on sm_80 and sm_90 (the compile gate, triton 3.9)
     block_m = 64 if M >= 64 else max(16, triton.next_power_of_2(M))
