@@ -9,7 +9,7 @@ from torch.func import jacrev
 from fastgen.models import IAF, MAF, PlanarFlow, RadialFlow
 from fastgen.nn import GaussianMADE, IAFLayer, MAFLayer, PlanarLayer, RadialLayer
 from fastgen.nn.made import made_masks, ordering_degrees
-from tests.helpers import assert_close_rel
+from helpers import assert_close_rel
 
 
 def _perturbed(module, scale=0.3, seed=0):
