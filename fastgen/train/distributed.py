@@ -78,6 +78,42 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
+def average_gradients_on_step(optimizer: torch.optim.Optimizer, env: DistEnv) -> None:
+    """Make every ``optimizer.step()`` first average its parameters' gradients over the ranks
+    (one all-reduce of the flattened gradients).
+
+    For models that update themselves through their own ``train_step`` (the GANs: a
+    discriminator step with R1's double backward and several forward passes, then a generator
+    step): ``DistributedDataParallel`` expects one forward and one backward per module per
+    iteration and does not support double backward, so these models keep the plain modules and
+    the collective runs where the update needs it, just before each optimizer step -- the
+    update is then the data-parallel update of the global batch.  Gradients that are None are
+    left alone (every rank runs the same graph, so they are None on every rank)."""
+    import torch.distributed as dist
+
+    def hook(opt, args, kwargs):
+        grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= env.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    optimizer.register_step_pre_hook(hook)
+
+
+def broadcast_buffers(model: torch.nn.Module, env: DistEnv) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics, spectral-norm vectors) to every
+    rank, as DDP does before each forward: checkpoints and samples then see one model."""
+    import torch.distributed as dist
+    for buffer in model.buffers():
+        dist.broadcast(buffer, 0)
+
+
 def derive(seed: int, *parts) -> int:
     """A 63-bit seed from the run seed and the parts (ints / strings); see the module docstring."""
     digest = hashlib.blake2b(repr((int(seed),) + tuple(parts)).encode(), digest_size=8).digest()

@@ -16,6 +16,11 @@ The rule that makes results independent of the world size (where the maths allow
   the same parameters whatever K; models whose loss draws noise get the same noise for the same
   K on every run, but K ranks draw different noise than one process (same distribution, other
   bits).
+- Models that update themselves (the GANs' ``train_step``: two optimizers, R1's double
+  backward) are not wrapped in DDP, which allows one forward and one backward per iteration;
+  each optimizer step first averages the gradients over the ranks with one all-reduce and the
+  buffers are broadcast from rank 0 after the step (``fastgen.train.distributed``).  Batch
+  norm then normalises with per-rank statistics, as DDP without SyncBatchNorm would.
 - Initialisation is seeded from the run seed alone and data-dependent initialisation (Glow's
   ActNorm) runs on the whole first global batch in every rank, before DDP wraps the model.
 
@@ -36,7 +41,8 @@ from torch import Tensor, nn
 
 from fastgen.train import checkpoint as ckpt_io
 from fastgen.train import data as data_io
-from fastgen.train.distributed import DistEnv, barrier, derive, dist_env, init, resolve_device, shutdown
+from fastgen.train.distributed import (DistEnv, average_gradients_on_step, barrier, broadcast_buffers, derive,
+                                       dist_env, init, resolve_device, shutdown)
 from fastgen.train.generate import draw, write
 from fastgen.train.registry import (Batch, DataInfo, ModelSpec, SampleOptions, StepRNG, UsageError, attach_data, get,
                                     merge)
@@ -144,9 +150,6 @@ def _check_options(opts: TrainOptions, spec: ModelSpec, env: DistEnv) -> None:
         raise UsageError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
     if opts.segment < 2:
         raise UsageError(f"--segment must be >= 2 samples, got {opts.segment}")
-    if env.world_size > 1 and spec.train_step is not None:
-        raise UsageError(f"{spec.name} trains through its own train_step (two optimizers), which fastgen train "
-                         f"runs in one process only; launch it without torchrun")
     if opts.out is not None and os.path.exists(opts.out) and not os.path.isdir(opts.out):
         raise UsageError(f"--out {opts.out} is a file; it must be a folder for checkpoints and samples")
     data_io.check_source(opts.data, spec.data)
@@ -232,7 +235,10 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
         from safetensors.torch import load_file
         ema.state = {k: v.to(device) for k, v in load_file(ckpt.path("ema")).items()}
     runner: nn.Module = _LossModule(model, spec)
-    if env.world_size > 1:
+    if env.world_size > 1 and spec.train_step is not None:
+        for opt in optimizers:                    # models with their own update: see average_gradients_on_step
+            average_gradients_on_step(opt, env)
+    elif env.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
         runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
     if opts.compile:
@@ -274,6 +280,8 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
                 loss.backward()
                 for opt in optimizers:
                     opt.step()
+            if spec.train_step is not None and env.world_size > 1:
+                broadcast_buffers(model, env)
             if spec.after_step is not None:
                 spec.after_step(model)
             if ema is not None:
