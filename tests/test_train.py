@@ -221,3 +221,22 @@ def test_two_processes_train_a_gan(tmp_path):
     (tests/distributed_train_check.py)."""
     _torchrun(str(tmp_path / "gan"), TINY["dcgan"], program=[os.path.join(ROOT, "tests", "distributed_train_check.py")])
     assert ckpt_io.open_checkpoint(str(tmp_path / "gan")).config["train"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager_without_graph_breaks(tmp_path, monkeypatch):
+    """--compile: the training step traces whole (fastgen's ops as registered custom ops with
+    their fakes and autograd; value checks skipped while tracing) and trains to the eager
+    parameters.  FASTGEN_BACKEND=triton puts the Triton ops (interpreter) into the graph."""
+    from torch._dynamo.utils import counters
+    counters.clear()
+    monkeypatch.setenv("FASTGEN_BACKEND", "triton")
+    config = json.loads(TINY["gated-pixelcnn"])
+    for name, compiled in (("eager", False), ("compiled", True)):
+        train(TrainOptions("gated-pixelcnn", steps=2, batch=4, out=str(tmp_path / name), config=config, device="cpu",
+                           progress=False, compile=compiled))
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    eager = _weights(ckpt_io.open_checkpoint(str(tmp_path / "eager")).path("model"))
+    compiled = _weights(ckpt_io.open_checkpoint(str(tmp_path / "compiled")).path("model"))
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -30,6 +30,7 @@ from fastgen.nn.flows import ActNorm, AdditiveCoupling, AffineCoupling, FlowOutp
 from fastgen.nn.density_flows import standard_normal_log_prob
 from fastgen.nn.invertible_backprop import invertible_backprop
 from fastgen.nn.latent import gaussian_log_prob
+from fastgen.ops import _validate
 
 __all__ = ["NICE", "FlowLatents", "Glow", "RealNVP", "dequantize", "quantize"]
 
@@ -100,9 +101,7 @@ class _FlowModel(nn.Module):
         if images.dim() != len(self.shape) + 1 or tuple(images.shape[1:]) != self.shape:
             raise ValueError(f"{model}: images must have shape [B, {', '.join(map(str, self.shape))}], "
                              f"got {tuple(images.shape)}")
-        if images.numel() and (images.min() < 0 or images.max() >= self.pixel_levels):
-            raise ValueError(f"{model}: images must lie in [0, {self.pixel_levels}) (pixel_levels="
-                             f"{self.pixel_levels}), got [{int(images.min())}, {int(images.max())}]")
+        _validate.ids_in_range(f"{model}: images", images, self.pixel_levels, f" (pixel_levels={self.pixel_levels})")
 
     def check_y(self, y: Optional[Tensor], batch: int) -> None:
         model = type(self).__name__
@@ -116,8 +115,7 @@ class _FlowModel(nn.Module):
         if not isinstance(y, Tensor) or y.dtype != torch.long or y.dim() != 1 or y.shape[0] != batch:
             raise ValueError(f"{model}: y must be long class ids of shape [{batch}], "
                              f"got {getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
-        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(f"{model}: y must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
+        _validate.ids_in_range(f"{model}: y", y, self.num_classes)
 
     def _sample_args(self, n: int, temperature: float, y) -> Optional[Tensor]:
         model = type(self).__name__

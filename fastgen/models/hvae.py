@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from fastgen.models.vae import check_float, check_int
 from fastgen.nn.latent import (DiagonalGaussian, discretized_logistic_log_prob, discretized_logistic_sample,
                                residual_normal_kl, scale_levels)
+from fastgen.ops import _validate
 
 __all__ = ["HierarchicalELBO", "HierarchicalVAE", "TrainStep", "train_step"]
 
@@ -157,9 +158,7 @@ class HierarchicalVAE(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.image_shape))}] for this model, "
                              f"got {tuple(x.shape)}")
-        if x.numel() and (x.min() < 0 or x.max() >= self.levels):
-            raise ValueError(f"x values must lie in [0, {self.levels}) (levels={self.levels}), "
-                             f"got [{int(x.min())}, {int(x.max())}]")
+        _validate.ids_in_range("x values", x, self.levels, f" (levels={self.levels})")
 
     def _bottom_up(self, x: Tensor) -> List[Tensor]:
         """The encoder's features per scale, finest first: [B, ch, H / 2^i, W / 2^i]."""

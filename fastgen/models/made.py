@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastgen.nn.made import made_masks, ordering_degrees
+from fastgen.ops import _validate
 
 
 class MADE(nn.Module):
@@ -82,8 +83,7 @@ class MADE(nn.Module):
             raise TypeError(f"x must be an integer tensor [B, {self.dim}], got {getattr(x, 'dtype', type(x))}")
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
-        if x.numel() and (x.min() < 0 or x.max() >= self.levels):
-            raise ValueError(f"x values must lie in [0, {self.levels}), got [{int(x.min())}, {int(x.max())}]")
+        _validate.ids_in_range("x values", x, self.levels)
 
     def encode(self, x: Tensor) -> Tensor:
         """[B, D] long -> one-hot [B, D * levels]."""

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from fastgen.nn import GatedMaskedConv2d, MaskedConv2d
 from fastgen.nn.functional import gated_activation
+from fastgen.ops import _validate
 from fastgen.ops.gated_pixel_step import (GatedStepWeights, GatedVerticalWeights, gated_pixel_step,
                                          gated_vertical_row)
 
@@ -47,9 +48,7 @@ class _PixelModel(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.image_shape))}] for this model, "
                              f"got {tuple(x.shape)}")
-        if x.numel() and (x.min() < 0 or x.max() >= self.levels):
-            raise ValueError(f"x values must lie in [0, {self.levels}) (levels={self.levels}), "
-                             f"got [{int(x.min())}, {int(x.max())}]")
+        _validate.ids_in_range("x values", x, self.levels, f" (levels={self.levels})")
 
     def check_cond(self, cond: Optional[Tensor], batch: int) -> None:
         """ValueError unless cond is this model's conditioning for ``batch`` images: None for an
@@ -66,8 +65,7 @@ class _PixelModel(nn.Module):
             if cond.dim() != 1 or cond.shape[0] != batch or cond.dtype != torch.long:
                 raise ValueError(f"cond must be long class ids of shape [{batch}], "
                                  f"got {cond.dtype} {tuple(cond.shape)}")
-            if (cond < 0).any() or (cond >= self.num_classes).any():
-                raise ValueError(f"class ids must lie in [0, {self.num_classes})")
+            _validate.ids_in_range("class ids", cond, self.num_classes)
         elif cond.dim() != 2 or tuple(cond.shape) != (batch, self.cond_channels):
             raise ValueError(f"cond must have shape [{batch}, {self.cond_channels}], got {tuple(cond.shape)}")
 

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from fastgen.models.pixelcnn import _PixelModel
 from fastgen.nn.attention import AttentionCache, BlockLocalAttention
+from fastgen.ops import _validate
 from fastgen.sampling import sample_sequence
 
 
@@ -239,8 +240,7 @@ class VideoTransformer(_PixelModel):
         if x.dim() != 5 or tuple(x.shape[1:]) != self.video_shape:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.video_shape))}] ([B, C, T, H, W]) "
                              f"for this model, got {tuple(x.shape)}")
-        if x.numel() and (x.min() < 0 or x.max() >= self.levels):
-            raise ValueError(f"x values must lie in [0, {self.levels}), got [{int(x.min())}, {int(x.max())}]")
+        _validate.ids_in_range("x values", x, self.levels)
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self.check_images(x)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from fastgen.nn.latent import (ELBO, DiagonalGaussian, discretized_logistic_log_prob, discretized_logistic_sample,
                                gaussian_kl, gaussian_log_prob, log_mean_exp, scale_levels)
+from fastgen.ops import _validate
 
 __all__ = ["ELBO", "VAE"]
 
@@ -141,9 +142,7 @@ class VAE(nn.Module):
             if x.dtype not in _INT_DTYPES:
                 raise TypeError(f"{name} must hold integer levels in [0, {self.levels}) for decoder='logistic', "
                                 f"got dtype {x.dtype}")
-            if x.numel() and (x.min() < 0 or x.max() >= self.levels):
-                raise ValueError(f"{name} values must lie in [0, {self.levels}) (levels={self.levels}), "
-                                 f"got [{int(x.min())}, {int(x.max())}]")
+            _validate.ids_in_range(f"{name} values", x, self.levels, f" (levels={self.levels})")
         elif self.decoder_kind == "bernoulli":
             if x.numel() and not ((x == 0) | (x == 1)).all():
                 raise ValueError(f"{name} must be binary (values 0 and 1) for decoder='bernoulli'; binarise "

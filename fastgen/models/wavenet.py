@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from fastgen.nn import CausalConv1d
 from fastgen.nn.functional import gated_activation, mu_law_decode, mu_law_encode
+from fastgen.ops import _validate
 from fastgen.ops.wavenet_step import WAVENET_DTYPES, WaveNetStepWeights, wavenet_step, wavenet_steps
 
 
@@ -87,8 +88,7 @@ class WaveNet(nn.Module):
             raise TypeError(f"codes must be an integer tensor [B, T], got {getattr(x, 'dtype', type(x))}")
         if x.dim() != 2:
             raise ValueError(f"codes must have shape [B, T], got {tuple(x.shape)}")
-        if x.numel() and (x.min() < 0 or x.max() >= self.quantization):
-            raise ValueError(f"codes must lie in [0, {self.quantization})")
+        _validate.ids_in_range("codes", x, self.quantization)
 
     def check_cond(self, local: Optional[Tensor], global_cond: Optional[Tensor], batch: int,
                    length: Optional[int] = None) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -117,8 +117,7 @@ class WaveNet(nn.Module):
             return None
         if global_cond.dim() != 1 or global_cond.shape[0] != batch or global_cond.dtype != torch.long:
             raise ValueError(f"global_cond must be long ids of shape [{batch}], got {tuple(global_cond.shape)}")
-        if (global_cond < 0).any() or (global_cond >= self.global_classes).any():
-            raise ValueError(f"global_cond ids must lie in [0, {self.global_classes})")
+        _validate.ids_in_range("global_cond ids", global_cond, self.global_classes)
         return self.global_embed(global_cond)
 
     # ----------------------------------------------------------------- model

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from fastgen.ops import _validate
 from fastgen.ops.stylegan import ACTIVATIONS, bias_act, downsample2d, modulated_conv2d, setup_filter, upfirdn2d
 
 # --------------------------------------------------------------------------------------------
@@ -108,8 +109,7 @@ def check_labels(labels: Optional[Tensor], num_classes: Optional[int], batch: in
                         f"{labels.dtype if isinstance(labels, Tensor) else type(labels).__name__}")
     if labels.shape != (batch,):
         raise ValueError(f"{name} must have shape [{batch}], got {tuple(labels.shape)}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{name} must lie in [0, {num_classes}), got [{labels.min().item()}, {labels.max().item()}]")
+    _validate.ids_in_range(name, labels, num_classes)
 
 
 class ConditionalBatchNorm2d(nn.Module):

@@ -48,3 +48,17 @@ def bias(value: Optional[Tensor], out_channels: int) -> Optional[Tensor]:
     if value.shape[0] != out_channels:
         raise ValueError(f"bias must have shape [{out_channels}] (C_out), got {tuple(value.shape)}")
     return value
+
+
+def ids_in_range(name: str, value: Tensor, high: int, note: str = "") -> None:
+    """The integers of ``value`` (pixel levels, class ids, codes) lie in [0, high): a ValueError
+    naming ``name`` and the values found otherwise.
+
+    Skipped while ``torch.compile`` traces: a check on values is a data-dependent branch (a
+    graph break) and a host sync in every training step of a compiled model; the eager call
+    of the same code checks them."""
+    if torch.compiler.is_compiling() or not value.numel():
+        return
+    low, top = torch.stack(torch.aminmax(value)).tolist()       # one sync for both ends
+    if low < 0 or top >= high:
+        raise ValueError(f"{name} must lie in [0, {high}){note}, got [{low}, {top}]")
