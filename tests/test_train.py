@@ -240,3 +240,31 @@ def test_compile_trains_like_eager_without_graph_breaks(tmp_path, monkeypatch):
     compiled = _weights(ckpt_io.open_checkpoint(str(tmp_path / "compiled")).path("model"))
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path, capsys):
+    """torchrun --nproc-per-node 2 --fsdp (FSDP2 over gloo): parameters, gradients and Adam
+    states sharded; the whole weights and EMA gathered into the checkpoint equal one process's
+    with the same global batch, and a run resumed from a sharded checkpoint is the whole run."""
+    common = ["gated-pixelcnn", "--data", "digits", "--batch", "8", "--config", TINY["gated-pixelcnn"],
+              "--device", "cpu", "--no-progress", "--ema", "0.9"]
+    assert cli.main(["train", *common, "--steps", "3", "--out", str(tmp_path / "one")]) == 0
+    _torchrun("train", *common, "--steps", "3", "--fsdp", "--out", str(tmp_path / "whole"))
+    _torchrun("train", *common, "--steps", "2", "--fsdp", "--out", str(tmp_path / "broken"))
+    _torchrun("train", "gated-pixelcnn", "--data", "digits", "--steps", "3", "--fsdp", "--resume", "--device", "cpu",
+              "--no-progress", "--out", str(tmp_path / "broken"))
+    one, whole, resumed = (ckpt_io.open_checkpoint(str(tmp_path / d)) for d in ("one", "whole", "broken"))
+    assert whole.config["train"]["fsdp"] and whole.config["train"]["world_size"] == 2
+    for key in ("model", "ema"):
+        a, b, c = _weights(one.path(key)), _weights(whole.path(key)), _weights(resumed.path(key))
+        assert a.keys() == b.keys() == c.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+            assert torch.equal(c[k], b[k]), k
+    # one process cannot shard, and a sharded run resumes only sharded
+    assert cli.main(["train", *common, "--steps", "1", "--fsdp", "--out", str(tmp_path / "x")]) == 2
+    assert "torchrun" in capsys.readouterr().err
+    assert cli.main(["train", "gated-pixelcnn", "--data", "digits", "--steps", "4", "--resume", "--device", "cpu",
+                     "--out", str(tmp_path / "whole")]) == 2
+    assert "with --fsdp" in capsys.readouterr().err

@@ -69,6 +69,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="keep EMA weights with this decay (e.g. 0.999); fastgen sample uses them")
     p.add_argument("--compile", action="store_true", help="run the model and loss under torch.compile")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard parameters, gradients and optimizer states over the processes "
+                        "(FSDP2) instead of replicating them (DDP); for models whose training state does not fit "
+                        "one GPU")
     p.add_argument("--sample-every", type=int, default=0, metavar="K",
                    help="write samples (PNG grid or WAV) to OUT/samples every K steps (0: never)")
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="K",
@@ -105,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         opts = TrainOptions(model=args.model, data=args.data, steps=args.steps, batch=args.batch, lr=args.lr,
                             out=args.out, config=_read_config(args.config), resume=args.resume, amp=args.amp,
-                            ema=args.ema, compile=args.compile, sample_every=args.sample_every,
+                            ema=args.ema, compile=args.compile, fsdp=args.fsdp, sample_every=args.sample_every,
                             checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
                             levels=args.levels, segment=args.segment, progress=not args.no_progress)
         train(opts)

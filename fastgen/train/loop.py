@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from fastgen.train import checkpoint as ckpt_io
 from fastgen.train import data as data_io
+from fastgen.train import sharding
 from fastgen.train.distributed import (DistEnv, average_gradients_on_step, barrier, broadcast_buffers, derive,
                                        dist_env, init, resolve_device, shutdown)
 from fastgen.train.generate import draw, write
@@ -63,6 +64,7 @@ class TrainOptions:
     amp: Optional[str] = None
     ema: Optional[float] = None
     compile: bool = False
+    fsdp: bool = False
     sample_every: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
@@ -150,6 +152,15 @@ def _check_options(opts: TrainOptions, spec: ModelSpec, env: DistEnv) -> None:
         raise UsageError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
     if opts.segment < 2:
         raise UsageError(f"--segment must be >= 2 samples, got {opts.segment}")
+    if opts.fsdp and env.world_size == 1:
+        raise UsageError("--fsdp shards the model over the processes of a torchrun launch (torchrun "
+                         "--nproc-per-node K -m fastgen train ... --fsdp); with one process, leave it out")
+    if opts.fsdp and spec.train_step is not None:
+        raise UsageError(f"--fsdp: {spec.name} updates itself through its own train_step (two optimizers); "
+                         f"train it without --fsdp (gradients are then averaged over the processes)")
+    if opts.fsdp and opts.sample_every:
+        raise UsageError("--sample-every with --fsdp: the sharded weights are not whole on any process during "
+                         "training; sample from the checkpoints with fastgen sample")
     if opts.out is not None and os.path.exists(opts.out) and not os.path.isdir(opts.out):
         raise UsageError(f"--out {opts.out} is a file; it must be a folder for checkpoints and samples")
     data_io.check_source(opts.data, spec.data)
@@ -183,6 +194,9 @@ def _resolve_run(opts: TrainOptions, spec: ModelSpec, out: str, info: DataInfo):
         if given is not None and given != kept:
             raise UsageError(f"--resume: --{name} {given} differs from the checkpoint's {kept}; resuming keeps "
                              f"the run's settings (leave --{name} out)")
+    if opts.fsdp != t.get("fsdp", False):
+        raise UsageError(f"--resume: the checkpoint in {out} was trained {'with' if not opts.fsdp else 'without'} "
+                         f"--fsdp; resume it the same way (its optimizer states are stored in that run's format)")
     if opts.steps <= ckpt.step:
         raise UsageError(f"--resume: the checkpoint in {out} is at step {ckpt.step} already; --steps is the total "
                          f"number of steps, give more than {ckpt.step}")
@@ -216,29 +230,35 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
     info = data.info
     torch.manual_seed(derive(seed, "init"))             # the same initial weights on every rank
     model = attach_data(spec.make(args), spec, info).to(device)
-    optimizers = spec.optimizers(model, lr) if spec.optimizers else [torch.optim.Adam(model.parameters(), lr=lr)]
     sampler = StepSampler(len(data.x), batch, env, seed)
-    start = 0
+    start, state = 0, None
     if ckpt is not None:
         ckpt_io.load_weights(model, ckpt.path("model"))
         state = torch.load(ckpt.path("state"), map_location="cpu", weights_only=True)
-        for opt, sd in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
         if spec.set_state and state.get("model_state"):
             spec.set_state(model, state["model_state"])
         start = ckpt.step
     elif spec.data_init is not None:
         first = StepSampler(len(data.x), batch, DistEnv(0, 1, 0), seed).indices(0)
         spec.data_init(model, _batch(data, first, device), StepRNG(derive(seed, "data-init")))
+    runner: nn.Module = _LossModule(model, spec)
+    if opts.fsdp:
+        sharding.shard(runner, device)            # before the optimizers: it replaces the parameters
+    optimizers = spec.optimizers(model, lr) if spec.optimizers else [torch.optim.Adam(model.parameters(), lr=lr)]
+    if state is not None and opts.fsdp:
+        sharding.load_optimizers(model, optimizers, state["optimizers"])
+    elif state is not None:
+        for opt, sd in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(sd)
     ema = EMA(model, ema_decay) if ema_decay else None
     if ema is not None and ckpt is not None and ckpt.path("ema"):
         from safetensors.torch import load_file
-        ema.state = {k: v.to(device) for k, v in load_file(ckpt.path("ema")).items()}
-    runner: nn.Module = _LossModule(model, spec)
+        whole = load_file(ckpt.path("ema"))
+        ema.state = sharding.shard_like(whole, ema.state) if opts.fsdp else {k: v.to(device) for k, v in whole.items()}
     if env.world_size > 1 and spec.train_step is not None:
         for opt in optimizers:                    # models with their own update: see average_gradients_on_step
             average_gradients_on_step(opt, env)
-    elif env.world_size > 1:
+    elif env.world_size > 1 and not opts.fsdp:     # (FSDP averages the gradients itself)
         from torch.nn.parallel import DistributedDataParallel
         runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
     if opts.compile:
@@ -246,7 +266,8 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
     config = {"model": spec.name, "class": spec.target, "args": args,
               "data": {**info._asdict(), "shape": list(info.shape), "source": opts.data},
               "train": {"step": start, "steps": opts.steps, "batch": batch, "lr": lr, "seed": seed, "ema": ema_decay,
-                        "amp": amp, "world_size": env.world_size, "compile": opts.compile}}
+                        "amp": amp, "world_size": env.world_size, "compile": opts.compile,
+                        "fsdp": opts.fsdp}}
     from fastgen import __version__
     config["versions"] = {"fastgen": __version__, "torch": torch.__version__}
     if env.is_main:
@@ -310,10 +331,16 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
             if opts.sample_every and step % opts.sample_every == 0 and env.is_main:
                 _sample_during_training(spec, model, ema, info, out, step, seed, device)
             if step % opts.checkpoint_every == 0 or step == opts.steps:
+                if opts.fsdp:                                  # every rank gathers, rank 0 writes
+                    weights, optimizer_states = sharding.full_states(model, optimizers)
+                    ema_state = sharding.full_tensors(ema.state) if ema else None
+                else:
+                    weights, optimizer_states = model.state_dict(), [opt.state_dict() for opt in optimizers]
+                    ema_state = ema.state if ema else None
                 if env.is_main:
                     config["train"]["step"] = step
-                    ckpt_io.save(out, config, model.state_dict(), ema.state if ema else None,
-                                 {"step": step, "optimizers": [opt.state_dict() for opt in optimizers],
+                    ckpt_io.save(out, config, weights, ema_state,
+                                 {"step": step, "optimizers": optimizer_states,
                                   "sampler": sampler.state(step), "model_state": spec.get_state(model)
                                   if spec.get_state else {},
                                   "rng": {"torch": torch.get_rng_state(),
