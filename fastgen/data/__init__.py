@@ -1,7 +1,11 @@
 """Datasets that need no download: ``load_digits`` (scikit-learn's 8x8 digits) and
-``load_array`` (your own images from a ``.npy`` file) as integer image tensors; WAV files
-(``load_wav``, ``save_wav``, ``WavFolder``) and ``synthetic_audio`` (chords and chirps)."""
+``load_array`` (your own images from a ``.npy`` file) as integer image tensors;
+``moving_digits`` (those digits bouncing across a canvas) and ``load_video_array`` (your own
+videos from a ``.npy`` file) as integer video tensors; WAV files (``load_wav``, ``save_wav``,
+``WavFolder``) and ``synthetic_audio`` (chords and chirps)."""
 from fastgen.data.audio import WavFolder, load_wav, save_wav, synthetic_audio
 from fastgen.data.images import ImageData, load_array, load_digits
+from fastgen.data.video import VideoData, load_video_array, moving_digits
 
-__all__ = ["ImageData", "WavFolder", "load_array", "load_digits", "load_wav", "save_wav", "synthetic_audio"]
+__all__ = ["ImageData", "VideoData", "WavFolder", "load_array", "load_digits", "load_video_array", "load_wav",
+           "moving_digits", "save_wav", "synthetic_audio"]

@@ -49,9 +49,14 @@ def load_array(path: Union[str, os.PathLike], levels: int = 256,
         array = array.transpose(0, 3, 1, 2)
     if array.ndim != 4:
         raise ValueError(f"{path}: expected [N, H, W] or [N, C, H, W] images, got shape {array.shape}")
+    check_integer_values(array, levels, path)
+    labels = torch.from_numpy(np.load(labels_path).astype(np.int64)) if labels_path else None
+    return ImageData(torch.from_numpy(array.astype(np.int64)), labels, levels)
+
+
+def check_integer_values(array: np.ndarray, levels: int, path: Union[str, os.PathLike]) -> None:
+    """ValueError naming ``path`` unless ``array`` holds integers in ``[0, levels)``."""
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{path}: expected integer pixel values, got dtype {array.dtype}")
     if array.min() < 0 or array.max() >= levels:
         raise ValueError(f"{path}: pixel values must lie in [0, {levels}), got [{array.min()}, {array.max()}]")
-    labels = torch.from_numpy(np.load(labels_path).astype(np.int64)) if labels_path else None
-    return ImageData(torch.from_numpy(array.astype(np.int64)), labels, levels)

@@ -1,7 +1,9 @@
 """Training data for ``fastgen train``, held in memory: ``digits`` (the bundled 8x8 digits),
 an ``.npy`` file of integer images (``fastgen.data.load_array``), ``audio-synthetic`` (chords
-and chirps) or a folder of ``.wav`` files cut into fixed segments.  A ``TrainData`` is indexed
-by the sampler of ``fastgen.train.loop``; nothing random happens here."""
+and chirps), a folder of ``.wav`` files cut into fixed segments, ``moving-digits`` (the digits
+bouncing across a canvas, ``fastgen.data.moving_digits``) or an ``.npy`` file of integer videos
+(``fastgen.data.load_video_array``).  A ``TrainData`` is indexed by the sampler of
+``fastgen.train.loop``; nothing random happens here."""
 import os
 from typing import NamedTuple, Optional
 
@@ -11,41 +13,52 @@ from torch import Tensor
 from fastgen.train.registry import DataInfo, UsageError
 
 AUDIO_SYNTHETIC = "audio-synthetic"
+MOVING_DIGITS = "moving-digits"
+
+# per kind of data: its bundled data set, the files it reads otherwise, and its plural noun
+BUNDLED = {"image": "digits", "audio": AUDIO_SYNTHETIC, "video": MOVING_DIGITS}
+FILES = {"image": "an .npy file of integer images [N, (C,) H, W]", "audio": "a folder of .wav files",
+         "video": "an .npy file of integer videos [N, T, (C,) H, W]"}
+NOUNS = {"image": "images", "audio": "audio", "video": "videos"}
 
 
 class TrainData(NamedTuple):
-    x: Tensor                    # long images [N, C, H, W] or float audio [N, T]
+    x: Tensor                    # long images [N, C, H, W], float audio [N, T] or long videos [N, T, C, H, W]
     labels: Optional[Tensor]     # [N] or None
     info: DataInfo
 
 
 def check_source(source: str, kind: str) -> None:
-    """UsageError unless ``source`` names data of ``kind`` ('image' | 'audio') that exists."""
-    if source == "digits":
-        if kind != "image":
-            raise UsageError("--data digits holds images; this model trains on audio "
-                             f"(use --data {AUDIO_SYNTHETIC} or a folder of .wav files)")
-        return
-    if source == AUDIO_SYNTHETIC:
-        if kind != "audio":
-            raise UsageError(f"--data {AUDIO_SYNTHETIC} holds audio; this model trains on images "
-                             "(use --data digits or an .npy file of integer images)")
+    """UsageError unless ``source`` names data of ``kind`` ('image' | 'audio' | 'video') that exists."""
+    holds = {name: k for k, name in BUNDLED.items()}.get(source)
+    if holds is not None:
+        if holds != kind:
+            raise UsageError(f"--data {source} holds {NOUNS[holds]}; this model trains on {NOUNS[kind]} "
+                             f"(use --data {BUNDLED[kind]} or {FILES[kind]})")
         return
     if not os.path.exists(source):
-        raise UsageError(f"--data {source}: no such file or folder (or use digits / {AUDIO_SYNTHETIC})")
-    if kind == "image" and not (os.path.isfile(source) and source.endswith(".npy")):
-        raise UsageError(f"--data {source}: image models read an .npy file of integer images [N, (C,) H, W]")
-    if kind == "audio" and not os.path.isdir(source):
-        raise UsageError(f"--data {source}: audio models read a folder of .wav files")
+        raise UsageError(f"--data {source}: no such file or folder (or use {' / '.join(BUNDLED.values())})")
+    found = os.path.isdir(source) if kind == "audio" else os.path.isfile(source) and source.endswith(".npy")
+    if not found:
+        raise UsageError(f"--data {source}: {kind} models read {FILES[kind]}")
 
 
 def load(source: str, kind: str, levels: int = 256, segment: int = 2048, sample_rate: int = 16000,
          clips: int = 256) -> TrainData:
-    """The whole data set in memory (``check_source`` first).  Images: ``levels`` for an .npy
-    file.  Audio: clips of ``segment`` samples (``clips`` synthetic ones; every whole segment of
-    every file of a folder, mono, at one sample rate)."""
-    from fastgen.data import load_array, load_digits, load_wav, synthetic_audio
+    """The whole data set in memory (``check_source`` first).  Images and videos: ``levels``
+    for an .npy file.  Audio: clips of ``segment`` samples (``clips`` synthetic ones; every
+    whole segment of every file of a folder, mono, at one sample rate)."""
+    from fastgen.data import load_array, load_digits, load_video_array, load_wav, moving_digits, synthetic_audio
     check_source(source, kind)
+    if source == MOVING_DIGITS:
+        data = moving_digits("train")
+        return TrainData(data.videos, data.labels, DataInfo("video", tuple(data.videos.shape[1:]), data.levels, 10))
+    if kind == "video":
+        try:
+            data = load_video_array(source, levels)
+        except ValueError as err:
+            raise UsageError(f"--data {err}") from err
+        return TrainData(data.videos, None, DataInfo("video", tuple(data.videos.shape[1:]), levels))
     if source == "digits":
         data = load_digits("train")
         return TrainData(data.images, data.labels, DataInfo("image", tuple(data.images.shape[1:]), data.levels, 10))

@@ -1,6 +1,7 @@
 """Drawing samples from a registered model and writing them: ``draw`` (in chunks, sharded over
-ranks), ``write`` (a PNG grid of images, or WAV files: one per clip), ``load_model`` (a model and
-its data facts from a ``fastgen train`` checkpoint).
+ranks), ``write`` (a PNG grid of images; WAV files, one per audio clip; video clips as a PNG of
+one row per clip or an animated GIF -- ``OUTPUTS`` lists the formats of each kind of data),
+``load_model`` (a model and its data facts from a ``fastgen train`` checkpoint).
 
 Same samples whatever the world size: the n samples are cut into chunks of ``batch``; chunk c
 (samples c*batch ...) is drawn with a generator seeded by ``derive(seed, 'sample', c * batch)``
@@ -10,14 +11,30 @@ processes write the same file (for the same --batch).
 """
 import math
 import os
-from typing import List, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fastgen.train import checkpoint as ckpt_io
 from fastgen.train.distributed import DistEnv, derive
 from fastgen.train.registry import DataInfo, ModelSpec, SampleOptions, attach_data, get
+
+
+class OutputFormat(NamedTuple):
+    """The files ``write`` makes for one kind of data."""
+    extensions: Tuple[str, ...]    # accepted endings of --out (lower case)
+    description: str               # for messages: "this model writes <description>"
+    default: str                   # --out when none is given
+
+
+OUTPUTS = {
+    "image": OutputFormat((".png",), "a PNG grid", "samples.png"),
+    "audio": OutputFormat((".wav",), "WAV audio", "out.wav"),
+    "video": OutputFormat((".png", ".gif"), "video clips as a PNG (one row per clip) or an animated GIF",
+                          "clips.gif"),
+}
 
 
 def labels_for(num_classes: Optional[int], start: int, count: int, label: Optional[int],
@@ -33,8 +50,9 @@ def labels_for(num_classes: Optional[int], start: int, count: int, label: Option
 @torch.no_grad()
 def draw(spec: ModelSpec, model: nn.Module, n: int, batch: int, seed: int, options: SampleOptions,
          env: DistEnv = DistEnv(0, 1, 0), label: Optional[int] = None, progress=None) -> Optional[Tensor]:
-    """n samples (long images [n, C, H, W] or audio [n, T]); under torchrun every rank returns
-    them all (gathered in index order).  ``progress(count)`` after each chunk on rank 0."""
+    """n samples (long images [n, C, H, W], audio [n, T] or long videos [n, T, C, H, W]); under
+    torchrun every rank returns them all (gathered in index order).  ``progress(count)`` after
+    each chunk on rank 0."""
     device = next(model.parameters()).device
     mine = []
     for c, start in enumerate(range(0, n, batch)):
@@ -61,33 +79,50 @@ def draw(spec: ModelSpec, model: nn.Module, n: int, batch: int, seed: int, optio
     return torch.cat([out for _, out in sorted(mine, key=lambda item: item[0])])
 
 
-def save_image_grid(images: Tensor, levels: int, path: str, scale: int = 8) -> None:
-    """Long images [N, C, H, W] in [0, levels), C = 1 (grey, dark ink on white as
-    ``fastgen.demo.save_grid``) or 3 (RGB), as a near-square grid PNG."""
-    if images.shape[1] == 1:
-        from fastgen.demo import save_grid
-        n = len(images)
-        cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / cols)
-        pad = rows * cols - n
-        if pad:                                        # blank (white) cells fill the last row
-            images = torch.cat([images, images.new_zeros(pad, *images.shape[1:])])
-        save_grid(images, levels, path, rows=rows, scale=scale)
-        return
-    from PIL import Image
+def grid_pixels(images: Tensor, levels: int, cols: int) -> np.ndarray:
+    """Long images [N, C, H, W] in [0, levels), C = 1 (grey: dark ink on white, as
+    ``fastgen.demo.save_grid``) or 3 (RGB), laid out row by row in ``cols`` columns with 1-pixel
+    white gutters -> uint8 pixels [rows * (H + 1) + 1, cols * (W + 1) + 1] (grey) or [..., 3]."""
     n, C, H, W = images.shape
-    if C != 3:
+    if C not in (1, 3):
         raise ValueError(f"image grids show 1 or 3 channels, got {C}")
-    cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    grid = torch.ones(3, rows * (H + 1) + 1, cols * (W + 1) + 1)
+    grid = torch.ones(C, rows * (H + 1) + 1, cols * (W + 1) + 1)     # unused cells stay white
+    values = images.float() / (levels - 1)
+    if C == 1:
+        values = 1.0 - values                                         # ink (high values) is dark
     for i in range(n):
         r, c = divmod(i, cols)
-        grid[:, 1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = \
-            images[i].float() / (levels - 1)
-    pixels = (grid * 255).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(pixels, mode="RGB").resize((pixels.shape[1] * scale, pixels.shape[0] * scale),
-                                               Image.NEAREST).save(path)
+        grid[:, 1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = values[i]
+    pixels = (grid * 255).round().byte()
+    return (pixels[0] if C == 1 else pixels.permute(1, 2, 0)).numpy()
+
+
+def _picture(pixels: np.ndarray, scale: int):
+    """uint8 pixels (grey [h, w] or RGB [h, w, 3]) as a PIL image enlarged ``scale`` times."""
+    from PIL import Image
+    image = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+    return image.resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
+
+
+def save_image_grid(images: Tensor, levels: int, path: str, scale: int = 8) -> None:
+    """Long images [N, C, H, W] in [0, levels), C = 1 or 3, as a near-square grid PNG."""
+    _picture(grid_pixels(images, levels, math.ceil(math.sqrt(len(images)))), scale).save(path)
+
+
+def save_video_rows(videos: Tensor, levels: int, path: str, scale: int = 8) -> None:
+    """Long videos [N, T, C, H, W] in [0, levels), C = 1 or 3, as a PNG: one row per clip, its
+    T frames left to right."""
+    _picture(grid_pixels(videos.flatten(0, 1), levels, cols=videos.shape[1]), scale).save(path)
+
+
+def save_video_gif(videos: Tensor, levels: int, path: str, scale: int = 8, frame_ms: int = 250) -> None:
+    """Long videos [N, T, C, H, W] in [0, levels), C = 1 or 3, as an animated GIF (looping,
+    ``frame_ms`` per frame) whose frame t is the near-square grid of every clip's frame t."""
+    n, T = videos.shape[:2]
+    cols = math.ceil(math.sqrt(n))
+    frames = [_picture(grid_pixels(videos[:, t], levels, cols), scale) for t in range(T)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
 
 
 def audio_paths(out: str, n: int) -> List[str]:
@@ -99,9 +134,14 @@ def audio_paths(out: str, n: int) -> List[str]:
 
 
 def write(samples: Tensor, info: DataInfo, out: str) -> List[str]:
-    """Write ``samples`` to ``out``; returns the paths written."""
+    """Write ``samples`` to ``out`` in a format of ``OUTPUTS[info.kind]`` (videos: chosen by the
+    extension of ``out``); returns the paths written."""
     if info.kind == "image":
         save_image_grid(samples, info.levels, out)
+        return [out]
+    if info.kind == "video":
+        save = save_video_gif if out.lower().endswith(".gif") else save_video_rows
+        save(samples, info.levels, out)
         return [out]
     from fastgen.data import save_wav
     paths = audio_paths(out, len(samples))
