@@ -403,9 +403,11 @@ def conv_tiles(M, COUT, CIN, dtype_bytes, precision="tf32", partial=False):
     """(BLOCK_M, BLOCK_N, BLOCK_K, warps).  The styles' partial sums (``partial``) hold a second
     [BLOCK_M, BLOCK_N] tile in the epilogue: half the N tile there (no spills, compile gate)."""
     if precision == "ieee":       # exact fp32: FMA dots hold both operands in registers (64-row
-        # and, with the styles' partials, 16 x 16 tiles spilled on sm_80: the quick gates)
+        # tiles spilled on sm_80: the quick gates).  With the styles' partials, 16 x 16 tiles over
+        # 4 warps still spilled 4-8 B on sm_80 under triton 3.6 (at 48 registers: the epilogue's
+        # cross-warp column sum); over 2 warps they compile clean under 3.6 and 3.9.
         return (min(16 if partial else 32, max(16, triton.next_power_of_2(M))),
-                min(16 if partial else 32, max(16, triton.next_power_of_2(COUT))), 16, 4)
+                min(16 if partial else 32, max(16, triton.next_power_of_2(COUT))), 16, 2 if partial else 4)
     # 64 x 64 tiles: 128 x 128 and 128 x 64 spilled on the up (zero-insertion phases) and dx paths
     # in 16 bits on sm_80 and sm_90 (the compile gate, triton 3.9)
     block_m = 64 if M >= 64 else max(16, triton.next_power_of_2(M))
