@@ -3,12 +3,12 @@
     fastgen demo [--model pixelcnn|diffusion|flow|transformer|gan|vqvae] [--steps N] [--out DIR]
                                  train a Gated PixelCNN (a DDPM, a Glow, a local transformer, a VQ-VAE and its
                                  prior) on the bundled digits and sample it
-    fastgen train MODEL --data digits|audio-synthetic|PATH --steps N [--out DIR] [--resume] ...
+    fastgen train MODEL --data digits|audio-synthetic|moving-digits|PATH --steps N [--out DIR] [--resume] ...
                                  train any registered zoo model (checkpoints: safetensors + config.json);
                                  several GPUs: torchrun --nproc-per-node K -m fastgen train ...
     fastgen sample MODEL --checkpoint DIR --n N --out FILE [--method fast|naive] [--cuda-graph] ...
-                                 sample a checkpoint into a PNG grid or WAV files (wavenet: also a
-                                 WaveNet.save file, as before)
+                                 sample a checkpoint into a PNG grid, WAV files or (video) a PNG /
+                                 animated GIF (wavenet: also a WaveNet.save file, as before)
     fastgen info                 versions, device, the backend each op uses, native extension
     fastgen compile-gate [--arch 80,90] [--out DIR] [--quick]
                                  compile every kernel at every configuration the library launches

@@ -23,7 +23,7 @@ SLOW = {"stylegan2", "pixelcnnpp"}       # the slowest round trips (still second
 
 
 def _data(name):
-    return "digits" if REGISTRY[name].data == "image" else "audio-synthetic"
+    return {"image": "digits", "audio": "audio-synthetic", "video": "moving-digits"}[REGISTRY[name].data]
 
 
 def _train(name, out, steps=2, *extra):
@@ -62,6 +62,15 @@ def test_train_sample_round_trip(name, tmp_path, capsys):
                          "--device", "cpu", *extra]) == 0
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(again)))   # seeded
         assert "images/s" in capsys.readouterr().out
+    elif spec.data == "video":
+        # a PNG with one row per clip (frames left to right), or an animated GIF of the T frames
+        T, _, H, W = info.shape
+        for path in (tmp_path / "s.png", tmp_path / "s.gif"):
+            assert cli.main(["sample", name, "--checkpoint", str(out), "--n", "3", "--batch", "2",
+                             "--out", str(path), "--device", "cpu"]) == 0
+        assert Image.open(tmp_path / "s.png").size == (8 * (T * (W + 1) + 1), 8 * (3 * (H + 1) + 1))
+        assert Image.open(tmp_path / "s.gif").n_frames == T
+        assert "clips/s" in capsys.readouterr().out
     else:
         from fastgen.data import load_wav
         path = tmp_path / "s.wav"

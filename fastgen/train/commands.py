@@ -46,18 +46,19 @@ and the sample index (see fastgen/train/loop.py)."""
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a zoo model; checkpoints that fastgen sample reads",
-                       description="Train a model of the zoo on images or audio, with checkpoints (safetensors +\n"
-                                   "config.json) that `fastgen sample` reads.  Runs on one device, or on several\n"
-                                   "under torchrun (DistributedDataParallel).",
+                       description="Train a model of the zoo on images, audio or videos, with checkpoints\n"
+                                   "(safetensors + config.json) that `fastgen sample` reads.  Runs on one device, or\n"
+                                   "on several under torchrun (DistributedDataParallel).",
                        formatter_class=_Formatter, epilog=TRAIN_EPILOG)
     p.add_argument("model", help=MODELS_HELP)
     p.add_argument("--data", default="digits",
-                   help="digits (bundled 8x8 digits), audio-synthetic (chords and chirps), an .npy file of integer "
-                        "images [N, (C,) H, W] or a folder of 16-bit .wav files")
+                   help="digits (bundled 8x8 digits), audio-synthetic (chords and chirps), moving-digits (4-frame "
+                        "clips of a digit bouncing across a 12x12 canvas), an .npy file of integer images "
+                        "[N, (C,) H, W] or videos [N, T, (C,) H, W], or a folder of 16-bit .wav files")
     p.add_argument("--steps", type=int, default=1000, help="total optimisation steps (with --resume: the total, "
                                                            "not the number still to run)")
-    p.add_argument("--batch", type=int, default=None, help="global batch (default: 64 images or 8 audio clips; "
-                                                           "resuming: the run's)")
+    p.add_argument("--batch", type=int, default=None, help="global batch (default: 64 images, 8 audio clips or 32 "
+                                                           "video clips; resuming: the run's)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's, e.g. 1e-3)")
     p.add_argument("--out", default=None, help="checkpoint folder (default: runs/MODEL)")
     p.add_argument("--config", default=None,
@@ -74,13 +75,14 @@ def add_train_parser(sub) -> None:
                         "(FSDP2) instead of replicating them (DDP); for models whose training state does not fit "
                         "one GPU")
     p.add_argument("--sample-every", type=int, default=0, metavar="K",
-                   help="write samples (PNG grid or WAV) to OUT/samples every K steps (0: never)")
+                   help="write samples (PNG grid, WAV, or a PNG of video clips one per row) to OUT/samples "
+                        "every K steps (0: never)")
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="K",
                    help="write a checkpoint every K steps (and at the end)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 0; resuming: the run's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available; under torchrun "
                                                   "each process takes its LOCAL_RANK's GPU)")
-    p.add_argument("--levels", type=int, default=256, help="grey levels of an .npy image data set")
+    p.add_argument("--levels", type=int, default=256, help="grey levels of an .npy image or video data set")
     p.add_argument("--segment", type=int, default=2048, help="audio training clip length in samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -124,11 +126,14 @@ SAMPLE_EPILOG = """examples:
   fastgen sample gated-pixelcnn --checkpoint runs/gated --n 64 --out samples.png
   fastgen sample ddpm --checkpoint runs/ddpm --n 16 --steps 100 --out ddpm.png
   fastgen sample wavenet --checkpoint runs/wavenet --seconds 2 --n 3 --out out.wav   # out-0.wav .. out-2.wav
+  fastgen sample video-transformer --checkpoint runs/video --n 16 --out clips.gif     # or clips.png
   torchrun --nproc-per-node 4 -m fastgen sample ddpm --checkpoint runs/ddpm --num-samples 1024 --batch 64 --out big.png
 
 Images go into one PNG grid; audio clips into one WAV each (OUT for one clip, OUT-<i>.wav for
-several).  --batch samples are drawn at a time; the same --seed and --batch give the same
-samples on one process or many (each chunk of --batch is seeded by its first sample index)."""
+several); video clips into one PNG (a row per clip, frames left to right) or one animated GIF
+(.gif: frame t shows every clip's frame t).  --batch samples are drawn at a time; the same
+--seed and --batch give the same samples on one process or many (each chunk of --batch is
+seeded by its first sample index)."""
 
 
 def add_sample_parser(sub) -> None:
@@ -140,13 +145,13 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder written by fastgen train (wavenet: also a "
                                                        "file written by WaveNet.save)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=None,
-                   help="how many samples (default: 64 images or 1 audio clip; audio with only --batch given: "
-                        "--batch clips).  Under torchrun write --num-samples: torchrun's own parser takes --n for "
-                        "an abbreviation of its options")
-    p.add_argument("--out", default=None, help="output file: .png for images, .wav for audio "
-                                               "(default: samples.png or out.wav)")
-    p.add_argument("--batch", type=int, default=None, help="samples drawn at a time (default: min(n, 64) images, "
-                                                           "all the clips)")
+                   help="how many samples (default: 64 images, 8 video clips or 1 audio clip; audio with only "
+                        "--batch given: --batch clips).  Under torchrun write --num-samples: torchrun's own parser "
+                        "takes --n for an abbreviation of its options")
+    p.add_argument("--out", default=None, help="output file: .png for images, .wav for audio, .png or .gif for "
+                                               "video (default: samples.png, out.wav or clips.gif)")
+    p.add_argument("--batch", type=int, default=None, help="samples drawn at a time (default: min(n, 64) images "
+                                                           "or video clips, all the audio clips)")
     p.add_argument("--method", choices=["fast", "naive"], default=None,
                    help="fast: incremental caches / fused kernels; naive: full recompute (the reference) -- "
                         "autoregressive and diffusion models only (default: fast)")
@@ -169,12 +174,13 @@ def add_sample_parser(sub) -> None:
 
 
 def _check_out(out: str, kind: str) -> None:
-    want = ".png" if kind == "image" else ".wav"
+    from fastgen.train.generate import OUTPUTS
+    fmt = OUTPUTS[kind]
+    want = " or ".join(fmt.extensions)
     if os.path.isdir(out):
         raise UsageError(f"--out {out} is a folder; give a file name ending in {want}")
-    if not out.lower().endswith(want):
-        raise UsageError(f"--out {out}: this model writes {'a PNG grid' if kind == 'image' else 'WAV audio'}; "
-                         f"give a file name ending in {want}")
+    if not out.lower().endswith(fmt.extensions):
+        raise UsageError(f"--out {out}: this model writes {fmt.description}; give a file name ending in {want}")
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise UsageError(f"--out {out}: the folder {os.path.dirname(out) or folder} does not exist")
@@ -228,7 +234,7 @@ def _check_sample_args(args, spec, model, info) -> SampleOptions:
             raise UsageError("this WaveNet needs local conditioning features; sample it from Python with "
                              "model.stream(...)")
     elif args.seconds is not None:
-        raise UsageError(f"--seconds: {spec.name} draws images; use --n")
+        raise UsageError(f"--seconds: {spec.name} draws {spec.data}s; use --n")
     if args.speaker is not None:
         classes = getattr(model, "global_classes", None) if spec.data == "audio" else None
         if not classes:
@@ -237,7 +243,7 @@ def _check_sample_args(args, spec, model, info) -> SampleOptions:
         if not 0 <= args.speaker < classes:
             raise UsageError(f"--speaker {args.speaker}: the model has speakers 0..{classes - 1}")
     if args.label is not None:
-        classes = spec.num_classes(model) if spec.data == "image" else None
+        classes = spec.num_classes(model) if spec.data != "audio" else None
         if not classes:
             raise UsageError(f"--label {args.label}: this {spec.name} model is not class-conditional")
         if not 0 <= args.label < classes:
@@ -260,28 +266,28 @@ def _check_sample_args(args, spec, model, info) -> SampleOptions:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from fastgen.train.distributed import dist_env, init, resolve_device, shutdown
-    from fastgen.train.generate import draw, write
+    from fastgen.train.generate import OUTPUTS, draw, write
     try:
         spec = get(args.model)
         env = dist_env()
         device = resolve_device(args.device, env)
         if not os.path.exists(args.checkpoint):
             raise UsageError(f"--checkpoint {args.checkpoint}: no such file or folder")
-        out = args.out or ("samples.png" if spec.data == "image" else "out.wav")
+        out = args.out or OUTPUTS[spec.data].default
         _check_out(out, spec.data)
         model, info = _load(args, spec, device)
         options = _check_sample_args(args, spec, model, info)
     except UsageError as err:
         return _usage("sample", err)
-    n = args.n or (64 if spec.data == "image" else (args.batch or 1))
-    batch = args.batch or (min(n, 64) if spec.data == "image" else n)
+    n = args.n or {"image": 64, "video": 8}.get(spec.data) or args.batch or 1
+    batch = args.batch or (n if spec.data == "audio" else min(n, 64))
     created = init(env, device)
     try:
         bar = None
         if env.is_main:
             from tqdm import tqdm
             bar = tqdm(total=n, desc=f"sample {spec.name} ({options.method})",
-                       unit="clip" if spec.data == "audio" else "image")
+                       unit="image" if spec.data == "image" else "clip")
         start = time.perf_counter()
         samples = draw(spec, model, n, batch, args.seed, options, env, args.label,
                        progress=None if bar is None else lambda k: bar.update(min(k, n - bar.n)))
@@ -295,7 +301,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             if spec.data == "audio":
                 rate = f"{n * options.length / seconds:,.0f} samples/s ({n} x {options.length} samples"
             else:
-                rate = f"{n / seconds:,.1f} images/s ({n} images"
+                unit = "images" if spec.data == "image" else "clips"
+                rate = f"{n / seconds:,.1f} {unit}/s ({n} {unit}"
             shown = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
             print(f"{rate} in {seconds:.1f} s); wrote {shown}")
     finally:

@@ -75,7 +75,7 @@ class TrainOptions:
     progress: bool = True
 
 
-DEFAULT_BATCH = {"image": 64, "audio": 8}
+DEFAULT_BATCH = {"image": 64, "audio": 8, "video": 32}
 
 
 class EMA:
@@ -388,10 +388,10 @@ def _sample_during_training(spec, model, ema, info, out, step, seed, device) -> 
         model.load_state_dict(ema.state)
     model.eval()
     try:
-        n = 16 if spec.data == "image" else 1
+        n = {"image": 16, "video": 8}.get(spec.data, 1)
         length = min(info.sample_rate // 2, 8000) if spec.data == "audio" else None
         samples = draw(spec, model, n, n, seed, SampleOptions(length=length))
-        write(samples, info, os.path.join(folder, f"step-{step:08d}.{'png' if spec.data == 'image' else 'wav'}"))
+        write(samples, info, os.path.join(folder, f"step-{step:08d}.{'wav' if spec.data == 'audio' else 'png'}"))
     finally:
         if live is not None:
             model.load_state_dict(live)

@@ -4,8 +4,8 @@ loss, and how it is sampled.
 
 A ``ModelSpec`` holds plain functions, so adding a model is one entry here:
 
-- ``data``: the kind of data it trains on: ``'image'`` (integer images [N, C, H, W]) or
-  ``'audio'`` (float clips [N, T] in [-1, 1]);
+- ``data``: the kind of data it trains on: ``'image'`` (integer images [N, C, H, W]),
+  ``'audio'`` (float clips [N, T] in [-1, 1]) or ``'video'`` (integer clips [N, T, C, H, W]);
 - ``defaults(info)``: constructor arguments (JSON-serialisable) for a ``DataInfo``;
   ``--config`` entries are merged over them (dictionaries recursively);
 - ``build(args)``: the model (``cls(**args)`` unless given);
@@ -13,7 +13,7 @@ A ``ModelSpec`` holds plain functions, so adding a model is one entry here:
   are the step's generators (seeded from the run seed and the sample index, see
   ``fastgen.train.loop``); ``units``: 'bits/dim' or 'bits/sample' when the loss is one;
 - ``sample(model, n, opts, generator, labels)``: n outputs -- long images [n, C, H, W] in
-  [0, levels) or audio [n, T];
+  [0, levels), audio [n, T] or long videos [n, T, C, H, W];
 - ``train_step`` / ``optimizers``: for models with their own update (the GANs' two optimizers);
 - ``data_init(model, batch, rng)``: a data-dependent initialisation run once on the first
   global batch before training (Glow's ActNorm), identical on every rank.
@@ -37,7 +37,8 @@ class UsageError(ValueError):
 
 class DataInfo(NamedTuple):
     """What a model is built for.  image: shape (C, H, W), levels; audio: shape (T,) (the
-    training segment), sample_rate.  num_classes: labels available (None: none)."""
+    training segment), sample_rate; video: shape (T, C, H, W) (frames first), levels.
+    num_classes: labels available (None: none)."""
     kind: str
     shape: Tuple[int, ...]
     levels: Optional[int] = None
@@ -46,8 +47,8 @@ class DataInfo(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """One batch on the training device: x (long images [B, C, H, W] or float audio [B, T]) and
-    labels [B] (or None)."""
+    """One batch on the training device: x (long images [B, C, H, W], float audio [B, T] or long
+    videos [B, T, C, H, W]) and labels [B] (or None)."""
     x: Tensor
     labels: Optional[Tensor]
 
@@ -86,7 +87,7 @@ class SampleOptions(NamedTuple):
 class ModelSpec:
     name: str
     target: str                                       # "module:Class"
-    data: str                                         # 'image' | 'audio'
+    data: str                                         # 'image' | 'audio' | 'video'
     summary: str
     defaults: Callable[[DataInfo], Dict[str, Any]]
     loss: Callable[..., Tensor]
@@ -180,6 +181,24 @@ def _pixel_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
 def _pixel_spec(name, target, summary, defaults, tiny, **kw) -> ModelSpec:
     return ModelSpec(name, target, "image", summary, defaults, _pixel_loss, _pixel_sample, tiny, units="bits/dim",
                      methods=("fast", "naive"), temperature=">0", cuda_graph=True, **kw)
+
+
+# VideoTransformer: the data holds videos frames first [B, T, C, H, W], the model [B, C, T, H, W]
+
+def _video_args(info: DataInfo) -> Dict[str, Any]:
+    T, C, H, W = info.shape
+    # whole-frame blocks, memory 1: each layer reaches one frame further back, so 3 layers let the
+    # last of moving-digits' 4 frames see the first
+    return {"video_shape": [C, T, H, W], "levels": info.levels, "dim": 32, "heads": 2, "layers": 3}
+
+
+def _video_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    return model.loss(batch.x.transpose(1, 2), _labels(model.num_classes, batch))
+
+
+def _video_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    videos = model.sample(n, labels, opts.method, generator, _temperature(opts))      # [n, C, T, H, W]
+    return videos.transpose(1, 2).contiguous()
 
 
 # MADE: the image flattened to a vector of D = C*H*W values
@@ -368,6 +387,9 @@ SPECS: List[ModelSpec] = [
     _pixel_spec("local-transformer", "fastgen.models.transformer:LocalImageTransformer",
                 "Image transformer on block-local attention",
                 lambda i: {**_image_args(i), "dim": 32, "heads": 2, "layers": 2}, {"dim": 16, "heads": 2, "layers": 1}),
+    ModelSpec("video-transformer", "fastgen.models.transformer:VideoTransformer", "video",
+              "Video transformer on causal 3-D block-local attention", _video_args, _video_loss, _video_sample,
+              {"dim": 16, "heads": 2, "layers": 1}, units="bits/dim", methods=("fast", "naive"), temperature=">0"),
     ModelSpec("made", "fastgen.models.made:MADE", "image", "MADE over the flattened image",
               lambda i: {"dim": math.prod(i.shape), "hidden": [256, 256], "levels": i.levels},
               _made_loss, _made_sample, {"hidden": [16]}, units="bits/dim", methods=("fast", "naive"),
@@ -434,8 +456,6 @@ NOT_TRAINABLE: Dict[str, str] = {
     "vqvae": "it trains in two stages (the VQ-VAE, then a prior over its codes) and samples through the prior; "
              "fastgen train trains one model (see fastgen demo --model vqvae)",
     "vqvae2": "it trains in two stages (the VQ-VAE-2, then priors over its codes); fastgen train trains one model",
-    "video-transformer": "fastgen train has no video data sets yet; train it from Python "
-                         "(fastgen.models.VideoTransformer)",
     "planar-flow": "planar flows have no closed-form inverse to evaluate data densities with; use maf",
     "radial-flow": "radial flows are variational posteriors, not density models of data; use maf",
 }
