@@ -446,8 +446,8 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, _normalize_2nd_moment(y)], 1)
         for fc in self.fcs:
             x = fc(x)
-        if update_w_avg:
-            self.w_avg.copy_(x.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+        if update_w_avg:   # in w_avg's own dtype: under autocast x is bf16 (the layers' matmuls)
+            self.w_avg.copy_(x.detach().to(self.w_avg.dtype).mean(0).lerp(self.w_avg, self.w_avg_beta))
         ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
         if psi != 1:
             cutoff = self.num_ws if cutoff is None else cutoff

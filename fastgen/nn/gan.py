@@ -35,25 +35,29 @@ def power_iteration(matrix: Tensor, u: Tensor, iterations: int = 1, eps: float =
 
     u and v carry no gradient (they are computed under no_grad, as in Miyato et al. 2018);
     sigma does, through W.  More iterations -> sigma converges to ``torch.linalg.matrix_norm(W, 2)``
-    at the rate (sigma_2 / sigma_1)^(2 k)."""
+    at the rate (sigma_2 / sigma_1)^(2 k).  Computed in the matrix's dtype also under
+    ``torch.autocast``, which would otherwise run the products in bf16 and mix dtypes."""
     if matrix.dim() != 2:
         raise ValueError(f"matrix must be 2-D [out, in], got shape {tuple(matrix.shape)}")
     if u.shape != (matrix.shape[0],):
         raise ValueError(f"u must have shape [{matrix.shape[0]}] (the matrix's rows), got {tuple(u.shape)}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    with torch.no_grad():
-        w = matrix.detach()
-        for _ in range(iterations):
-            v = F.normalize(w.t() @ u, dim=0, eps=eps)
-            u = F.normalize(w @ v, dim=0, eps=eps)
-    return SingularEstimate(torch.dot(u, matrix @ v), u, v)
+    with torch.autocast(matrix.device.type, enabled=False):
+        with torch.no_grad():
+            w = matrix.detach()
+            for _ in range(iterations):
+                v = F.normalize(w.t() @ u, dim=0, eps=eps)
+                u = F.normalize(w @ v, dim=0, eps=eps)
+        return SingularEstimate(torch.dot(u, matrix @ v), u, v)
 
 
 class SpectralNorm(nn.Module):
     """A parametrization W -> W / sigma(W), sigma the power-iteration estimate of W's largest
     singular value (W reshaped to [out, prod(rest)]).  In training mode each forward runs
     ``iterations`` power iterations and keeps u; in eval mode it reuses the stored u and v.
+    sigma is computed in the weight's dtype (float32) under ``torch.autocast`` too: the stored
+    u and v stay exact and the layer's own op casts the normalised weight as autocast says.
     Register it with ``spectral_norm(module)``."""
 
     def __init__(self, weight: Tensor, iterations: int = 1, eps: float = 1e-12) -> None:
@@ -69,12 +73,13 @@ class SpectralNorm(nn.Module):
 
     def forward(self, weight: Tensor) -> Tensor:
         matrix = weight.flatten(1)
-        if self.training:
-            estimate = power_iteration(matrix, self.u, self.iterations, self.eps)
-            self.u.copy_(estimate.u)
-            self.v.copy_(estimate.v)
-        # clones: the buffers change in place at the next training forward, after autograd saved them
-        sigma = torch.dot(self.u.clone(), matrix @ self.v.clone())
+        with torch.autocast(weight.device.type, enabled=False):   # see the class docstring
+            if self.training:
+                estimate = power_iteration(matrix, self.u, self.iterations, self.eps)
+                self.u.copy_(estimate.u)
+                self.v.copy_(estimate.v)
+            # clones: the buffers change in place at the next training forward, after autograd saved them
+            sigma = torch.dot(self.u.clone(), matrix @ self.v.clone())
         return weight / sigma
 
 

@@ -32,9 +32,14 @@ What the declaration gives every op the same way:
 - **The TF32 rule** (``dot_precision``), one for all ops.
 - **Autograd** (``define_autograd``): the eager ``autograd.Function`` and the registered
   ``register_autograd`` built from one forward/backward pair, so no op wires its gradient twice.
+- **The autocast rule** (``Autocast``), declared once per op and applied both to its public
+  function (plain eager calls never reach the dispatcher, so a dispatcher rule alone would
+  miss them) and to its registered op (what ``torch.compile`` traces).
 - **A registry** (``REGISTRY``) that ``fastgen info`` lists.
 """
 import dataclasses
+import functools
+import inspect
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -73,6 +78,95 @@ def dot_precision(dtype: torch.dtype, device: torch.device, tf32: str) -> str:
     return "tf32" if on_gpu and TF32_FLAGS[tf32]() else "ieee"
 
 
+# --------------------------------------------------------------------------------- autocast
+
+AUTOCAST_RULES = ("lower", "keep")
+_AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}
+_LIBRARY = torch.library.Library("fastgen", "FRAGMENT")     # holds the ops' Autocast kernels
+
+
+@dataclasses.dataclass(frozen=True)
+class Autocast:
+    """What an op does inside ``torch.autocast(device_type, dtype)`` -- one rule, declared once
+    and given both to the op's public function (``@rule``, for plain eager calls, which skip
+    the dispatcher) and to ``define_op(..., autocast=rule)`` (the registered op's Autocast
+    kernel, what ``torch.compile`` traces).  Rules, after PyTorch's own autocast op lists:
+
+    - ``'lower'`` -- like ``F.conv2d`` and ``torch.matmul``: the floating-point tensors named in
+      ``cast`` that live on the autocast device are cast to the autocast dtype (float64 is left
+      alone, as autocast does) and the op returns that dtype.  The casts are ordinary autograd
+      ops, so float32 parameters receive float32 gradients.
+    - ``'keep'`` -- like the elementwise ops autocast leaves alone: nothing is cast, the op runs
+      in the dtypes it is given, by its own dtype rule.
+
+    Under either rule the op body runs with autocast disabled, so its own math -- a reference's
+    float32 ``F.conv2d``, a helper matmul beside a kernel -- is not lowered a second time."""
+    rule: str
+    cast: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.rule not in AUTOCAST_RULES:
+            raise ValueError(f"autocast rule must be one of {AUTOCAST_RULES}, got {self.rule!r}")
+        if self.rule == "keep" and self.cast:
+            raise ValueError("the 'keep' autocast rule casts nothing; cast must be empty")
+
+    def _positions(self, fn: Callable) -> Dict[str, int]:
+        names = list(inspect.signature(fn).parameters)
+        missing = [name for name in self.cast if name not in names]
+        if missing:
+            raise ValueError(f"autocast casts {missing}, which {fn.__name__} has no argument called")
+        return {name: names.index(name) for name in self.cast}
+
+    def _inputs(self, device_type: str, positions: Dict[str, int], args: tuple, kwargs: dict):
+        """(args, kwargs) with the named tensors cast for the 'lower' rule (unchanged for 'keep')."""
+        if not positions:
+            return args, kwargs
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(value):
+            eligible = (isinstance(value, Tensor) and value.is_floating_point() and value.dtype != torch.float64
+                        and value.device.type == device_type)
+            return value.to(dtype) if eligible else value
+
+        args, kwargs = list(args), dict(kwargs)
+        for name, i in positions.items():
+            if i < len(args):
+                args[i] = cast(args[i])
+            elif name in kwargs:
+                kwargs[name] = cast(kwargs[name])
+        return tuple(args), kwargs
+
+    def __call__(self, fn: Callable) -> Callable:
+        """Decorate an op's public function (its first argument the tensor that gives the device)."""
+        positions = self._positions(fn)
+        first = next(iter(inspect.signature(fn).parameters))
+
+        @functools.wraps(fn)
+        def public(*args, **kwargs):
+            like = args[0] if args else kwargs.get(first)
+            device_type = like.device.type if isinstance(like, Tensor) else None
+            if device_type not in _AUTOCAST_KEYS or not torch.is_autocast_enabled(device_type):
+                return fn(*args, **kwargs)                        # the common case: one check
+            args, kwargs = self._inputs(device_type, positions, args, kwargs)
+            with torch.autocast(device_type, enabled=False):
+                return fn(*args, **kwargs)
+        return public
+
+    def register(self, name: str, registered: Callable, kernel: Callable) -> None:
+        """Give ``torch.ops.fastgen.<name>`` this rule at the Autocast dispatch keys.  Not
+        ``torch.library.register_autocast``: that casts to one dtype fixed at registration,
+        while autocast's dtype is chosen per region (bf16 or fp16 on CUDA)."""
+        positions = self._positions(kernel)
+        for device_type, key in _AUTOCAST_KEYS.items():
+            def autocast_kernel(*args, _device_type=device_type):
+                args, _ = self._inputs(_device_type, positions, args, {})
+                # autocast off: the body's own math stays as written, and the call below
+                # does not come back to this kernel
+                with torch.autocast(_device_type, enabled=False):
+                    return registered(*args)
+            _LIBRARY.impl(name, autocast_kernel, key)
+
+
 def _requires_grad(value) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_requires_grad(v) for v in value)
@@ -93,6 +187,7 @@ class OpDefinition:
     tf32: str                   # which PyTorch operation's TF32 flag it follows (``dot_precision``)
     summary: str                # one line for ``fastgen info``
     eager: Optional[Callable] = None   # set by ``define_autograd``: the eager autograd.Function
+    autocast: Optional[Autocast] = None   # its rule under torch.autocast (None: none declared)
 
     def backend(self, like: Tensor, backend: Optional[str] = None, unsupported: Optional[str] = None) -> str:
         """'reference' or 'triton' for inputs like ``like`` (device and dtype).  ``unsupported``:
@@ -123,11 +218,14 @@ class OpDefinition:
 
 
 def define_op(name: str, *, family: str, tf32: str, mutates_args: Sequence[str] = (),
-              fake: Optional[Callable] = None) -> Callable[[Callable], OpDefinition]:
+              fake: Optional[Callable] = None, autocast: Optional[Autocast] = None
+              ) -> Callable[[Callable], OpDefinition]:
     """Decorator: register the typed kernel function as ``torch.ops.fastgen.<name>`` and return its
     ``OpDefinition``.  ``fake`` builds outputs for torch.compile (default: the op returns
     nothing, it only writes ``mutates_args`` in place); ``tf32``: 'conv' | 'matmul' (see
-    ``dot_precision``)."""
+    ``dot_precision``); ``autocast``: the op's rule under torch.autocast (``Autocast``; the
+    public function takes the same rule as its decorator).  Without one, the registered op gets
+    its inputs as they are and runs with autocast still on."""
     if tf32 not in TF32_FLAGS:
         raise ValueError(f"tf32 must be one of {tuple(TF32_FLAGS)}, got {tf32!r}")
 
@@ -135,7 +233,10 @@ def define_op(name: str, *, family: str, tf32: str, mutates_args: Sequence[str] 
         registered = torch.library.custom_op(f"fastgen::{name}", mutates_args=tuple(mutates_args))(kernel)
         registered.register_fake(fake or _returns_nothing)
         summary = (kernel.__doc__ or "").strip().split("\n")[0]
-        definition = OpDefinition(name, family, kernel, getattr(torch.ops.fastgen, name), tf32, summary)
+        definition = OpDefinition(name, family, kernel, getattr(torch.ops.fastgen, name), tf32, summary,
+                                  autocast=autocast)
+        if autocast is not None:
+            autocast.register(name, definition.registered, kernel)
         REGISTRY[name] = definition
         return definition
     return wrap

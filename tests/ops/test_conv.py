@@ -1,4 +1,6 @@
 """The conv family (masked_conv2d, causal_conv1d): the Triton kernels (interpreter on CPU) against the reference specification."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -245,3 +247,98 @@ def test_causal_torch_compile_fullgraph():
     assert_close_rel(y, y_ref, 1e-5)
     for a, e in zip(torch.autograd.grad(y.sum(), (x, w)), torch.autograd.grad(y_ref.sum(), (x, w))):
         assert_close_rel(a, e, 1e-5)
+
+
+# ------------------------------------------------------------------ autocast
+
+def _conv_case(op):
+    """(public op, its reference, x [B, C_in, ...], weight [C_out, C_in, k...], bias [C_out])."""
+    if op == "masked_conv2d":
+        return ops.masked_conv2d, reference.masked_conv2d, torch.randn(2, 4, 5, 6), torch.randn(6, 4, 3, 3) / 3
+    return ops.causal_conv1d, reference.causal_conv1d, torch.randn(2, 4, 9), torch.randn(6, 4, 3) / 3
+
+
+# The interpreter has no bf16 dots (numpy has no bf16): the Triton path is checked here under an
+# fp16 autocast, under bf16 by test_autocast_bf16_on_the_gpu.
+AUTOCAST_BACKENDS = [pytest.param("reference", torch.bfloat16, id="reference-bf16"),
+                     pytest.param("triton", torch.float16, id="triton-fp16")]
+
+
+@pytest.mark.parametrize("backend,dtype", AUTOCAST_BACKENDS)
+@pytest.mark.parametrize("x_dtype", ["fp32", "autocast"], ids=["x-fp32", "x-from-an-autocast-layer"])
+@pytest.mark.parametrize("op", ["masked_conv2d", "causal_conv1d"])
+def test_autocast_casts_like_nn_conv(op, x_dtype, backend, dtype):
+    """Under torch.autocast both ops do what nn.Conv2d does: x, weight and bias are cast to the
+    autocast dtype, the output has it and is the op on the cast inputs (exactly, on the
+    reference); the float32 parameters get float32 gradients through the casts."""
+    fn, ref, x, w = _conv_case(op)
+    x = x.to(dtype if x_dtype == "autocast" else torch.float32).requires_grad_()
+    w, b = w.requires_grad_(), torch.randn(6, requires_grad=True)
+
+    def under_autocast(x, w, b):
+        with torch.autocast("cpu", dtype=dtype):
+            return fn(x, w, b, backend=backend)
+
+    y, grads = values_and_grads(under_autocast, [x, w, b])
+    assert y.dtype == dtype
+    assert [g.dtype for g in grads] == [x.dtype, torch.float32, torch.float32]
+    cast = [t.detach().to(dtype).requires_grad_() for t in (x, w, b)]
+    y_ref, grads_ref = values_and_grads(ref, cast)
+    if backend == "reference":
+        assert torch.equal(y, y_ref)
+        assert all(torch.equal(g, e.to(g.dtype)) for g, e in zip(grads, grads_ref))
+    else:
+        assert_close_rel(y, y_ref, 1e-2, "y")
+        for name, g, e in zip(["grad_x", "grad_w", "grad_b"], grads, grads_ref):
+            assert_close_rel(g, e, 1e-2, name)
+
+
+def test_autocast_rule_of_the_registered_op_and_under_torch_compile():
+    """The registered op (what torch.compile sees) has the same rule at the Autocast dispatch
+    key, and a compiled call of the public function follows it too."""
+    x = torch.randn(2, 4, 5, 5)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    want = reference.masked_conv2d(x.half(), w.detach().half(), None, "A")
+    compiled = torch.compile(lambda x, w: ops.masked_conv2d(x, w, None, "A", backend="triton"),
+                             fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.float16):
+        outs = [torch.ops.fastgen.masked_conv2d(x, w, None, "A", 1, 1, "raster"), compiled(x, w)]
+    for y in outs:
+        assert y.dtype == torch.float16
+        assert_close_rel(y, want, 1e-2)
+        assert torch.autograd.grad(y.float().sum(), w)[0].dtype == torch.float32
+
+
+def test_autocast_leaves_float64_and_disabled_regions_alone():
+    """As autocast itself: float64 inputs are not cast, and an op called where autocast is off
+    runs in its inputs' dtype."""
+    x, w = torch.randn(1, 3, 4, 4, dtype=torch.float64), torch.randn(3, 3, 3, 3, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ops.masked_conv2d(x, w).dtype == torch.float64
+        with torch.autocast("cpu", enabled=False):
+            assert ops.causal_conv1d(x[:, :, 0].float(), w[:, :, 0].float()).dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="bfloat16 dots need a GPU (the interpreter has no bfloat16)")
+@pytest.mark.parametrize("op", ["masked_conv2d", "causal_conv1d"])
+def test_autocast_bf16_on_the_gpu(op):
+    """The Triton kernels under a CUDA bf16 autocast against the reference on the cast inputs."""
+    fn, ref, x, w = _conv_case(op)
+    x, w, b = x.cuda().requires_grad_(), w.cuda().requires_grad_(), torch.randn(6, device="cuda", requires_grad=True)
+
+    def under_autocast(x, w, b):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return fn(x, w, b)
+
+    y = under_autocast(x, w, b)
+    assert y.dtype == torch.bfloat16
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, w, b), gy)
+    assert all(g.dtype == torch.float32 for g in grads)
+    cast = [t.detach().bfloat16().requires_grad_() for t in (x, w, b)]
+    y_ref = ref(*cast)
+    assert_close_rel(y.float(), y_ref.float(), 1e-2, "y")
+    for name, g, e in zip(["grad_x", "grad_w", "grad_b"], grads, torch.autograd.grad(y_ref, cast, gy)):
+        assert_close_rel(g, e.float(), 1e-2, name)

@@ -5,6 +5,7 @@ and path-length regularisation need) for every activation and clamp setting, up/
 and bf16; the references against the definitions written out by hand, gradcheck /
 gradgradcheck in float64, opcheck, torch.compile, and errors naming the argument."""
 import math
+import os
 
 import pytest
 import torch
@@ -395,3 +396,95 @@ def test_float64_on_triton_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="float32/float16/bfloat16"):
         ops.bias_act(x, backend="triton")
     assert ops.upfirdn2d(x, None).dtype == torch.float64        # the reference takes it
+
+
+# ------------------------------------------------------------------------------ autocast
+# The interpreter has no bf16 dots (numpy has no bf16): the conv's Triton path is checked here
+# under an fp16 autocast, under bf16 by test_modulated_conv2d_autocast_bf16_on_the_gpu.
+
+@pytest.mark.parametrize("backend,dtype", [pytest.param("reference", torch.bfloat16, id="reference-bf16"),
+                                           pytest.param("triton", torch.float16, id="triton-fp16")])
+@pytest.mark.parametrize("x_dtype", ["fp32", "autocast"], ids=["x-fp32", "x-from-an-autocast-layer"])
+def test_modulated_conv2d_under_autocast_casts_like_conv2d(backend, dtype, x_dtype):
+    """modulated_conv2d does what nn.Conv2d does under autocast: x, weight and styles are cast to
+    the autocast dtype (noise and the filter are used as given), the output has that dtype and is
+    the op on the cast inputs; float32 weight and styles get float32 gradients."""
+    f = R.setup_filter([1, 3, 3, 1])
+    x = _rand(2, 3, 4, 5, dtype=dtype if x_dtype == "autocast" else torch.float32).requires_grad_()
+    w = _rand(4, 3, 3, 3, seed=1).requires_grad_()
+    s = (_rand(2, 3, seed=2) + 1).requires_grad_()
+    noise = _rand(2, 1, 8, 10, seed=3)
+    with torch.autocast("cpu", dtype=dtype):
+        y = ops.modulated_conv2d(x, w, s, up=2, padding=1, resample_filter=f, noise=noise, flip_weight=False,
+                                 backend=backend)
+    assert y.dtype == dtype and y.shape == (2, 4, 8, 10)
+    gy = _rand(*y.shape, seed=4, dtype=dtype)
+    grads = torch.autograd.grad(y, (x, w, s), gy)
+    assert [g.dtype for g in grads] == [x.dtype, torch.float32, torch.float32]
+    cast = [t.detach().to(dtype).requires_grad_() for t in (x, w, s)]
+    want = R.modulated_conv2d(*cast, True, 2, 1, 1, f, noise, False)
+    want_grads = torch.autograd.grad(want, cast, gy)
+    if backend == "reference":
+        assert torch.equal(y, want) and all(torch.equal(g, c.to(g.dtype)) for g, c in zip(grads, want_grads))
+    else:
+        _close(y, want, dtype, "y")
+        for g, c, what in zip(grads, want_grads, ("dx", "dweight", "dstyles")):
+            torch.testing.assert_close(g.float(), c.float(), rtol=2e-2, atol=2e-2 * c.abs().max().item(), msg=what)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["x-fp32", "x-bf16"])
+def test_bias_act_and_upfirdn2d_under_autocast_keep_their_dtype(backend, x_dtype):
+    """bias_act and upfirdn2d are not cast (like PyTorch's elementwise ops): under autocast they
+    return x's dtype and exactly what they return outside it -- also on the reference, whose
+    float32 F.conv2d autocast would otherwise lower; a float32 bias gets a float32 gradient."""
+    f = R.setup_filter([1, 3, 3, 1])
+    x = _rand(2, 3, 6, 5, dtype=x_dtype, scale=2.0).requires_grad_()
+    b = _rand(3, seed=1).requires_grad_()
+
+    def run():
+        y = ops.bias_act(x, b, act="lrelu", clamp=2.0, backend=backend)
+        z = ops.upfirdn2d(y, f, up=2, padding=(2, 1, 2, 1), gain=4, backend=backend)
+        return (y, z, *torch.autograd.grad(z, (x, b), _rand(*z.shape, seed=2, dtype=x_dtype)))
+
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = run()
+    assert [t.dtype for t in autocast] == [x_dtype, x_dtype, x_dtype, torch.float32]
+    assert all(torch.equal(a, p) for a, p in zip(autocast, plain))
+
+
+def test_stylegan_registered_ops_follow_the_same_rules():
+    """The registered ops (what torch.compile sees) have the rules at the Autocast dispatch key."""
+    x, w, s = _rand(1, 2, 3, 4), _rand(3, 2, 3, 3, seed=2), _rand(1, 2, seed=3) + 1
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = torch.ops.fastgen.stylegan_conv(x, w, s, None, 1, 1, 1, 1, 3, 4, True)
+        z = torch.ops.fastgen.upfirdn2d(x, R.setup_filter([1, 3, 3, 1]), 2, 2, 1, 1, 2, 1, 2, 1, False, 4.0)
+    assert y.dtype == torch.float16 and z.dtype == torch.float32
+    _close(y, R.modulated_conv2d(x.half(), w.half(), s.half(), False, padding=1), torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="bfloat16 dots need a GPU (the interpreter has no bfloat16)")
+def test_modulated_conv2d_autocast_bf16_on_the_gpu():
+    """The Triton kernels (conv, upfirdn2d, bias_act) under a CUDA bf16 autocast, as StyleGAN2's
+    layers call them, against the reference on the cast inputs."""
+    f = R.setup_filter([1, 3, 3, 1]).cuda()
+    x = _rand(2, 8, 4, 4).cuda().requires_grad_()
+    w = _rand(16, 8, 3, 3, seed=1).cuda().requires_grad_()
+    s = (_rand(2, 8, seed=2) + 1).cuda().requires_grad_()
+    b = _rand(16, seed=3).cuda().requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = ops.modulated_conv2d(x, w, s, up=2, padding=1, resample_filter=f, flip_weight=False)
+        y = ops.bias_act(y, b, act="lrelu")
+    assert y.dtype == torch.bfloat16
+    gy = _rand(*y.shape, seed=4).cuda().bfloat16()
+    grads = torch.autograd.grad(y, (x, w, s, b), gy)
+    assert all(g.dtype == torch.float32 for g in grads)
+    cast = [t.detach().bfloat16().requires_grad_() for t in (x, w, s)]
+    bb = b.detach().clone().requires_grad_()
+    want = R.bias_act(R.modulated_conv2d(*cast, True, 2, 1, 1, f, None, False), bb, 1, "lrelu")
+    _close(y, want, torch.bfloat16, "y")
+    for g, c, what in zip(grads, torch.autograd.grad(want, (*cast, bb), gy), ("dx", "dweight", "dstyles", "db")):
+        torch.testing.assert_close(g.float(), c.float(), rtol=2e-2, atol=2e-2 * c.abs().max().item(), msg=what)

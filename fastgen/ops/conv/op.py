@@ -12,6 +12,10 @@ declared with ``fastgen.ops._define`` as ``torch.ops.fastgen.masked_conv2d`` / `
 (fake kernels, autograd); that op is what ``torch.compile`` sees, while eager calls take the
 ``autograd.Function`` the same declaration builds, which skips the dispatcher's host cost,
 keeps the packed weight for backward and skips unneeded gradients.
+
+Under ``torch.autocast`` both ops follow ``nn.Conv2d`` / ``nn.Conv1d``: x, weight and bias are
+cast to the autocast dtype and the output has that dtype (``_AUTOCAST``; float32 parameters
+get float32 gradients through the casts).
 """
 import functools
 from typing import List, Literal, Optional
@@ -22,7 +26,11 @@ from torch import Tensor
 
 from fastgen.ops import _backend, _validate
 from fastgen.ops.conv import reference
-from fastgen.ops._define import define_autograd, define_op, dot_precision
+from fastgen.ops._define import Autocast, define_autograd, define_op, dot_precision
+
+# Both ops replace a convolution, which autocast runs in its lower precision: so do they (the
+# public functions for eager calls, the registered ops for torch.compile).
+_AUTOCAST = Autocast("lower", cast=("x", "weight", "bias"))
 
 
 # --------------------------------------------------------------------------- taps
@@ -143,6 +151,7 @@ def _check_masked_conv2d(x, weight, bias, mask_type, color_groups, dilation, sta
         raise ValueError(f"color_groups = {color_groups} must divide C_in = {c_in} and C_out = {c_out}")
 
 
+@_AUTOCAST
 def masked_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   mask_type: Literal["A", "B"] = "B", color_groups: int = 1, dilation: int = 1,
                   stack: Literal["raster", "vertical", "horizontal"] = "raster",
@@ -154,7 +163,9 @@ def masked_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     mask from ``fastgen.ops.conv.reference.pixelcnn_mask``.  Types 'A' and 'B'; ``color_groups=3``
     gives the RGB ordering; ``stack='vertical'|'horizontal'`` the Gated PixelCNN stacks.
     dtypes float32/float16/bfloat16 on Triton; float32 uses TF32 exactly when ``nn.Conv2d``
-    would (``torch.backends.cudnn.allow_tf32``); float64 runs on the reference.
+    would (``torch.backends.cudnn.allow_tf32``); float64 runs on the reference.  Under
+    ``torch.autocast`` x, weight and bias are cast to the autocast dtype, as ``nn.Conv2d``'s are,
+    and so is the output.
     ``backend``: None (automatic), 'reference' or 'triton'.  The Triton path returns a
     channels-last tensor; given one (channel stride 1) it reads it without a copy.
     """
@@ -202,7 +213,7 @@ def _masked_backward(grad_y, x, weight, w_packed, mask_type, color_groups, dilat
             gb.to(weight.dtype) if gb is not None else None]
 
 
-@define_op("masked_conv2d", family="conv", tf32="conv",
+@define_op("masked_conv2d", family="conv", tf32="conv", autocast=_AUTOCAST,
            fake=lambda x, weight, bias, *args: x.new_empty(x.shape[0], x.shape[2], x.shape[3],
                                                            weight.shape[0]).permute(0, 3, 1, 2))
 def _masked_conv2d_kernel(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask_type: str,
@@ -243,13 +254,14 @@ def _check_causal_conv1d(x, weight, bias, dilation):
     _validate.positive_int("dilation", dilation)
 
 
+@_AUTOCAST
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1,
                   backend: Optional[Literal["reference", "triton"]] = None) -> Tensor:
     """Causal dilated 1-D convolution with autograd: output length equals input length.
 
     x: [B, C_in, T], weight: [C_out, C_in, k], bias: [C_out] or None
     -> [B, C_out, T] = conv1d(pad_left(x, d*(k-1)), weight, bias, dilation=d).
-    dtypes and backends as ``masked_conv2d``; the Triton path returns a tensor whose
+    dtypes, autocast and backends as ``masked_conv2d``; the Triton path returns a tensor whose
     channel stride is 1 (``[B, T, C]`` in memory) and reads such inputs without a copy.
     """
     _check_causal_conv1d(x, weight, bias, dilation)
@@ -277,7 +289,7 @@ def _causal_backward(grad_y, x, weight, w_packed, dilation, needs=(True, True, T
             gb.to(weight.dtype) if gb is not None else None]
 
 
-@define_op("causal_conv1d", family="conv", tf32="conv",
+@define_op("causal_conv1d", family="conv", tf32="conv", autocast=_AUTOCAST,
            fake=lambda x, weight, bias, dilation: x.new_empty(x.shape[0], x.shape[2],
                                                               weight.shape[0]).transpose(1, 2))
 def _causal_conv1d_kernel(x: Tensor, weight: Tensor, bias: Optional[Tensor], dilation: int) -> Tensor:

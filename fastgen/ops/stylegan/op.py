@@ -18,6 +18,14 @@ kernels are ``fastgen.kernels.stylegan``.  Declared with ``fastgen.ops._define``
 
 TF32: bias_act and upfirdn2d have no dots; the conv follows ``torch.backends.cudnn.allow_tf32``
 like ``nn.Conv2d`` (``tf32="conv"``).
+
+Autocast (``fastgen.ops._define.Autocast``): ``modulated_conv2d`` is a convolution, so it does
+what ``nn.Conv2d`` does -- x, weight and styles are cast to the autocast dtype, the output has
+that dtype.  ``bias_act`` and ``upfirdn2d`` are memory-bound elementwise / filtering passes with
+no dot products (their kernels compute in float32 whatever the storage dtype), so like
+PyTorch's elementwise ops they are not cast: the output keeps x's dtype.  All three run with
+autocast disabled inside, so the references' float32 math (upfirdn2d's ``F.conv2d``) stays
+float32.
 """
 import math
 from typing import List, Optional, Sequence, Union
@@ -26,13 +34,15 @@ import torch
 from torch import Tensor
 
 from fastgen.ops import _backend
-from fastgen.ops._define import define_autograd, define_op
+from fastgen.ops._define import Autocast, define_autograd, define_op
 from fastgen.ops.stylegan import reference
 from fastgen.ops.stylegan.reference import ACTIVATIONS, parse_padding, parse_scaling
 
 _FAMILY = "stylegan"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_GRID_YZ = 65535
+_KEEP = Autocast("keep")                                            # bias_act, upfirdn2d
+_LOWER = Autocast("lower", cast=("x", "weight", "styles"))          # modulated_conv2d (module docstring)
 
 
 def _tensor(op: str, name: str, value, legend: str, ndim: Optional[Sequence[int]] = None) -> Tensor:
@@ -73,7 +83,7 @@ def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.contiguous()
 
 
-@define_op("bias_act", family=_FAMILY, tf32="matmul",
+@define_op("bias_act", family=_FAMILY, tf32="matmul", autocast=_KEEP,
            fake=lambda x, b, act, alpha, gain, clamp, dim: torch.empty_like(x, memory_format=torch.contiguous_format))
 def _bias_act_kernel(x: Tensor, b: Optional[Tensor], act: str, alpha: float, gain: float, clamp: float,
                      dim: int) -> Tensor:
@@ -184,6 +194,7 @@ define_autograd(
 )
 
 
+@_KEEP
 def bias_act(x: Tensor, b: Optional[Tensor] = None, dim: int = 1, act: str = "linear", alpha: Optional[float] = None,
              gain: Optional[float] = None, clamp: Optional[float] = None, backend: Optional[str] = None) -> Tensor:
     """Fused bias + activation + gain + clamp, StyleGAN2-ADA's ``bias_act``:
@@ -193,7 +204,8 @@ def bias_act(x: Tensor, b: Optional[Tensor] = None, dim: int = 1, act: str = "li
     x: any shape [..., C (at ``dim``), ...]; b: [C] or None (broadcast along ``dim``); act: one
     of 'linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu', 'softplus', 'swish';
     alpha: lrelu's negative slope (default 0.2; others ignore it); gain: default sqrt(2) for
-    relu and lrelu, 1 for the others; clamp: None (or negative) = no clamping.  Returns y like x.
+    relu and lrelu, 1 for the others; clamp: None (or negative) = no clamping.  Returns y like x
+    (b is cast to x's dtype), also under ``torch.autocast``, which leaves it uncast.
 
     Gradients to x and b of every order.  The backward is one kernel that reads only the
     incoming gradient and the forward's output y for every activation except swish, which is
@@ -234,7 +246,7 @@ def _upfirdn2d_fake(x, f, upx, upy, downx, downy, x0, x1, y0, y1, flip_filter, g
     return x.new_empty(x.shape[0], x.shape[1], OH, OW)
 
 
-@define_op("upfirdn2d", family=_FAMILY, tf32="matmul", fake=_upfirdn2d_fake)
+@define_op("upfirdn2d", family=_FAMILY, tf32="matmul", autocast=_KEEP, fake=_upfirdn2d_fake)
 def _upfirdn2d_kernel(x: Tensor, f: Tensor, upx: int, upy: int, downx: int, downy: int, x0: int, x1: int,
                       y0: int, y1: int, flip_filter: bool, gain: float) -> Tensor:
     """Upsample (zero insertion), pad, FIR filter, downsample: one pass, nothing materialised."""
@@ -292,6 +304,7 @@ def _check_filter(op: str, x: Tensor, f: Optional[Tensor], name: str = "f") -> N
     _same_device(op, x, **{name: f})
 
 
+@_KEEP
 def upfirdn2d(x: Tensor, f: Optional[Tensor], up: Union[int, Sequence[int]] = 1, down: Union[int, Sequence[int]] = 1,
               padding: Union[int, Sequence[int]] = 0, flip_filter: bool = False, gain: float = 1,
               backend: Optional[str] = None) -> Tensor:
@@ -305,6 +318,7 @@ def upfirdn2d(x: Tensor, f: Optional[Tensor], up: Union[int, Sequence[int]] = 1,
     down_x + 1].  The convolution is a true one (f flipped) unless ``flip_filter`` (then a
     correlation); f is multiplied by gain (2-D) or each axis by sqrt(gain) (separable) -- there
     is no implicit up^2: pass gain = up_x up_y to keep a constant's level, as ``upsample2d`` does.
+    Returns x's dtype (computed in float32), also under ``torch.autocast``, which leaves it uncast.
 
     Differentiable in x to every order: the gradient is upfirdn2d itself (up and down swapped,
     the filter flipped, padding (f - 1 - p0, size up - out down + p0 - up + 1) per axis).  No
@@ -362,7 +376,7 @@ def downsample2d(x: Tensor, f: Optional[Tensor], down: Union[int, Sequence[int]]
 
 # -------------------------------------------------------------------------- modulated_conv2d
 
-@define_op("stylegan_conv", family=_FAMILY, tf32="conv",
+@define_op("stylegan_conv", family=_FAMILY, tf32="conv", autocast=_LOWER,
            fake=lambda x, weight, styles, dcoefs, up, stride, py, px, oh, ow, flip_weight: x.new_empty(
                x.shape[0], weight.shape[0], oh, ow))
 def _conv_kernel(x: Tensor, weight: Tensor, styles: Tensor, dcoefs: Optional[Tensor], up: int, stride: int,
@@ -435,6 +449,7 @@ define_autograd(
 )
 
 
+@_LOWER
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, up: int = 1, down: int = 1,
                      padding: Union[int, Sequence[int]] = 0, resample_filter: Optional[Tensor] = None,
                      noise: Optional[Tensor] = None, flip_weight: bool = True,
@@ -450,7 +465,10 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     separable [fw], prepared e.g. by ``setup_filter([1, 3, 3, 1])``; None = identity);
     noise: None or a tensor broadcastable to the output (StyleGAN2: [N, 1, H_out, W_out]);
     flip_weight: True = ``F.conv2d``'s correlation, False = a true convolution (StyleGAN2 passes
-    ``up == 1``).  Returns [N, C_out, H_out, W_out] in x's dtype.  conv2d_resample: up > 1 --
+    ``up == 1``).  Returns [N, C_out, H_out, W_out] in x's dtype; under ``torch.autocast`` x,
+    weight and styles are first cast to the autocast dtype (as ``nn.Conv2d`` casts its inputs),
+    so the output has that dtype (noise and the filter are used as given).
+    conv2d_resample: up > 1 --
     upsample with the filter (gain up^2) then convolve; down > 1 -- convolve then filter and
     downsample; padding grows by the filter's centring ((fw + up - 1) // 2, (fw - up) // 2)
     resp. ((fw - down + 1) // 2, (fw - down) // 2) per axis.
