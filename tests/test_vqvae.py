@@ -1,14 +1,18 @@
 """VQ-VAE and VQ-VAE-2 (fastgen.models.vqvae): shapes, the straight-through gradient, training on
 the digits, sampling through Gated PixelCNN priors (fast == naive for the same generator),
-bad input."""
+bad input; the two-stage models fastgen train trains (VQVAEWithPrior, VQVAE2WithPriors): one
+part trained per stage, the frozen autoencoder untouched, the codes sorted at the boundary, the
+stage restored with the weights."""
 import math
 
 import pytest
 import torch
+from torch import nn
 
 from fastgen.data import load_digits
 from fastgen.models.pixelcnn import GatedPixelCNN
-from fastgen.models.vqvae import VQVAE, VQVAE2, VQCodes, VQLoss, VQSample, fit_prior, make_prior
+from fastgen.models.vqvae import (VQVAE, VQVAE2, NLLBound, StageLoss, VQCodes, VQLoss, VQSample, VQVAE2WithPriors,
+                                  VQVAEWithPrior, fit_prior, make_prior)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -259,3 +263,163 @@ def test_demo_cli_runs(tmp_path, capsys):
     assert (tmp_path / "vqvae.png").exists()
     for word in ("perplexity", "bits/code", "fast", "naive"):
         assert word in out
+
+
+# ------------------------------------------------------------------ two stages, one model (fastgen train vqvae)
+
+def _staged(cls=VQVAEWithPrior, **kw):
+    args = dict(hidden=8, codes=8, code_dim=4, res_blocks=1, prior={"channels": 8, "layers": 2}, prior_start=2)
+    args.update(kw)
+    return cls(**args)
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _train_steps(model, optimizers, images, steps, labels=None):
+    """What fastgen train's loop does per step: clear the gradients, backward, step every
+    optimizer, count the step.  Returns the stages of the steps taken."""
+    stages = []
+    for _ in range(steps):
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        out = model.loss(images, labels)
+        out.total.backward()
+        for opt in optimizers:
+            opt.step()
+        model.count_step()
+        stages.append(out.stage)
+    return stages
+
+
+@pytest.mark.parametrize("cls", [VQVAEWithPrior, VQVAE2WithPriors])
+def test_two_stages_train_one_part_at_a_time(cls):
+    """Stage 1 moves the autoencoder (and its EMA codebook) only, stage 2 the prior(s) only: the
+    frozen autoencoder, its buffers and its Adam state stay bit for bit (no gradients, so Adam
+    skips it, moments included).  The optimizers are fastgen train's (one Adam per part)."""
+    from fastgen.train import REGISTRY
+    torch.manual_seed(0)
+    model = _staged(cls)
+    optimizers = REGISTRY["vqvae" if cls is VQVAEWithPrior else "vqvae2"].optimizers(model, 1e-2)
+    autoencoder_opt, prior_opt = optimizers
+    x = load_digits("train").images[:16]
+    priors = {k: v for k, v in _params(model).items() if not k.startswith("autoencoder.") and k != "trained_steps"}
+    start = _params(model.autoencoder)
+    assert model.stage == "autoencoder" and int(model.trained_steps) == 0
+    assert _train_steps(model, optimizers, x, 2) == ["autoencoder", "autoencoder"]
+    assert model.stage == "prior" and int(model.trained_steps) == 2
+    after_stage_1 = _params(model.autoencoder)
+    assert any(not torch.equal(v, start[k]) for k, v in after_stage_1.items() if k.endswith("codebook"))
+    assert not torch.equal(after_stage_1["decoder.0.weight"], start["decoder.0.weight"])
+    assert all(torch.equal(v, _params(model)[k]) for k, v in priors.items())          # prior untouched
+    assert not prior_opt.state
+    adam_1 = {id(p): {k: v.clone() for k, v in s.items()} for p, s in autoencoder_opt.state.items()}
+    assert _train_steps(model, optimizers, x, 2) == ["prior", "prior"]
+    assert all(p.grad is None for p in model.autoencoder.parameters())
+    now = _params(model.autoencoder)
+    assert all(torch.equal(now[k], v) for k, v in after_stage_1.items())              # frozen, buffers included
+    assert {id(p) for p in autoencoder_opt.state} == adam_1.keys()
+    for p, s in autoencoder_opt.state.items():
+        assert all(torch.equal(v, adam_1[id(p)][k]) for k, v in s.items())
+    assert any(not torch.equal(v, _params(model)[k]) for k, v in priors.items())      # the prior trained
+    assert {int(s["step"]) for s in prior_opt.state.values()} == {2}
+
+
+@pytest.mark.parametrize("cls", [VQVAEWithPrior, VQVAE2WithPriors])
+def test_stage_losses_are_the_parts_losses(cls):
+    """Stage 1's loss is the autoencoder's VQ loss; stage 2's the NLL bound through the
+    prior(s) (= bits_per_dim), whose gradient reaches the priors only."""
+    model = _staged(cls).eval()                      # eval: no EMA update, so the losses can be compared
+    x = _images(n=6)
+    out = model.loss(x)
+    assert isinstance(out, StageLoss) and out.stage == "autoencoder" and out.bound is None
+    assert torch.equal(out.total, model.autoencoder.loss(x).total)
+    assert set(out.log_terms()) == {"stage", "reconstruction bits/dim", "commitment"}
+    model.set_trained_steps(2)
+    out = model.loss(x)
+    assert out.stage == "prior" and out.autoencoder is None and isinstance(out.bound, NLLBound)
+    priors = (model.prior,) if cls is VQVAEWithPrior else (model.top_prior, model.bottom_prior)
+    with torch.no_grad():
+        expected = model.autoencoder.bits_per_dim(x, *priors)
+    torch.testing.assert_close(out.total, expected)
+    torch.testing.assert_close(out.bound.total, out.bound.reconstruction + out.bound.prior)
+    torch.testing.assert_close(out.bound.reconstruction, model.autoencoder.loss(x).reconstruction)
+    assert out.log_terms()["bits/dim"] == out.total.detach()
+    out.total.backward()
+    assert all(p.grad is None for p in model.autoencoder.parameters())
+    # the last gated layer's vertical output is never read, so a conditioned prior's last
+    # cond_vertical gets no gradient (the reason DDP needs find_unused_parameters for it too)
+    dead = {id(prior.layers[-1].cond_vertical.weight) for prior in priors if hasattr(prior.layers[-1], "cond_vertical")}
+    assert all(p.grad is not None for prior in priors for p in prior.parameters() if id(p) not in dead)
+
+
+@pytest.mark.parametrize("cls", [VQVAEWithPrior, VQVAE2WithPriors])
+def test_the_step_that_ends_stage_one_sorts_the_codes(cls):
+    import copy
+    model = _staged(cls, prior_start=1)
+    model.loss(_images(n=8))                         # training mode: moves the EMA codebook
+    reference = copy.deepcopy(model.autoencoder)
+    reference.sort_codes()
+    model.count_step()
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.autoencoder.state_dict().items())
+    unsorted = _staged(cls, prior_start=1, sort_codes=False)
+    before = _params(unsorted.autoencoder)
+    unsorted.count_step()
+    assert all(torch.equal(v, unsorted.autoencoder.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("cls", [VQVAEWithPrior, VQVAE2WithPriors])
+def test_staged_sampling_fast_equals_naive_and_class_conditional(cls):
+    model = _staged(cls, num_classes=3).eval()
+    labels = torch.tensor([0, 2, 1, 0])
+    fast = model.sample(4, labels, generator=torch.Generator().manual_seed(2))
+    naive = model.sample(4, labels, method="naive", generator=torch.Generator().manual_seed(2))
+    assert fast.images.shape == (4, 1, 8, 8) and fast.images.dtype == torch.long
+    assert 0 <= int(fast.images.min()) and int(fast.images.max()) < 17
+    assert torch.equal(fast.images, naive.images)
+    model.set_trained_steps(2)
+    assert torch.isfinite(model.loss(_images(n=4), labels).total)
+    with pytest.raises(ValueError, match="conditional"):
+        model.loss(_images(n=4))                     # stage 2 needs the class ids
+
+
+def test_staged_models_bad_arguments():
+    with pytest.raises(ValueError, match="prior_start must be >= 0"):
+        _staged(prior_start=-1)
+    with pytest.raises(TypeError, match="prior_start must be an int"):
+        _staged(prior_start=0.5)
+    with pytest.raises(TypeError, match="nosuch"):
+        _staged(nosuch=1)                            # an unknown autoencoder argument
+    with pytest.raises(TypeError, match="nosuch"):
+        _staged(prior={"nosuch": 1})
+    with pytest.raises(ValueError, match="H and W must be divisible by 4"):
+        _staged(VQVAE2WithPriors, image_shape=(1, 6, 6))
+
+
+def test_fastgen_train_names_the_size_vqvae2_needs():
+    """VQ-VAE-2's two code levels need H and W divisible by 2 * downsample: fastgen train says so."""
+    from fastgen.train import REGISTRY, UsageError
+    from fastgen.train.registry import DataInfo
+    spec = REGISTRY["vqvae2"]
+    args = spec.defaults(DataInfo("image", (1, 6, 6), levels=17))
+    with pytest.raises(UsageError, match=r"cannot build vqvae2.*H and W must be divisible by 4 \(downsample=2 and the "
+                                         r"top level halves it again\)"):
+        spec.make(args)
+    model = spec.make(spec.defaults(DataInfo("image", (1, 8, 8), levels=17)))
+    assert model.autoencoder.top_shape == (2, 2) and model.autoencoder.bottom_shape == (4, 4)
+
+
+def test_loading_a_state_dict_restores_the_stage():
+    """The step count is a buffer (checkpoints carry it); the host copy that picks the stage
+    follows every load_state_dict, also through a parent module."""
+    trained = _staged(prior_start=2)
+    trained.count_step()
+    trained.count_step()
+    assert trained.stage == "prior"
+    fresh = _staged(prior_start=2)
+    assert fresh.stage == "autoencoder"
+    nn.ModuleDict({"model": fresh}).load_state_dict({f"model.{k}": v for k, v in trained.state_dict().items()})
+    assert fresh.stage == "prior" and int(fresh.trained_steps) == 2
+    fresh.count_step()
+    assert int(fresh.trained_steps) == 3 and fresh._steps == 3

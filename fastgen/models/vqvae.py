@@ -45,9 +45,19 @@ as one vector: its code vectors flattened, ``[B, code_dim * h_t * w_t]``
 (``VQVAE2.bottom_condition``) -- every layer adds a linear function of it to every position.
 That is a simpler choice than the paper's (which feeds the top map spatially through a
 conditioning stack) and it fits small top maps like the 2x2 of the 8x8 digits.
+
+Two stages, one model (``VQVAEWithPrior``, ``VQVAE2WithPriors``: what ``fastgen train vqvae`` /
+``vqvae2`` train and checkpoint as one model).  The wrapper holds the autoencoder and its
+prior(s) and counts its optimizer steps in a buffer; the first ``prior_start`` steps train the
+autoencoder (stage 1: the VQ loss above), every later one the prior(s) with the autoencoder
+frozen (stage 2: the NLL bound above, ``nll_bound``, codes under no_grad, so only prior parameters
+get gradients and an optimizer skips the autoencoder's, Adam moments included).  The step that
+ends stage 1 sorts the codebooks (``sort_codes``).  Stage 2's loss is the bound in bits/dim,
+reconstruction (a constant of the frozen autoencoder) + the prior's bits / (C H W): the prior's
+usual bits-per-code loss scaled by codes / (C H W), which Adam's updates do not see.
 """
 import math
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +71,8 @@ from fastgen.ops import nearest_code
 from fastgen.sampling import gumbel_noise
 from fastgen.sampling import sample as _sample_autoregressive
 
-__all__ = ["VQCodes", "VQLoss", "VQSample", "VQVAE", "VQVAE2", "fit_prior", "make_prior"]
+__all__ = ["NLLBound", "StageLoss", "VQCodes", "VQLoss", "VQSample", "VQVAE", "VQVAE2", "VQVAE2WithPriors",
+           "VQVAEWithPrior", "fit_prior", "make_prior"]
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 DECODERS = ("logistic", "categorical")
@@ -82,6 +93,15 @@ class VQCodes(NamedTuple):
     """The two code maps of a VQ-VAE-2: ``top`` [B, h_t, w_t] and ``bottom`` [B, h_b, w_b] (long)."""
     top: Tensor
     bottom: Tensor
+
+
+class NLLBound(NamedTuple):
+    """The upper bound on a batch's NLL through a prior, in bits/dim (float32 scalars, batch
+    means): ``total = reconstruction + prior``; ``reconstruction`` = -log2 p(x | z_q) / (C H W),
+    ``prior`` = -log2 p(z_q) / (C H W) (the code maps' bits spread over the image's values)."""
+    total: Tensor
+    reconstruction: Tensor
+    prior: Tensor
 
 
 class VQSample(NamedTuple):
@@ -327,34 +347,44 @@ class VQVAE(_VQBase):
         """decode(encode(images)): [B, C, H, W] long."""
         return self.decode(self.encode(images), sample, generator)
 
+    def nll_bound(self, images: Tensor, prior: nn.Module, cond: Optional[Tensor] = None) -> NLLBound:
+        """The upper bound on the NLL, -log p(x) <= -log p(x | z_q) - log p(z_q), in bits/dim
+        (batch means) as ``NLLBound(total, reconstruction, prior)``: reconstruction bits/dim +
+        the prior's bits for the code map / (C H W).  The autoencoder runs under no_grad (frozen);
+        the prior's term carries its gradient, so a prior trains on it.  ``cond``: the prior's
+        conditioning (e.g. class ids [B]) or None."""
+        self._check_prior(prior, "prior", self.code_shape, self.codes, None)
+        with torch.no_grad():
+            codes = self.encode(images)
+            out = self.decoder(_code_vectors(self.quantizer, codes, self._dtype()))
+            reconstruction = self._reconstruction_bits(images, out)
+        prior_bits = prior.loss(codes[:, None], cond) * math.prod(self.code_shape) / self.dims
+        return NLLBound(reconstruction + prior_bits, reconstruction, prior_bits)
+
     @torch.no_grad()
     def bits_per_dim(self, images: Tensor, prior: nn.Module) -> Tensor:
-        """Upper bound on the NLL in bits/dim (batch mean, a scalar): reconstruction bits/dim +
-        the prior's bits for the code map / (C H W)  (log p(x) >= log p(x|z_q) + log p(z_q))."""
-        self._check_prior(prior, "prior", self.code_shape, self.codes, None)
-        codes = self.encode(images)
-        out = self.decoder(_code_vectors(self.quantizer, codes, self._dtype()))
-        prior_bits = prior.loss(codes[:, None]) * math.prod(self.code_shape)
-        return self._reconstruction_bits(images, out) + prior_bits / self.dims
+        """Upper bound on the NLL in bits/dim (batch mean, a scalar): ``nll_bound(...).total``."""
+        return self.nll_bound(images, prior).total
 
     @torch.no_grad()
     def sample(self, n: int, prior: nn.Module, cond: Optional[Tensor] = None, method: str = "fast",
                generator: Optional[torch.Generator] = None, temperature: float = 1.0, sample_pixels: bool = False,
-               progress: Optional[Callable[[int], None]] = None) -> VQSample:
+               progress: Optional[Callable[[int], None]] = None, cuda_graph: bool = False) -> VQSample:
         """Draw ``n`` code maps from ``prior`` (a ``GatedPixelCNN(image_shape=(1, h, w),
         levels=codes, ...)``, e.g. from ``make_prior``) with ``fastgen.sampling.sample`` (method
-        'fast' or 'naive', ``generator`` and ``temperature`` as there; ``cond``: the prior's
-        conditioning, e.g. class ids [n]) and decode them (``decode``; ``sample_pixels`` draws
-        from p(x | codes), with the same generator).  Returns ``VQSample(images, codes)``."""
+        'fast' or 'naive', ``generator``, ``temperature`` and ``cuda_graph`` as there; ``cond``:
+        the prior's conditioning, e.g. class ids [n]) and decode them (``decode``;
+        ``sample_pixels`` draws from p(x | codes), with the same generator).  Returns
+        ``VQSample(images, codes)``."""
         self._check_prior(prior, "prior", self.code_shape, self.codes, None)
-        codes = _sample_codes(prior, n, cond, method, generator, temperature, progress)
+        codes = _sample_codes(prior, n, cond, method, generator, temperature, progress, cuda_graph)
         return VQSample(self.decode(codes, sample_pixels, generator), codes)
 
 
-def _sample_codes(prior, n, cond, method, generator, temperature, progress) -> Tensor:
+def _sample_codes(prior, n, cond, method, generator, temperature, progress, cuda_graph=False) -> Tensor:
     """A code map [n, h, w] from a prior over [n, 1, h, w] (``fastgen.sampling.sample``)."""
     return _sample_autoregressive(prior, n, cond, method=method, generator=generator, temperature=temperature,
-                         progress=progress)[:, 0]
+                                  progress=progress, cuda_graph=cuda_graph)[:, 0]
 
 
 # --------------------------------------------------------------------------------- VQ-VAE-2
@@ -457,31 +487,41 @@ class VQVAE2(_VQBase):
         self.check_codes(top, self.top_shape, "top")
         return _code_vectors(self.quantizer_top, top, self._dtype()).flatten(1)
 
-    @torch.no_grad()
-    def bits_per_dim(self, images: Tensor, top_prior: nn.Module, bottom_prior: nn.Module) -> Tensor:
-        """Upper bound on the NLL in bits/dim (batch mean): reconstruction bits/dim + both
-        priors' bits for the code maps / (C H W)."""
+    def nll_bound(self, images: Tensor, top_prior: nn.Module, bottom_prior: nn.Module,
+                  cond: Optional[Tensor] = None) -> NLLBound:
+        """The upper bound on the NLL in bits/dim (batch means) as ``NLLBound(total,
+        reconstruction, prior)``: reconstruction bits/dim + both priors' bits for the code maps /
+        (C H W).  As ``VQVAE.nll_bound``: the autoencoder frozen (no_grad), the priors' terms
+        carry their gradients.  ``cond``: the top prior's conditioning or None."""
         self._check_prior(top_prior, "top_prior", self.top_shape, self.codes, None)
         self._check_prior(bottom_prior, "bottom_prior", self.bottom_shape, self.codes, self.bottom_cond_channels)
-        codes = self.encode(images)
-        out = self._decode_vectors(*self._checked_vectors(codes))
-        prior_bits = (top_prior.loss(codes.top[:, None]) * math.prod(self.top_shape)
-                      + bottom_prior.loss(codes.bottom[:, None], self.bottom_condition(codes.top))
-                      * math.prod(self.bottom_shape))
-        return self._reconstruction_bits(images, out) + prior_bits / self.dims
+        with torch.no_grad():
+            codes = self.encode(images)
+            reconstruction = self._reconstruction_bits(images, self._decode_vectors(*self._checked_vectors(codes)))
+            bottom_cond = self.bottom_condition(codes.top)
+        prior_bits = (top_prior.loss(codes.top[:, None], cond) * math.prod(self.top_shape)
+                      + bottom_prior.loss(codes.bottom[:, None], bottom_cond) * math.prod(self.bottom_shape))
+        prior_bits = prior_bits / self.dims
+        return NLLBound(reconstruction + prior_bits, reconstruction, prior_bits)
+
+    @torch.no_grad()
+    def bits_per_dim(self, images: Tensor, top_prior: nn.Module, bottom_prior: nn.Module) -> Tensor:
+        """Upper bound on the NLL in bits/dim (batch mean): ``nll_bound(...).total``."""
+        return self.nll_bound(images, top_prior, bottom_prior).total
 
     @torch.no_grad()
     def sample(self, n: int, top_prior: nn.Module, bottom_prior: nn.Module, cond: Optional[Tensor] = None,
                method: str = "fast", generator: Optional[torch.Generator] = None, temperature: float = 1.0,
-               sample_pixels: bool = False) -> VQSample:
+               sample_pixels: bool = False, cuda_graph: bool = False) -> VQSample:
         """Draw ``n`` top maps from ``top_prior`` (``cond``: its conditioning, or None), then the
         bottom maps from ``bottom_prior`` given ``bottom_condition(top)``, both with
         ``fastgen.sampling.sample`` (method, generator -- used for both, in that order --,
-        temperature), and decode.  Returns ``VQSample(images, VQCodes(top, bottom))``."""
+        temperature, cuda_graph), and decode.  Returns ``VQSample(images, VQCodes(top, bottom))``."""
         self._check_prior(top_prior, "top_prior", self.top_shape, self.codes, None)
         self._check_prior(bottom_prior, "bottom_prior", self.bottom_shape, self.codes, self.bottom_cond_channels)
-        top = _sample_codes(top_prior, n, cond, method, generator, temperature, None)
-        bottom = _sample_codes(bottom_prior, n, self.bottom_condition(top), method, generator, temperature, None)
+        top = _sample_codes(top_prior, n, cond, method, generator, temperature, None, cuda_graph)
+        bottom = _sample_codes(bottom_prior, n, self.bottom_condition(top), method, generator, temperature, None,
+                               cuda_graph)
         codes = VQCodes(top, bottom)
         return VQSample(self.decode(codes, sample_pixels, generator), codes)
 
@@ -583,3 +623,161 @@ def fit_prior(model: Union[VQVAE, VQVAE2], images: Tensor, prior: nn.Module, ste
             iterator.set_postfix(bits_per_code=f"{losses[-1]:.3f}", refresh=False)
     prior.eval()
     return losses
+
+
+# --------------------------------------------------------------------------------- two stages, one model
+
+STAGES = ("autoencoder", "prior")
+
+
+class StageLoss(NamedTuple):
+    """One training step of a ``VQVAEWithPrior`` / ``VQVAE2WithPriors``: ``total`` (the scalar
+    to minimise), the ``stage`` ("autoencoder" or "prior") and its terms: ``autoencoder`` (the
+    ``VQLoss``) in stage 1, ``bound`` (the ``NLLBound``) in stage 2; the other one is None."""
+    total: Tensor
+    stage: str
+    autoencoder: Optional[VQLoss]
+    bound: Optional[NLLBound]
+
+    def log_terms(self) -> Dict[str, Union[str, Tensor]]:
+        """The stage and its terms for a training log (detached scalars): stage 1 the
+        reconstruction bits/dim and the commitment term; stage 2 the NLL bound in bits/dim and
+        the prior's share of it."""
+        if self.stage == "autoencoder":
+            return {"stage": self.stage, "reconstruction bits/dim": self.autoencoder.reconstruction.detach(),
+                    "commitment": self.autoencoder.commitment.detach()}
+        return {"stage": self.stage, "bits/dim": self.bound.total.detach(), "prior bits/dim": self.bound.prior.detach()}
+
+
+def _refresh_host_steps(module: "_TwoStage", incompatible_keys) -> None:
+    """load_state_dict's post-hook: the host copy of the loaded step count."""
+    module._host_steps(int(module.trained_steps))
+
+
+class _TwoStage(nn.Module):
+    """What VQVAEWithPrior and VQVAE2WithPriors share: the step counter and the stage schedule,
+    the per-stage loss, sampling through the prior(s).
+
+    ``trained_steps`` (an int64 buffer, so checkpoints and resumes carry it) counts the
+    optimizer steps taken (``count_step`` after each); ``stage``, the stage of the next step, is
+    "autoencoder" while ``trained_steps < prior_start``, then "prior".  The model keeps a host
+    copy of the count (refreshed by ``load_state_dict``), so choosing the stage never waits for
+    the device, and ``stage`` is a plain attribute that changes once (torch.compile recompiles
+    once).
+
+    Stage 1 trains the autoencoder on its VQ loss (EMA codebook updates in training mode);
+    stage 2 trains the prior(s) on the NLL bound in bits/dim with the autoencoder frozen
+    (``nll_bound``: codes and reconstruction under no_grad), so only the prior parameters get
+    gradients.  With ``sort_codes``, the step that ends stage 1 re-indexes the codebook(s)
+    (``_VQBase.sort_codes``) so that the prior, which reads a code index as a scalar, sees
+    nearby indices for similar codes.
+    """
+
+    autoencoder: Union["VQVAE", "VQVAE2"]
+
+    def _setup_stages(self, prior_start: int, sort_codes: bool, num_classes: Optional[int]) -> None:
+        self.prior_start = check_int(prior_start, "prior_start", 0)
+        self.sort_at_boundary = bool(sort_codes)
+        self.num_classes = None if num_classes is None else check_int(num_classes, "num_classes", 1)
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.int64))
+        self._host_steps(0)
+        self.register_load_state_dict_post_hook(_refresh_host_steps)
+
+    def _host_steps(self, steps: int) -> None:
+        self._steps = steps                                   # trained_steps on the host
+        self.stage = STAGES[steps >= self.prior_start]        # the stage of the next step
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return self.autoencoder.image_shape
+
+    @property
+    def levels(self) -> int:
+        return self.autoencoder.levels
+
+    @torch.no_grad()
+    def set_trained_steps(self, steps: int) -> None:
+        """Set the step counter (and with it the stage), e.g. to start in stage 2."""
+        self.trained_steps.fill_(check_int(steps, "steps", 0))
+        self._host_steps(steps)
+
+    @torch.no_grad()
+    def count_step(self) -> None:
+        """Call after every optimizer step: one more step trained; the step that ends stage 1
+        sorts the codebooks (``sort_codes``)."""
+        self.trained_steps.add_(1)
+        self._host_steps(self._steps + 1)
+        if self.sort_at_boundary and self._steps == self.prior_start:
+            self.autoencoder.sort_codes()
+
+    def loss(self, images: Tensor, labels: Optional[Tensor] = None) -> StageLoss:
+        """The loss of the current stage for images [B, C, H, W] (long, [0, levels)) and, for a
+        class-conditional prior, class ids ``labels`` [B] (read in stage 2 only)."""
+        if self.stage == "autoencoder":
+            vq = self.autoencoder.loss(images)
+            return StageLoss(vq.total, "autoencoder", vq, None)
+        bound = self._nll_bound(images, labels)
+        return StageLoss(bound.total, "prior", None, bound)
+
+    def _nll_bound(self, images: Tensor, labels: Optional[Tensor]) -> NLLBound:
+        raise NotImplementedError
+
+
+class VQVAEWithPrior(_TwoStage):
+    """A ``VQVAE`` and a Gated PixelCNN prior over its code map, trained in two stages as one
+    model (what ``fastgen train vqvae`` trains; see ``_TwoStage`` for the schedule).
+
+    image_shape, levels and ``**autoencoder`` (hidden, codes, code_dim, downsample, decoder,
+    res_blocks, beta, ema, decay, dead_code_steps): the ``VQVAE``'s arguments.  prior: the
+    prior's ``GatedPixelCNN`` arguments (channels, layers, kernel_size, head_channels; see
+    ``make_prior``).  prior_start: the number of autoencoder steps (stage 1); every later step
+    trains the prior.  num_classes: a class-conditional prior (class ids [B]) or None.
+    ``sample`` draws codes from the prior and decodes them."""
+
+    def __init__(self, image_shape: Sequence[int] = (1, 8, 8), levels: int = 17, prior: Optional[dict] = None,
+                 prior_start: int = 600, sort_codes: bool = True, num_classes: Optional[int] = None, **autoencoder):
+        super().__init__()
+        self._setup_stages(prior_start, sort_codes, num_classes)
+        self.autoencoder = VQVAE(image_shape, levels, **autoencoder)
+        self.prior = make_prior(self.autoencoder, num_classes=self.num_classes, **(prior or {}))
+
+    def _nll_bound(self, images: Tensor, labels: Optional[Tensor]) -> NLLBound:
+        return self.autoencoder.nll_bound(images, self.prior, labels)
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: Optional[Tensor] = None, method: str = "fast",
+               generator: Optional[torch.Generator] = None, temperature: float = 1.0, sample_pixels: bool = False,
+               cuda_graph: bool = False) -> VQSample:
+        """``VQSample(images [n, C, H, W] long, codes [n, h, w])`` through the prior
+        (``VQVAE.sample``; ``cond``: class ids [n] for a class-conditional prior)."""
+        return self.autoencoder.sample(n, self.prior, cond, method, generator, temperature, sample_pixels,
+                                       cuda_graph=cuda_graph)
+
+
+class VQVAE2WithPriors(_TwoStage):
+    """A ``VQVAE2`` and its two Gated PixelCNN priors (the top map's; the bottom map's,
+    conditioned on the top codes), trained in two stages as one model (``fastgen train
+    vqvae2``; the schedule as ``_TwoStage``: stage 2 trains both priors at once, on the NLL
+    bound, whose top and bottom terms involve disjoint parameters).  Arguments as
+    ``VQVAEWithPrior``, ``**autoencoder`` the ``VQVAE2``'s; ``prior`` configures both priors;
+    num_classes conditions the top prior."""
+
+    def __init__(self, image_shape: Sequence[int] = (1, 8, 8), levels: int = 17, prior: Optional[dict] = None,
+                 prior_start: int = 600, sort_codes: bool = True, num_classes: Optional[int] = None, **autoencoder):
+        super().__init__()
+        self._setup_stages(prior_start, sort_codes, num_classes)
+        self.autoencoder = VQVAE2(image_shape, levels, **autoencoder)
+        self.top_prior = make_prior(self.autoencoder, "top", num_classes=self.num_classes, **(prior or {}))
+        self.bottom_prior = make_prior(self.autoencoder, "bottom", **(prior or {}))
+
+    def _nll_bound(self, images: Tensor, labels: Optional[Tensor]) -> NLLBound:
+        return self.autoencoder.nll_bound(images, self.top_prior, self.bottom_prior, labels)
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: Optional[Tensor] = None, method: str = "fast",
+               generator: Optional[torch.Generator] = None, temperature: float = 1.0, sample_pixels: bool = False,
+               cuda_graph: bool = False) -> VQSample:
+        """``VQSample(images [n, C, H, W] long, VQCodes(top, bottom))`` through both priors
+        (``VQVAE2.sample``; ``cond``: class ids [n] for a class-conditional top prior)."""
+        return self.autoencoder.sample(n, self.top_prior, self.bottom_prior, cond, method, generator, temperature,
+                                       sample_pixels, cuda_graph=cuda_graph)
