@@ -1,8 +1,11 @@
 """Energy-based models (issue 12): SGLD (one step equals its formula through the fused diffusion
-step; a long run reproduces a Gaussian mixture's moments), the replay buffer, EBM training steps,
-JEM (its class posterior is the classifier's softmax; its energy is -logsumexp), the denoising and
-sliced score-matching losses against closed forms on a Gaussian, a JEM trained on the digits
-(slow), and bad input."""
+step; a long run reproduces a Gaussian mixture's moments), the replay buffer (distinct picks, a
+rank's block of rows, draws only from the given generator), EBM training steps, JEM (its class
+posterior is the classifier's softmax; its energy is -logsumexp), two processes sharing one
+buffer under DDP (identical copies, the averaged gradient), the denoising and sliced
+score-matching losses against closed forms on a Gaussian, a JEM trained on the digits (slow),
+and bad input."""
+import copy
 import math
 
 import pytest
@@ -11,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgen.models import EBM, JEM
-from fastgen.models.ebm import (ReplayBuffer, SGLDOptions, denoising_score_matching_loss, energy_grad, sgld,
-                                sliced_score_matching_loss)
+from fastgen.models.ebm import (BufferPart, EnergyNet, ReplayBuffer, SGLDOptions, denoising_score_matching_loss,
+                                energy_grad, process_group_part, sgld, sgld_options_of, sliced_score_matching_loss)
 
 # --------------------------------------------------------------------------------------------
 # SGLD
@@ -63,10 +66,49 @@ def test_replay_buffer():
     torch.testing.assert_close(x, buffer.images[index])
     buffer.update(index, torch.full_like(x, 0.25))
     assert (buffer.images[index] == 0.25).all()
-    fresh, _ = buffer.sample(200, reinit=1.0)            # all restarted from uniform noise
+    fresh, _ = buffer.sample(50, reinit=1.0)             # all restarted from uniform noise
     assert fresh.std() > 0.4
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         ReplayBuffer(0, (1, 4, 4))
+
+
+def test_replay_buffer_picks_distinct_rows_of_its_block():
+    """Distinct rows (one write per row: the same result on every device); with a ``part`` only
+    rows of that block (rank 1 of 3 over 10 rows: 3..5)."""
+    buffer = ReplayBuffer(10, (1, 4, 4))
+    _, index = buffer.sample(10, reinit=0.0)
+    assert sorted(index.tolist()) == list(range(10))
+    assert [buffer.rows(BufferPart(r, 3)) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    for seed in range(5):
+        _, index = buffer.sample(3, 0.0, torch.Generator().manual_seed(seed), BufferPart(1, 3))
+        assert sorted(index.tolist()) == [3, 4, 5]
+    assert process_group_part() == BufferPart(0, 1)          # no process group: the whole buffer
+    with pytest.raises(ValueError, match="cannot start 4 chains from 3 rows"):
+        buffer.sample(4, part=BufferPart(0, 3))
+    with pytest.raises(ValueError, match="0 <= rank < parts"):
+        buffer.rows(BufferPart(3, 3))
+    saved = buffer.images.clone()
+    buffer.update(torch.arange(10), torch.zeros(10, 1, 4, 4))
+    buffer.load(saved)
+    assert torch.equal(buffer.images, saved) and buffer.images is not saved
+    with pytest.raises(ValueError, match=r"must have shape \(10, 1, 4, 4\)"):
+        buffer.load(saved[:5])
+
+
+def test_training_draws_come_from_the_generator_only():
+    """EBM's loss (the buffer's picks and restarts, SGLD's noise) reads only the generator: the
+    same seed gives the same loss, negatives and buffer, and the global RNG is left alone."""
+    torch.manual_seed(0)
+    a = EBM((1, 8, 8), channels=4, buffer_size=16, sgld_options={"steps": 3}, reinit=0.5)
+    b = copy.deepcopy(a)
+    real, _ = _digits(4)
+    state = torch.get_rng_state()
+    out_a = a.loss(real, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), state)
+    out_b = b.loss(real, torch.Generator().manual_seed(7))
+    assert torch.equal(out_a.loss, out_b.loss) and torch.equal(out_a.negatives, out_b.negatives)
+    assert torch.equal(a.buffer.images, b.buffer.images)
+    assert "buffer" not in " ".join(a.state_dict())          # training state, not weights
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +152,22 @@ class _Classifier(nn.Module):
         return self.net(x)
 
 
+def test_sgld_options_and_sample_steps():
+    """Options from JSON (a dict over the defaults); ``sample`` runs ``sample_steps`` SGLD steps
+    from noise drawn from its generator (0 steps: the noise itself)."""
+    assert sgld_options_of({"steps": 3, "clamp": [-2, 2]}) == SGLDOptions(steps=3, clamp=(-2, 2))
+    assert sgld_options_of([5, 1.0]) == SGLDOptions(5, 1.0)
+    with pytest.raises(ValueError, match="unknown SGLD options"):
+        sgld_options_of({"stepz": 3})
+    model = EBM((1, 8, 8), channels=4, buffer_size=4, sgld_options={"steps": 7}, sample_steps=0)
+    assert model.sgld_options.steps == 7 and model.sample_steps == 0
+    noise = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    torch.testing.assert_close(model.sample(3, generator=torch.Generator().manual_seed(1)), noise)
+    assert EBM((1, 8, 8), channels=4, buffer_size=4, sgld_options={"steps": 7}).sample_steps == 7
+    with pytest.raises(ValueError, match="sample_steps must be >= 0"):
+        EBM((1, 8, 8), channels=4, buffer_size=4, sample_steps=-1)
+
+
 def test_jem_posterior_is_the_classifiers_softmax():
     clf = _Classifier()
     jem = JEM(clf, (1, 8, 8), num_classes=10, buffer_size=32)
@@ -137,6 +195,59 @@ def test_jem_training_steps_and_conditional_sampling():
     torch.testing.assert_close(out.loss, out.classification + out.generative)
     assert 0 <= out.accuracy <= 1
     assert jem.sample(4, torch.tensor([0, 1, 2, 3]), options=SGLDOptions(steps=2)).shape == (4, 1, 8, 8)
+
+
+class _LossOf(nn.Module):
+    """A model and its loss as one module, as fastgen train hands it to DDP."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, real, labels, seed):
+        return self.model.loss(real, labels, torch.Generator().manual_seed(seed), shared=True).loss
+
+
+def _shared_buffer_worker(rank, init_file):
+    """Rank ``rank`` of 2 (gloo): JEM under DDP with a shared replay buffer, next to a twin that
+    takes the same steps without DDP.  SGLD differentiates the energy with respect to its inputs
+    inside DDP's forward; the gradient must still be the ranks' average, and the buffer copies
+    must stay identical."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = JEM(EnergyNet((1, 8, 8), channels=4, outputs=10), (1, 8, 8), 10, {"steps": 2}, buffer_size=12,
+                    reinit=0.25)
+        twin = copy.deepcopy(model)
+        x, y = _digits(8)
+        real, labels = x[4 * rank:4 * rank + 4], y[4 * rank:4 * rank + 4]
+        ddp = DistributedDataParallel(_LossOf(model))
+        assert process_group_part() == BufferPart(rank, 2)
+        before = model.buffer.images.clone()
+        for step in range(3):
+            for m in (model, twin):
+                m.zero_grad()
+            ddp(real, labels, 10 * step + rank).backward()
+            twin.loss(real, labels, torch.Generator().manual_seed(10 * step + rank), shared=True).loss.backward()
+            for p, q in zip(model.parameters(), twin.parameters()):
+                mean = q.grad.clone()
+                dist.all_reduce(mean)
+                torch.testing.assert_close(p.grad, mean / 2, rtol=1e-5, atol=1e-6)
+        assert torch.equal(model.buffer.images, twin.buffer.images)
+        copies = [torch.empty_like(model.buffer.images) for _ in range(2)]
+        dist.all_gather(copies, model.buffer.images)
+        assert torch.equal(copies[0], copies[1]), "the ranks' buffers differ"
+        changed = (model.buffer.images != before).flatten(1).any(1)
+        assert changed[:6].any() and changed[6:].any()     # both ranks' chains were written everywhere
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_share_one_buffer_under_ddp(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_shared_buffer_worker, args=(str(tmp_path / "init"),), nprocs=2, join=True)
 
 
 def test_energy_model_errors():

@@ -5,15 +5,20 @@
   each step one fused ``fastgen.ops.diffusion_step`` (the 'score' prediction with
   ``langevin_coefficients``) -- the same update as ``fastgen.sampling.diffusion``'s 'sgld' sampler.
 - ``EBM``: a convolutional energy E(x) trained by contrastive divergence with SGLD negatives
-  started from a replay buffer (Du & Mordatch 2019).
+  started from a replay buffer (Du & Mordatch 2019).  The buffer (``ReplayBuffer``) is training
+  state, not weights: it is kept out of the state dict, where an EMA would average its chains
+  and DDP would overwrite every rank's copy with rank 0's; ``sample`` starts from noise and does
+  not need it.  A checkpoint saves ``buffer.images`` beside the weights to resume exactly.
 - ``JEM``: a classifier f read as an energy model (Grathwohl et al. 2020):
   p(y | x) = softmax(f(x))_y, log p(x) = logsumexp_y f(x)[y] - log Z, E(x) = -logsumexp_y f(x)[y].
 - ``denoising_score_matching_loss`` (Vincent 2011) and ``sliced_score_matching_loss``
   (Song et al. 2019) for score models s(x) ~ grad_x log p(x).
 
-Images are [B, C, H, W] in [-1, 1] (SGLD clamps to that range by default).
+Images are [B, C, H, W] in [-1, 1] (SGLD clamps to that range by default).  Every random draw
+(SGLD's noise, the buffer's picks and restarts) comes from the ``generator`` passed in, on that
+generator's device; None means the global RNG.
 """
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +43,24 @@ class SGLDOptions(NamedTuple):
     clamp: Optional[Tuple[float, float]] = (-1.0, 1.0)
 
 
+def sgld_options_of(options: Union[SGLDOptions, Dict[str, Any], Sequence[Any]]) -> SGLDOptions:
+    """``SGLDOptions`` from itself, a dict of its fields (JSON configs; missing fields take the
+    defaults) or a sequence in field order."""
+    if isinstance(options, dict):
+        unknown = set(options) - set(SGLDOptions._fields)
+        if unknown:
+            raise ValueError(f"unknown SGLD options {sorted(unknown)}; the fields are {list(SGLDOptions._fields)}")
+        options = SGLDOptions(**options)
+    options = SGLDOptions(*options)
+    return options._replace(clamp=None if options.clamp is None else tuple(options.clamp))
+
+
+def _draw_device(generator: Optional[torch.Generator], fallback: torch.device) -> torch.device:
+    """Where a draw happens: on the generator's device (a CUDA generator draws on the GPU), else
+    where the result goes (the global RNG of that device)."""
+    return generator.device if generator is not None else fallback
+
+
 def energy_grad(energy: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """grad_x sum_b E(x)_b -> like x (no graph kept: SGLD's negatives carry no gradient)."""
     with torch.enable_grad():
@@ -56,7 +79,7 @@ def sgld(energy: Callable[[Tensor], Tensor], x: Tensor, options: SGLDOptions = S
     ``langevin_coefficients(a)`` (x + (a/2) s + sigma z), z ~ N(0, I) from ``generator``."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype if isinstance(x, Tensor) else type(x)}")
-    steps, a, noise, clamp = options
+    steps, a, noise, clamp = sgld_options_of(options)
     if steps < 0 or a <= 0 or (noise is not None and noise < 0):
         raise ValueError(f"options must have steps >= 0, step_size > 0 and noise >= 0 (or None), got {options}")
     coefficients = langevin_coefficients(a)
@@ -65,40 +88,104 @@ def sgld(energy: Callable[[Tensor], Tensor], x: Tensor, options: SGLDOptions = S
     x = x.detach()
     for _ in range(steps):
         score = -energy_grad(energy, x)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if coefficients.sigma else None
+        z = None
+        if coefficients.sigma:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                            device=_draw_device(generator, x.device)).to(x.device)
         x = diffusion_step(x, score, coefficients, "score", noise=z, backend=backend)
         if clamp is not None:
             x = x.clamp(*clamp)
     return x
 
 
+class BufferPart(NamedTuple):
+    """The rows of a replay buffer that one of ``parts`` processes continues chains from: the
+    contiguous block ``rank`` of ``parts`` nearly equal blocks (data-parallel training)."""
+    rank: int = 0
+    parts: int = 1
+
+
+def process_group_part() -> BufferPart:
+    """This process's ``BufferPart`` in the default process group (the whole buffer without one)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return BufferPart(dist.get_rank(), dist.get_world_size())
+    return BufferPart()
+
+
 class ReplayBuffer:
-    """Past SGLD samples to start new chains from (Du & Mordatch 2019): ``capacity`` images of
-    ``shape``, initialised U[lo, hi].  ``sample(n)`` draws n of them, replacing a fraction
-    ``reinit`` by fresh uniform noise; ``update(index, x)`` writes the chains' ends back."""
+    """Past SGLD samples to start new chains from (Du & Mordatch 2019): ``images``
+    [capacity, *shape], initialised U[lo, hi] from the global RNG.
+
+    ``sample(n)`` picks n *distinct* rows (so that ``update`` never writes one row twice: the
+    write is then the same on every device and run), a fraction ``reinit`` of them replaced by
+    fresh uniform noise; ``update(index, x)`` writes the chains' ends back.
+
+    Data-parallel training (``shared=True``) keeps one buffer replicated on every rank of the
+    default process group: rank r of K picks its chains only among its own rows (block r of K,
+    ``BufferPart``), and ``update`` gathers every rank's (index, x) and writes them all, so the
+    copies stay identical and any one of them is the whole buffer (what a checkpoint saves)."""
 
     def __init__(self, capacity: int, shape: Sequence[int], bounds: Tuple[float, float] = (-1.0, 1.0),
                  device: Union[str, torch.device, None] = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.shape, self.bounds = tuple(shape), bounds
-        self.images = self._uniform(capacity, torch.device(device or "cpu"), None)
+        self.images = self._uniform(capacity, torch.device("cpu"), None).to(device or "cpu")
+
+    def __len__(self) -> int:
+        return len(self.images)
 
     def _uniform(self, n: int, device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
         lo, hi = self.bounds
-        return (torch.rand(n, *self.shape, generator=generator) * (hi - lo) + lo).to(device)
+        return torch.rand(n, *self.shape, generator=generator, device=device) * (hi - lo) + lo
 
-    def sample(self, n: int, reinit: float = 0.05,
-               generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
-        """(x [n, *shape], index [n]): buffer entries, a ``reinit`` fraction replaced by noise."""
-        index = torch.randint(len(self.images), (n,), generator=generator).to(self.images.device)
-        x = self.images[index]
-        fresh = (torch.rand(n, generator=generator) < reinit).to(x.device)
-        x = torch.where(fresh.view(-1, *[1] * len(self.shape)), self._uniform(n, x.device, generator), x)
+    def rows(self, part: BufferPart = BufferPart()) -> Tuple[int, int]:
+        """[start, stop) of the block of rows ``part`` owns."""
+        rank, parts = part
+        if not 0 <= rank < parts:
+            raise ValueError(f"part must have 0 <= rank < parts, got {part}")
+        return len(self) * rank // parts, len(self) * (rank + 1) // parts
+
+    def sample(self, n: int, reinit: float = 0.05, generator: Optional[torch.Generator] = None,
+               part: BufferPart = BufferPart()) -> Tuple[Tensor, Tensor]:
+        """(x [n, *shape], index [n]): n distinct rows of ``part``'s block, each replaced by
+        U[lo, hi] noise with probability ``reinit``; every draw from ``generator``."""
+        start, stop = self.rows(part)
+        if n > stop - start:
+            raise ValueError(f"cannot start {n} chains from {stop - start} rows of the replay buffer "
+                             f"(capacity {len(self)}{f' over {part.parts} processes' if part.parts > 1 else ''}): "
+                             f"its capacity must be at least the batch")
+        device = self.images.device
+        where = _draw_device(generator, device)
+        index = (start + torch.randperm(stop - start, generator=generator, device=where)[:n]).to(device)
+        fresh = (torch.rand(n, generator=generator, device=where) < reinit).to(device)
+        noise = self._uniform(n, where, generator).to(device)
+        x = torch.where(fresh.view(-1, *[1] * len(self.shape)), noise, self.images[index])
         return x, index
 
-    def update(self, index: Tensor, x: Tensor) -> None:
-        self.images[index] = x.detach().to(self.images.device, self.images.dtype)
+    def update(self, index: Tensor, x: Tensor, shared: bool = False) -> None:
+        """Write x [n, *shape] into rows ``index`` [n]; ``shared``: every rank of the default
+        process group calls this with its own (index, x) of the same n, and every rank writes
+        all of them (the ranks' rows are disjoint, see ``sample``'s ``part``)."""
+        x = x.detach().to(self.images.device, self.images.dtype)
+        index = index.to(self.images.device)
+        if shared and process_group_part().parts > 1:
+            import torch.distributed as dist
+            indices = [torch.empty_like(index) for _ in range(dist.get_world_size())]
+            chains = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+            dist.all_gather(indices, index.contiguous())
+            dist.all_gather(chains, x.contiguous())
+            index, x = torch.cat(indices), torch.cat(chains)
+        self.images[index] = x
+
+    def load(self, images: Tensor) -> None:
+        """Replace the contents by ``images`` [capacity, *shape] (a saved ``images``), kept on
+        the buffer's device."""
+        if not isinstance(images, Tensor) or tuple(images.shape) != tuple(self.images.shape):
+            raise ValueError(f"the saved replay buffer must have shape {tuple(self.images.shape)}, got "
+                             f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+        self.images = images.detach().to(self.images.device, self.images.dtype).clone()
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,13 +203,18 @@ class ContrastiveLoss(NamedTuple):
 
 class EnergyModel(nn.Module):
     """What EBM and JEM share: an ``energy(x)`` [B], p(x) ~ exp(-E(x)); SGLD sampling; contrastive
-    divergence with a replay buffer."""
+    divergence with a replay buffer (``buffer``, not part of the state dict: see the module
+    docstring).  ``sample_steps``: SGLD steps of ``sample`` (None: ``sgld_options.steps``); chains
+    that start from noise need many more steps than the persistent training chains."""
 
-    def __init__(self, image_shape: Sequence[int], sgld_options: SGLDOptions, buffer_size: int, reinit: float,
-                 reg_weight: float) -> None:
+    def __init__(self, image_shape: Sequence[int], sgld_options: Union[SGLDOptions, Dict[str, Any]],
+                 buffer_size: int, reinit: float, reg_weight: float, sample_steps: Optional[int] = None) -> None:
         super().__init__()
         check_image_shape(image_shape)
-        self.image_shape, self.sgld_options = tuple(image_shape), SGLDOptions(*sgld_options)
+        self.image_shape, self.sgld_options = tuple(image_shape), sgld_options_of(sgld_options)
+        if sample_steps is not None and sample_steps < 0:
+            raise ValueError(f"sample_steps must be >= 0, got {sample_steps}")
+        self.sample_steps = self.sgld_options.steps if sample_steps is None else sample_steps
         self.reinit, self.reg_weight = reinit, reg_weight
         self.buffer = ReplayBuffer(buffer_size, image_shape)
 
@@ -143,23 +235,32 @@ class EnergyModel(nn.Module):
 
     def sample(self, n: int, labels: Optional[Tensor] = None, options: Optional[SGLDOptions] = None,
                init: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-        """n samples [n, C, H, W] by SGLD from ``init`` (default: uniform noise in [-1, 1]);
-        ``labels`` [n] samples p(x | y) for a model with classes (E(x, y))."""
+        """n samples [n, C, H, W] by SGLD from ``init`` (default: uniform noise in [-1, 1] drawn
+        from ``generator``), ``options`` defaulting to the training ones with ``sample_steps``
+        steps; ``labels`` [n] samples p(x | y) for a model with classes (E(x, y))."""
         device = next(self.parameters()).device
         if init is None:
-            init = (torch.rand(n, *self.image_shape, generator=generator) * 2 - 1).to(device)
+            init = (torch.rand(n, *self.image_shape, generator=generator,
+                               device=_draw_device(generator, device)) * 2 - 1).to(device)
         self._check_images("init", init)
-        return sgld(lambda v: self.energy(v, labels), init, options or self.sgld_options, generator)
+        options = self.sgld_options._replace(steps=self.sample_steps) if options is None else options
+        return sgld(lambda v: self.energy(v, labels), init, options, generator)
 
-    def contrastive_loss(self, real: Tensor, generator: Optional[torch.Generator] = None) -> ContrastiveLoss:
+    def contrastive_loss(self, real: Tensor, generator: Optional[torch.Generator] = None,
+                         shared: bool = False) -> ContrastiveLoss:
         """Contrastive divergence on a real batch [B, C, H, W]: negatives by SGLD
-        (``sgld_options``) from the replay buffer (written back), then ``ContrastiveLoss``."""
+        (``sgld_options``) from the replay buffer (written back), then ``ContrastiveLoss``.
+        ``shared``: data-parallel training, one buffer replicated over the default process
+        group (``ReplayBuffer``); every rank must call this once with the same B."""
         self._check_images("real", real)
         if self.buffer.images.device != real.device:
             self.buffer.images = self.buffer.images.to(real.device)
-        init, index = self.buffer.sample(real.shape[0], self.reinit, generator)
+        part = process_group_part() if shared else BufferPart()
+        init, index = self.buffer.sample(real.shape[0], self.reinit, generator, part)
+        # SGLD differentiates with respect to x only (energy_grad): the parameters' gradient
+        # accumulators never run, so inside DDP's forward the reducer sees only this loss's backward
         negatives = sgld(self.energy, init, self.sgld_options, generator)
-        self.buffer.update(index, negatives)
+        self.buffer.update(index, negatives, shared)
         e_real, e_fake = self.energy(real), self.energy(negatives)
         loss = e_real.mean() - e_fake.mean() + self.reg_weight * (e_real.square() + e_fake.square()).mean()
         return ContrastiveLoss(loss, e_real.detach(), e_fake.detach(), negatives)
@@ -191,12 +292,12 @@ class EBM(EnergyModel):
     """An image energy model (Du & Mordatch 2019): E(x) = ``EnergyNet``(x) [B], trained by
     ``loss(real)`` = contrastive divergence with SGLD negatives from a replay buffer
     (``buffer_size`` images, ``reinit`` of each batch restarted from noise) and the energy
-    regulariser ``reg_weight`` (E+^2 + E-^2)."""
+    regulariser ``reg_weight`` (E+^2 + E-^2); ``sample_steps``: see ``EnergyModel``."""
 
     def __init__(self, image_shape: Sequence[int], channels: int = 32, spectral: bool = False,
-                 sgld_options: SGLDOptions = SGLDOptions(), buffer_size: int = 10000, reinit: float = 0.05,
-                 reg_weight: float = 1.0) -> None:
-        super().__init__(image_shape, sgld_options, buffer_size, reinit, reg_weight)
+                 sgld_options: Union[SGLDOptions, Dict[str, Any]] = SGLDOptions(), buffer_size: int = 10000,
+                 reinit: float = 0.05, reg_weight: float = 1.0, sample_steps: Optional[int] = None) -> None:
+        super().__init__(image_shape, sgld_options, buffer_size, reinit, reg_weight, sample_steps)
         self.net = EnergyNet(image_shape, channels, spectral)
 
     def energy(self, x: Tensor, labels: Optional[Tensor] = None) -> Tensor:
@@ -204,8 +305,9 @@ class EBM(EnergyModel):
         check_labels(labels, None, x.shape[0])
         return self.net(x)
 
-    def loss(self, real: Tensor, generator: Optional[torch.Generator] = None) -> ContrastiveLoss:
-        return self.contrastive_loss(real, generator)
+    def loss(self, real: Tensor, generator: Optional[torch.Generator] = None, shared: bool = False) -> ContrastiveLoss:
+        """``ContrastiveLoss`` on real images [B, C, H, W] (``shared``: see ``contrastive_loss``)."""
+        return self.contrastive_loss(real, generator, shared)
 
 
 class JEMLoss(NamedTuple):
@@ -222,12 +324,14 @@ class JEM(EnergyModel):
     logits [B, K]: p(y | x) = softmax(f(x))_y, p(x, y) ~ exp(f(x)[y]), so E(x, y) = -f(x)[y]
     and E(x) = -logsumexp_y f(x)[y].  ``loss(x, y)`` = cross-entropy + gen_weight * contrastive
     divergence on E(x) with SGLD negatives from a replay buffer (JEM's settings: 20 steps,
-    step 1 on the gradient, noise 0.01, 5% restarts)."""
+    step 1 on the gradient, noise 0.01, 5% restarts).  ``EnergyNet(image_shape, outputs=K)`` is
+    a classifier to start from."""
 
     def __init__(self, classifier: nn.Module, image_shape: Sequence[int], num_classes: int,
-                 sgld_options: SGLDOptions = SGLDOptions(), buffer_size: int = 10000, reinit: float = 0.05,
-                 reg_weight: float = 0.0, gen_weight: float = 1.0) -> None:
-        super().__init__(image_shape, sgld_options, buffer_size, reinit, reg_weight)
+                 sgld_options: Union[SGLDOptions, Dict[str, Any]] = SGLDOptions(), buffer_size: int = 10000,
+                 reinit: float = 0.05, reg_weight: float = 0.0, gen_weight: float = 1.0,
+                 sample_steps: Optional[int] = None) -> None:
+        super().__init__(image_shape, sgld_options, buffer_size, reinit, reg_weight, sample_steps)
         if not isinstance(classifier, nn.Module):
             raise TypeError(f"classifier must be an nn.Module returning logits [B, K], got {type(classifier).__name__}")
         self.classifier, self.num_classes, self.gen_weight = classifier, num_classes, gen_weight
@@ -264,13 +368,16 @@ class JEM(EnergyModel):
                     for i in range(0, len(x), batch))
         return right / max(len(x), 1)
 
-    def loss(self, x: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> JEMLoss:
-        """``JEMLoss`` on a labelled batch x [B, C, H, W], labels [B]."""
+    def loss(self, x: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None,
+             shared: bool = False) -> JEMLoss:
+        """``JEMLoss`` on a labelled batch x [B, C, H, W], labels [B] (``shared``: see
+        ``contrastive_loss``)."""
         self._check_images("x", x)
         check_labels(labels, self.num_classes, x.shape[0])
         logits = self.logits(x)
         classification = F.cross_entropy(logits, labels)
-        generative = self.contrastive_loss(x, generator).loss if self.gen_weight else logits.new_zeros(())
+        generative = (self.contrastive_loss(x, generator, shared).loss if self.gen_weight
+                      else logits.new_zeros(()))
         accuracy = (logits.argmax(1) == labels).float().mean().detach()
         return JEMLoss(classification + self.gen_weight * generative, classification, generative, accuracy)
 
