@@ -208,39 +208,48 @@ class _LossOf(nn.Module):
         return self.model.loss(real, labels, torch.Generator().manual_seed(seed), shared=True).loss
 
 
-def _shared_buffer_worker(rank, init_file):
+def _check_shared_buffer(rank):
     """Rank ``rank`` of 2 (gloo): JEM under DDP with a shared replay buffer, next to a twin that
     takes the same steps without DDP.  SGLD differentiates the energy with respect to its inputs
     inside DDP's forward; the gradient must still be the ranks' average, and the buffer copies
     must stay identical."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
+    torch.manual_seed(0)
+    model = JEM(EnergyNet((1, 8, 8), channels=4, outputs=10), (1, 8, 8), 10, {"steps": 2}, buffer_size=12,
+                reinit=0.25)
+    twin = copy.deepcopy(model)
+    x, y = _digits(8)
+    real, labels = x[4 * rank:4 * rank + 4], y[4 * rank:4 * rank + 4]
+    ddp = DistributedDataParallel(_LossOf(model))
+    assert process_group_part() == BufferPart(rank, 2)
+    before = model.buffer.images.clone()
+    for step in range(3):
+        for m in (model, twin):
+            m.zero_grad()
+        ddp(real, labels, 10 * step + rank).backward()
+        twin.loss(real, labels, torch.Generator().manual_seed(10 * step + rank), shared=True).loss.backward()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            mean = q.grad.clone()
+            dist.all_reduce(mean)
+            torch.testing.assert_close(p.grad, mean / 2, rtol=1e-5, atol=1e-6)
+    assert torch.equal(model.buffer.images, twin.buffer.images)
+    copies = [torch.empty_like(model.buffer.images) for _ in range(2)]
+    dist.all_gather(copies, model.buffer.images)
+    assert torch.equal(copies[0], copies[1]), "the ranks' buffers differ"
+    changed = (model.buffer.images != before).flatten(1).any(1)
+    assert changed[:6].any() and changed[6:].any()     # both ranks' chains were written everywhere
+
+
+def _shared_buffer_worker(rank, init_file):
+    import gc
+
+    import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        torch.manual_seed(0)
-        model = JEM(EnergyNet((1, 8, 8), channels=4, outputs=10), (1, 8, 8), 10, {"steps": 2}, buffer_size=12,
-                    reinit=0.25)
-        twin = copy.deepcopy(model)
-        x, y = _digits(8)
-        real, labels = x[4 * rank:4 * rank + 4], y[4 * rank:4 * rank + 4]
-        ddp = DistributedDataParallel(_LossOf(model))
-        assert process_group_part() == BufferPart(rank, 2)
-        before = model.buffer.images.clone()
-        for step in range(3):
-            for m in (model, twin):
-                m.zero_grad()
-            ddp(real, labels, 10 * step + rank).backward()
-            twin.loss(real, labels, torch.Generator().manual_seed(10 * step + rank), shared=True).loss.backward()
-            for p, q in zip(model.parameters(), twin.parameters()):
-                mean = q.grad.clone()
-                dist.all_reduce(mean)
-                torch.testing.assert_close(p.grad, mean / 2, rtol=1e-5, atol=1e-6)
-        assert torch.equal(model.buffer.images, twin.buffer.images)
-        copies = [torch.empty_like(model.buffer.images) for _ in range(2)]
-        dist.all_gather(copies, model.buffer.images)
-        assert torch.equal(copies[0], copies[1]), "the ranks' buffers differ"
-        changed = (model.buffer.images != before).flatten(1).any(1)
-        assert changed[:6].any() and changed[6:].any()     # both ranks' chains were written everywhere
+        _check_shared_buffer(rank)
+        gc.collect()              # DDP's reducer goes before the process group it uses
+        dist.barrier()            # neither rank tears down while the other still communicates
     finally:
         dist.destroy_process_group()
 
