@@ -85,13 +85,19 @@ def test_train_sample_round_trip(name, tmp_path, capsys):
     ("gated-pixelcnn", ()),                                  # deterministic loss
     ("ddpm", ("--ema", "0.9")),                              # noise drawn per step (timesteps, eps) + EMA
     ("glow", ()),                                            # data-dependent ActNorm init, dequantisation noise
+    ("ebm", ("--ema", "0.9")),                               # replay buffer of SGLD chains (state-*.pt) + EMA
+    ("jem", ()),                                             # the same with labels (cross-entropy)
+    # two stages (autoencoder, then prior): interrupted at the boundary, whose step sorts the codebook
+    ("vqvae", ("--ema", "0.9", "--config", json.dumps({**REGISTRY["vqvae"].tiny, "prior_start": 2}))),
+    # the boundary inside the resumed part
+    ("vqvae2", ("--ema", "0.9", "--config", json.dumps({**REGISTRY["vqvae2"].tiny, "prior_start": 3}))),
 ])
 def test_resume_after_interruption_is_bit_exact(name, extra, tmp_path):
     _train(name, tmp_path / "whole", 4, "--checkpoint-every", "2", *extra)
     _train(name, tmp_path / "broken", 2, *extra)                      # "interrupted" after step 2
     with pytest.raises(UsageError, match="already holds a checkpoint"):
         train(TrainOptions(name, data=_data(name), steps=4, out=str(tmp_path / "broken"), device="cpu"))
-    _train(name, tmp_path / "broken", 4, "--resume")
+    _train(name, tmp_path / "broken", 4, "--resume", *extra)          # the same options (a --config after TINY)
     whole = ckpt_io.open_checkpoint(str(tmp_path / "whole"))
     resumed = ckpt_io.open_checkpoint(str(tmp_path / "broken"))
     assert whole.step == resumed.step == 4
@@ -104,6 +110,9 @@ def test_resume_after_interruption_is_bit_exact(name, extra, tmp_path):
         for k in oa["state"]:
             assert all(torch.equal(oa["state"][k][f], ob["state"][k][f]) for f in oa["state"][k])
     assert sa["sampler"] == sb["sampler"]
+    assert sa["model_state"].keys() == sb["model_state"].keys()          # e.g. EBM / JEM's replay buffer
+    for k, v in sa["model_state"].items():
+        assert torch.equal(v, sb["model_state"][k]) if isinstance(v, torch.Tensor) else v == sb["model_state"][k], k
     assert [json.loads(line)["loss"] for line in open(tmp_path / "whole" / "log.jsonl")][-1] == \
         [json.loads(line)["loss"] for line in open(tmp_path / "broken" / "log.jsonl")][-1]
 
@@ -151,14 +160,22 @@ def test_bad_training_inputs(tmp_path, monkeypatch, capsys):
         assert err.count("\n") == 1 and all(w in err for w in words), err
 
     fails(["train", "nosuch", "--steps", "1"], ["unknown model 'nosuch'", "gated-pixelcnn"])
-    fails(["train", "ebm", "--steps", "1"], ["replay buffer"])
+    fails(["train", "planar-flow", "--steps", "1"], ["cannot be trained", "no closed-form inverse"])
+    unlabelled = tmp_path / "unlabelled.npy"
+    np.save(unlabelled, np.zeros((8, 8, 8), dtype=np.int64))
+    fails(["train", "jem", "--data", str(unlabelled), "--levels", "17", "--steps", "1", "--out", str(tmp_path / "j")],
+          ["jem", "no labels"])
+    assert cli.main(["train", "ebm", "--config", '{"buffer_size": 2}', "--batch", "4", "--steps", "1",
+                     "--device", "cpu", "--no-progress", "--out", str(tmp_path / "e")]) == 2   # found at step 1
+    assert "buffer_size 2): give --config a buffer_size of at least --batch" in capsys.readouterr().err
     fails(["train", "gated-pixelcnn", "--data", str(tmp_path / "missing.npy")], ["no such file"])
     fails(["train", "wavenet", "--data", "digits"], ["audio"])
     fails(["train", "gated-pixelcnn", "--config", '{"nosuch": 1}', "--out", str(tmp_path / "x")], ["nosuch"])
     fails(["train", "gated-pixelcnn", "--config", "{not json"], ["JSON"])
     fails(["train", "gated-pixelcnn", "--steps", "0"], ["--steps"])
     fails(["train", "gated-pixelcnn", "--ema", "1.5"], ["--ema"])
-    fails(["train", "gated-pixelcnn", "--amp", "bf16"], ["fp32 only", "autocast"])
+    with pytest.raises(UsageError, match="only bf16"):
+        train(TrainOptions("gated-pixelcnn", amp="fp16", out=str(tmp_path / "amp"), device="cpu"))
     if not torch.cuda.is_available():
         fails(["train", "gated-pixelcnn", "--device", "cuda"], ["CUDA"])
     out = tmp_path / "run"
@@ -191,6 +208,15 @@ def test_amp_and_sample_every(tmp_path):
     assert ckpt_io.read_config(str(out))["train"]["amp"] == "bf16"
 
 
+@pytest.mark.parametrize("name", ["pixelcnn", "gated-pixelcnn", "sngan", "stylegan2"])
+def test_amp_bf16_trains_models_with_fastgen_convs_and_spectral_norm(name, tmp_path):
+    """--amp bf16 through the autocast rules of masked_conv2d (the PixelCNNs) and of
+    modulated_conv2d / upfirdn2d / bias_act (StyleGAN2), and SNGAN's fp32 spectral norm."""
+    _train(name, tmp_path / "run", 2, "--amp", "bf16")
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "log.jsonl")]
+    assert losses and np.isfinite(losses).all(), losses
+
+
 def _torchrun(*argv, nproc=2, program=("-m", "fastgen")):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -205,7 +231,9 @@ def _torchrun(*argv, nproc=2, program=("-m", "fastgen")):
 def test_two_processes_train_and_sample_like_one(tmp_path):
     """torchrun --nproc-per-node 2 (gloo on CPU): DDP with the same global batch gives the
     single-process parameters (fp32 tolerance); distributed sampling writes the same PNG."""
-    common = ["gated-pixelcnn", "--data", "digits", "--steps", "3", "--batch", "8", "--config", TINY["gated-pixelcnn"],
+    # class-conditional: its last layer's cond_vertical is never used, which DDP must be told about
+    config = json.dumps({**REGISTRY["gated-pixelcnn"].tiny, "num_classes": 10})
+    common = ["gated-pixelcnn", "--data", "digits", "--steps", "3", "--batch", "8", "--config", config,
               "--device", "cpu", "--no-progress"]
     _torchrun("train", *common, "--out", str(tmp_path / "two"))
     assert cli.main(["train", *common, "--out", str(tmp_path / "one")]) == 0
@@ -230,6 +258,54 @@ def test_two_processes_train_a_gan(tmp_path):
     (tests/distributed_train_check.py)."""
     _torchrun(str(tmp_path / "gan"), TINY["dcgan"], program=[os.path.join(ROOT, "tests", "distributed_train_check.py")])
     assert ckpt_io.open_checkpoint(str(tmp_path / "gan")).config["train"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_staged_model_like_one(tmp_path):
+    """vqvae under torchrun (2 processes, gloo): each stage leaves the other part's parameters
+    unused, which DDP finds (find_unused_parameters) and leaves without gradients, so the
+    optimizer states and weights match one process across the stage boundary.  The EMA codebook
+    (a buffer) is updated from the vectors of both processes' halves of the batch, as one
+    process updates it from the whole batch (fastgen.nn.vq)."""
+    config = json.dumps({**REGISTRY["vqvae"].tiny, "prior_start": 2})
+    common = ["vqvae", "--data", "digits", "--steps", "4", "--batch", "8", "--config", config, "--device", "cpu",
+              "--no-progress"]
+    _torchrun("train", *common, "--out", str(tmp_path / "two"))
+    assert cli.main(["train", *common, "--out", str(tmp_path / "one")]) == 0
+    one, two = ckpt_io.open_checkpoint(str(tmp_path / "one")), ckpt_io.open_checkpoint(str(tmp_path / "two"))
+    a, b = _weights(one.path("model")), _weights(two.path("model"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    sa = torch.load(one.path("state"), weights_only=True)
+    sb = torch.load(two.path("state"), weights_only=True)
+    for oa, ob in zip(sa["optimizers"], sb["optimizers"]):         # autoencoder, prior: 2 Adam steps each
+        assert oa["state"].keys() == ob["state"].keys()
+        assert {int(v["step"]) for v in ob["state"].values()} == {2}
+
+
+@pytest.mark.slow
+def test_two_processes_resume_jem_exactly_and_sample_like_one(tmp_path):
+    """jem under torchrun (2 processes, gloo): DDP over a loss whose SGLD takes input gradients,
+    one replay buffer replicated on both ranks (each continues chains from its half, both write
+    all chains), saved by rank 0.  An interrupted run resumes to the uninterrupted weights and
+    buffer bit for bit (a rank whose copy had drifted would resume from rank 0's and differ);
+    two processes sample the images of one."""
+    common = ["jem", "--data", "digits", "--batch", "8", "--config", TINY["jem"], "--device", "cpu", "--no-progress"]
+    _torchrun("train", *common, "--steps", "4", "--checkpoint-every", "2", "--out", str(tmp_path / "whole"))
+    _torchrun("train", *common, "--steps", "2", "--out", str(tmp_path / "broken"))
+    _torchrun("train", *common, "--steps", "4", "--out", str(tmp_path / "broken"), "--resume")
+    whole, resumed = (ckpt_io.open_checkpoint(str(tmp_path / run)) for run in ("whole", "broken"))
+    assert whole.config["train"]["world_size"] == 2 and whole.step == resumed.step == 4
+    a, b = _weights(whole.path("model")), _weights(resumed.path("model"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    buffers = [torch.load(c.path("state"), weights_only=True)["model_state"]["replay_buffer"] for c in (whole, resumed)]
+    assert torch.equal(*buffers)
+    sample = ["sample", "jem", "--checkpoint", str(tmp_path / "whole"), "--num-samples", "5", "--batch", "2",
+              "--device", "cpu"]
+    _torchrun(*sample, "--out", str(tmp_path / "two.png"))
+    assert cli.main([*sample, "--out", str(tmp_path / "one.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one.png")), np.asarray(Image.open(tmp_path / "two.png")))
 
 
 @pytest.mark.slow

@@ -38,6 +38,13 @@ class VectorQuantizer(nn.Module):
     per dead code), its EMA state reset to cluster_size = 1, embed_sum = that vector, and its
     unused-step counter to 0.  Done with masks (no host sync).
 
+    Data-parallel training (an initialised ``torch.distributed`` process group of more than one
+    process, e.g. DDP under torchrun): the training-mode updates see the vectors and codes of
+    every process's batch (one all-gather), so every process makes the update of the global
+    batch -- what one process with the whole batch makes -- as ``nn.SyncBatchNorm`` does for its
+    statistics.  Every process must then run the same training-mode forwards on batches of one
+    size.
+
     The codebook is kept in float32 and cast to z's dtype for the search (bf16/fp16 z under
     autocast).  ``lookup(indices)`` returns the code vectors of an index map (e.g. codes sampled
     from a prior) in the layout forward returns: [N] -> [N, D], [B, *spatial] -> [B, D, *spatial].
@@ -101,6 +108,7 @@ class VectorQuantizer(nn.Module):
 
     def _update(self, flat: Tensor, indices: Tensor) -> None:
         """Training-mode codebook maintenance: the EMA step, then dead-code restarts."""
+        flat, indices = _global_batch(flat, indices)
         if self.ema:
             self.codebook.copy_(ops.ema_codebook_update(self.cluster_size, self.embed_sum, flat, indices,
                                                         self.decay, self.epsilon))
@@ -125,3 +133,17 @@ class VectorQuantizer(nn.Module):
                             f"got {getattr(indices, 'dtype', type(indices).__name__)}")
         vectors = F.embedding(indices.long(), self.codebook)
         return vectors if indices.dim() == 1 else vectors.movedim(-1, 1)
+
+
+def _global_batch(flat: Tensor, indices: Tensor):
+    """(flat [N, D], indices [N]) of all processes, in rank order, under a process group of more
+    than one process; the arguments unchanged otherwise (see the class docstring)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flat, indices
+    world = dist.get_world_size()
+    parts = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(parts, flat.contiguous())
+    codes = [torch.empty_like(indices) for _ in range(world)]
+    dist.all_gather(codes, indices.contiguous())
+    return torch.cat(parts), torch.cat(codes)

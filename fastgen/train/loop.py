@@ -24,9 +24,10 @@ The rule that makes results independent of the world size (where the maths allow
 - Initialisation is seeded from the run seed alone and data-dependent initialisation (Glow's
   ActNorm) runs on the whole first global batch in every rank, before DDP wraps the model.
 
-Resuming (``--resume``) restores the weights, optimizer states, EMA weights, step and the
-sampler position; with every random number derived from (seed, step, sample index), an
-interrupted run that resumes is the same run bit for bit.
+Resuming (``--resume``) restores the weights, optimizer states, EMA weights, step, the
+sampler position and the state a spec keeps outside the weights (``get_state``: MADE's mask
+index, EBM / JEM's replay buffer of SGLD chains); with every random number derived from (seed,
+step, sample index), an interrupted run that resumes is the same run bit for bit.
 """
 import json
 import math
@@ -144,8 +145,6 @@ def _check_options(opts: TrainOptions, spec: ModelSpec, env: DistEnv) -> None:
         raise UsageError(f"--ema is a decay in (0, 1) such as 0.999, got {opts.ema}")
     if opts.amp not in (None, "bf16"):
         raise UsageError(f"--amp {opts.amp}: only bf16 is supported")
-    if opts.amp and spec.no_amp:
-        raise UsageError(f"--amp {opts.amp}: {spec.name} trains in fp32 only: {spec.no_amp}")
     if opts.sample_every < 0:
         raise UsageError(f"--sample-every must be >= 0, got {opts.sample_every}")
     if opts.checkpoint_every < 1:
@@ -221,7 +220,9 @@ def train(opts: TrainOptions) -> Dict[str, Any]:
         raise UsageError(f"--batch {batch} is larger than the data set ({len(data.x)} items in --data {opts.data})")
     created = init(env, device)
     try:
-        return _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, amp, ckpt)
+        summary = _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, amp, ckpt)
+        barrier(env)              # every rank done before the group is destroyed (gloo aborted at exit otherwise)
+        return summary
     finally:
         shutdown(created)
 
@@ -260,7 +261,8 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
             average_gradients_on_step(opt, env)
     elif env.world_size > 1 and not opts.fsdp:     # (FSDP averages the gradients itself)
         from torch.nn.parallel import DistributedDataParallel
-        runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
+        runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None,
+                                         find_unused_parameters=spec.unused_parameters(model))
     if opts.compile:
         runner = torch.compile(runner)
     config = {"model": spec.name, "class": spec.target, "args": args,
@@ -311,9 +313,11 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
             items += batch
             if step % opts.log_every == 0 or step == opts.steps:
                 loss_value = _mean_over_ranks(loss.detach().float(), env)
+                extra = {key: value if isinstance(value, str) else _mean_over_ranks(value.detach().float(), env)
+                         for key, value in (spec.log_values(model) if spec.log_values else {}).items()}
                 rate = items / max(time.perf_counter() - tic, 1e-9)
                 if env.is_main:
-                    record = {"step": step, "loss": loss_value, "items_per_s": rate,
+                    record = {"step": step, "loss": loss_value, **extra, "items_per_s": rate,
                               "elapsed_s": time.perf_counter() - tic}
                     if spec.units:
                         record[spec.units] = loss_value
@@ -322,7 +326,9 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
                     with open(os.path.join(out, "log.jsonl"), "a") as f:
                         f.write(json.dumps(record) + "\n")
                     if bar is not None:
-                        post = {"loss": f"{loss_value:.4f}", "items/s": f"{rate:,.0f}"}
+                        post = {"loss": f"{loss_value:.4f}", "items/s": f"{rate:,.0f}",
+                                **{key: value if isinstance(value, str) else f"{value:.3f}"
+                                   for key, value in extra.items()}}
                         if spec.units:
                             post[spec.units] = f"{loss_value:.3f}"
                         bar.set_postfix(post, refresh=False)

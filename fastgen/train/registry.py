@@ -16,7 +16,14 @@ A ``ModelSpec`` holds plain functions, so adding a model is one entry here:
   [0, levels), audio [n, T] or long videos [n, T, C, H, W];
 - ``train_step`` / ``optimizers``: for models with their own update (the GANs' two optimizers);
 - ``data_init(model, batch, rng)``: a data-dependent initialisation run once on the first
-  global batch before training (Glow's ActNorm), identical on every rank.
+  global batch before training (Glow's ActNorm), identical on every rank;
+- ``after_step(model)``: run after every optimizer step (MADE's next mask, the VQ-VAEs' step
+  counter that switches them from the autoencoder stage to the prior stage);
+- ``unused_parameters(model)``: whether the loss leaves some parameters out (a staged model at
+  some steps, a dead parameter), so DDP must look for them (``find_unused_parameters``); an
+  optimizer skips parameters whose gradient is None, Adam's moments included;
+- ``log_values(model)``: extra values for the training log, read after the step at log steps
+  (strings as they are, scalar tensors averaged over the ranks like the loss).
 
 Models the zoo has but this registry cannot train are in ``NOT_TRAINABLE`` with the reason.
 Models are imported lazily (``module:Class``): an entry whose module is missing is reported
@@ -107,7 +114,8 @@ class ModelSpec:
     set_state: Optional[Callable[[nn.Module, Dict[str, Any]], None]] = None
     after_step: Optional[Callable[[nn.Module], None]] = None
     sample_generator: str = "cpu"                     # where ``sample``'s generator lives: 'cpu' | 'model'
-    no_amp: Optional[str] = None                      # why --amp bf16 cannot train it (None: it can)
+    unused_parameters: Callable[[nn.Module], bool] = lambda model: False   # DDP's find_unused_parameters
+    log_values: Optional[Callable[[nn.Module], Dict[str, Any]]] = None   # extra log entries
 
     @property
     def cls(self) -> type:
@@ -358,15 +366,124 @@ def _gan_args(info: DataInfo) -> Dict[str, Any]:
     return {"image_shape": list(info.shape), "latent": 32, "channels": 32}
 
 
-def _gan_spec(name, target, summary, no_amp=None) -> ModelSpec:
+def _gan_spec(name, target, summary) -> ModelSpec:
     return ModelSpec(name, target, "image", summary, _gan_args, lambda *a: None, _gan_sample,
-                     {"latent": 8, "channels": 8}, lr=2e-4, train_step=_gan_train_step, optimizers=_gan_optimizers,
-                     no_amp=no_amp)
+                     {"latent": 8, "channels": 8}, lr=2e-4, train_step=_gan_train_step, optimizers=_gan_optimizers)
 
 
-# --amp bf16 runs the loss under torch.autocast; these models call fastgen ops that have no
-# autocast rule yet, so bf16 activations would meet fp32 weights.
-_NO_AUTOCAST_CONV = "its masked convolutions (fastgen.ops.masked_conv2d) have no autocast rule yet"
+# energy models (EBM, JEM): images scaled to [-1, 1]; contrastive divergence with SGLD negatives
+# started from a replay buffer.  The buffer is training state, not weights: it travels in the
+# checkpoint's state-*.pt (get_state / set_state), so --resume continues the same chains.  Under
+# torchrun it is one buffer replicated on every rank (each rank continues chains from its own
+# block of rows, every rank writes all ranks' chains: fastgen.models.ebm.ReplayBuffer), so rank
+# 0's copy is the whole buffer.  Samples run SGLD from uniform noise (sample_steps steps).
+
+def _sgld_defaults() -> Dict[str, Any]:
+    # Du & Mordatch / JEM: 20 steps of size 2 (a gradient step of 1), noise 0.01, 5% restarts
+    return {"sgld_options": {"steps": 20, "step_size": 2.0, "noise": 0.01, "clamp": [-1.0, 1.0]},
+            "buffer_size": 10000, "reinit": 0.05, "sample_steps": 100}
+
+
+def _ebm_args(info: DataInfo) -> Dict[str, Any]:
+    return {"image_shape": list(info.shape), "channels": 32, "spectral": False, "reg_weight": 1.0,
+            **_sgld_defaults()}
+
+
+def _jem_args(info: DataInfo) -> Dict[str, Any]:
+    if info.num_classes is None:
+        raise UsageError("jem is a classifier read as an energy model: it trains on labelled images "
+                         "(--data digits); this data has no labels (use ebm)")
+    return {"image_shape": list(info.shape), "num_classes": info.num_classes,
+            "classifier": {"channels": 32, "spectral": False}, "reg_weight": 0.0, "gen_weight": 1.0,
+            **_sgld_defaults()}
+
+
+def _build_jem(args):
+    from fastgen.models import JEM
+    from fastgen.models.ebm import EnergyNet
+    rest = {k: v for k, v in args.items() if k != "classifier"}
+    classifier = EnergyNet(args["image_shape"], outputs=args["num_classes"], **args.get("classifier", {}))
+    return JEM(classifier, **rest)
+
+
+def _energy_real(model, batch: Batch) -> Tensor:
+    """The batch in [-1, 1], once this process's rows of the replay buffer can start its chains."""
+    from fastgen.models.ebm import process_group_part
+    start, stop = model.buffer.rows(process_group_part())
+    if len(batch.x) > stop - start:
+        raise UsageError(f"each process starts {len(batch.x)} SGLD chains per step from its {stop - start} rows of "
+                         f"the replay buffer (buffer_size {len(model.buffer)}): give --config a buffer_size of at "
+                         f"least --batch")
+    return _to_unit(batch.x, model.levels)
+
+
+def _ebm_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    # shared=True: under torchrun the ranks keep one replicated buffer (a no-op in one process)
+    return model.loss(_energy_real(model, batch), rng.on(batch.x.device), shared=True).loss
+
+
+def _jem_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    labels = _labels(model.num_classes, batch)
+    return model.loss(_energy_real(model, batch), labels, rng.on(batch.x.device), shared=True).loss
+
+
+def _energy_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    return _from_unit(model.sample(n, labels, generator=generator), model.levels)
+
+
+def _energy_get_state(model) -> Dict[str, Any]:
+    return {"replay_buffer": model.buffer.images.detach().cpu().clone()}
+
+
+def _energy_set_state(model, state: Dict[str, Any]) -> None:
+    model.buffer.load(state["replay_buffer"])
+
+
+def _energy_spec(name, target, summary, defaults, loss, tiny, **kw) -> ModelSpec:
+    return ModelSpec(name, target, "image", summary, defaults, loss, _energy_sample, tiny, lr=1e-4,
+                     get_state=_energy_get_state, set_state=_energy_set_state, sample_generator="model", **kw)
+
+
+# VQ-VAE / VQ-VAE-2 with their Gated PixelCNN priors: two stages in one run and one checkpoint
+# (fastgen.models.vqvae.VQVAEWithPrior): the model counts its steps (after_step) and trains the
+# autoencoder for the first prior_start steps, then the prior(s) on the NLL bound in bits/dim
+# with the autoencoder frozen.  Two Adam optimizers, one per part: the loop steps both, and the
+# inactive part has no gradients (None), so Adam leaves it and its moments alone.
+
+def _vq_args(info: DataInfo) -> Dict[str, Any]:
+    # 8x8 digits: a 4x4 code map (VQ-VAE-2: 4x4 bottom, 2x2 top) over 32 codes, as fastgen demo
+    return {**_image_args(info), "hidden": 64, "codes": 32, "code_dim": 8, "downsample": 2, "res_blocks": 2,
+            "dead_code_steps": 50, "prior": {"channels": 32, "layers": 4}, "prior_start": 600, "sort_codes": True}
+
+
+_VQ_TINY = {"hidden": 8, "codes": 8, "code_dim": 4, "res_blocks": 1, "prior": {"channels": 8, "layers": 2},
+            "prior_start": 1}
+
+
+def _vq_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    out = model.loss(batch.x, _labels(model.num_classes, batch))
+    model.log_terms = out.log_terms()         # read by _vq_log at the loop's log steps
+    return out.total
+
+
+def _vq_log(model) -> Dict[str, Any]:
+    return getattr(model, "log_terms", {})
+
+
+def _vq_optimizers(model, lr: float) -> List[torch.optim.Optimizer]:
+    priors = [p for name, p in model.named_parameters() if not name.startswith("autoencoder.")]
+    return [torch.optim.Adam(model.autoencoder.parameters(), lr=lr), torch.optim.Adam(priors, lr=lr)]
+
+
+def _vq_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    return model.sample(n, labels, opts.method, generator, _temperature(opts), cuda_graph=opts.cuda_graph).images
+
+
+def _vq_spec(name, target, summary) -> ModelSpec:
+    return ModelSpec(name, target, "image", summary, _vq_args, _vq_loss, _vq_sample, _VQ_TINY,
+                     methods=("fast", "naive"), temperature=">0", cuda_graph=True, optimizers=_vq_optimizers,
+                     after_step=lambda model: model.count_step(), unused_parameters=lambda model: True,
+                     log_values=_vq_log)
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,10 +491,11 @@ _NO_AUTOCAST_CONV = "its masked convolutions (fastgen.ops.masked_conv2d) have no
 SPECS: List[ModelSpec] = [
     _pixel_spec("pixelcnn", "fastgen.models.pixelcnn:PixelCNN", "PixelCNN (masked convs, residual blocks)",
                 lambda i: {**_image_args(i), "channels": 32, "residual_blocks": 4},
-                {"channels": 8, "residual_blocks": 1}, no_amp=_NO_AUTOCAST_CONV),
+                {"channels": 8, "residual_blocks": 1}),
     _pixel_spec("gated-pixelcnn", "fastgen.models.pixelcnn:GatedPixelCNN", "Gated PixelCNN (vertical/horizontal "
                 "stacks)", lambda i: {**_image_args(i), "channels": 32, "layers": 5}, {"channels": 8, "layers": 2},
-                no_amp=_NO_AUTOCAST_CONV),
+                # conditioned, the last layer's cond_vertical feeds only the vertical output nothing reads
+                unused_parameters=lambda model: model.cond_dim is not None),
     _pixel_spec("pixelcnnpp", "fastgen.models.pixelcnnpp:PixelCNNpp", "PixelCNN++ (discretised logistic mixture)",
                 lambda i: {**_image_args(i), "channels": 32, "nr_resnet": 1, "nr_mix": 5, "dropout": 0.0},
                 {"channels": 8, "nr_resnet": 1, "nr_mix": 2}),
@@ -439,23 +557,25 @@ SPECS: List[ModelSpec] = [
               lambda i: {**_image_args(i), "groups_per_scale": [1, 2, 2], "channels": 32, "latent_channels": 4},
               _vae_loss, _hvae_sample, {"groups_per_scale": [1, 1], "channels": 8, "latent_channels": 2},
               units="bits/dim", temperature=">=0", num_classes=lambda m: None, sample_generator="model"),
+    _vq_spec("vqvae", "fastgen.models.vqvae:VQVAEWithPrior", "VQ-VAE, then a Gated PixelCNN prior over its codes "
+             "(two stages, one run: config prior_start)"),
+    _vq_spec("vqvae2", "fastgen.models.vqvae:VQVAE2WithPriors", "VQ-VAE-2, then Gated PixelCNN priors over its top "
+             "and bottom codes (two stages, one run: config prior_start)"),
     _gan_spec("dcgan", "fastgen.models.gan:DCGAN", "DCGAN (two optimizers, the model's train_step)"),
-    _gan_spec("sngan", "fastgen.models.gan:SNGAN", "SNGAN (spectral norm, the model's train_step)",
-              no_amp="spectral normalisation's power iteration mixes fp32 and bf16 under autocast"),
-    _gan_spec("stylegan2", "fastgen.models.gan:StyleGAN2", "StyleGAN2 (the model's train_step)",
-              no_amp="its fastgen ops (modulated_conv2d, upfirdn2d) have no autocast rule yet"),
+    _gan_spec("sngan", "fastgen.models.gan:SNGAN", "SNGAN (spectral norm, the model's train_step)"),
+    _gan_spec("stylegan2", "fastgen.models.gan:StyleGAN2", "StyleGAN2 (the model's train_step)"),
+    _energy_spec("ebm", "fastgen.models.ebm:EBM", "Energy-based model (contrastive divergence, SGLD negatives "
+                 "from a replay buffer; samples: SGLD from noise)", _ebm_args, _ebm_loss,
+                 {"channels": 4, "buffer_size": 16, "sgld_options": {"steps": 2}, "sample_steps": 2}),
+    _energy_spec("jem", "fastgen.models.ebm:JEM", "Joint energy model (a classifier read as an energy: "
+                 "cross-entropy + contrastive divergence; samples: SGLD on p(x | y) from noise)", _jem_args,
+                 _jem_loss, {"classifier": {"channels": 4}, "buffer_size": 16, "sgld_options": {"steps": 2},
+                             "sample_steps": 2}, build=_build_jem),
 ]
 
 REGISTRY: Dict[str, ModelSpec] = {spec.name: spec for spec in SPECS}
 
 NOT_TRAINABLE: Dict[str, str] = {
-    "ebm": "its replay buffer of SGLD negatives is not model state, so a checkpoint could not resume it exactly; "
-           "train it from Python (fastgen.models.EBM)",
-    "jem": "its replay buffer of SGLD negatives is not model state, so a checkpoint could not resume it exactly; "
-           "train it from Python (fastgen.models.JEM)",
-    "vqvae": "it trains in two stages (the VQ-VAE, then a prior over its codes) and samples through the prior; "
-             "fastgen train trains one model (see fastgen demo --model vqvae)",
-    "vqvae2": "it trains in two stages (the VQ-VAE-2, then priors over its codes); fastgen train trains one model",
     "planar-flow": "planar flows have no closed-form inverse to evaluate data densities with; use maf",
     "radial-flow": "radial flows are variational posteriors, not density models of data; use maf",
 }
@@ -481,12 +601,13 @@ def get(name: str) -> ModelSpec:
 
 def attach_data(model: nn.Module, spec: ModelSpec, info: DataInfo) -> nn.Module:
     """Store the data facts a model needs for sampling but does not take as arguments
-    (``image_shape`` and ``levels`` of diffusion models and GANs, ``pixel_levels`` of MAF/IAF)."""
+    (``image_shape`` and ``levels`` of diffusion models and GANs, ``levels`` of EBM / JEM,
+    ``pixel_levels`` of MAF/IAF)."""
     if spec.data != "image":
         return model
     if spec.name in ("made", "maf", "iaf", "nice", "realnvp", "glow", "ddpm", "ncsn") or spec.train_step:
         model.image_shape = tuple(info.shape)
-    if spec.name in ("ddpm", "ncsn") or spec.train_step:
+    if spec.name in ("ddpm", "ncsn", "ebm", "jem") or spec.train_step:
         model.levels = info.levels
     if spec.name in ("maf", "iaf"):
         model.pixel_levels = info.levels
