@@ -6,7 +6,7 @@ It does three things.
    function, grid, arguments, constexprs, warps, stages and, for an autotuned kernel, its
    configs) -- also under ``TRITON_INTERPRET=1``, so launch counts can be tested on the CPU.
    ``observe_launches(callback, execute=False)`` records without launching: how the compile
-   gate (``fastgen/compile_gate.py``) learns every configuration the library launches on a
+   gate (``fastgen/compile_gate/``) learns every configuration the library launches on a
    machine without a GPU.
 
 2. **Autotuned kernels** (``triton.autotune``): pass the ``Autotuner``, a grid *function* of

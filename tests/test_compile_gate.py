@@ -1,4 +1,4 @@
-"""The compile gate (``fastgen/compile_gate.py``): its parsers, its occupancy arithmetic, that it
+"""The compile gate (``fastgen/compile_gate/``): its parsers, its occupancy arithmetic, that it
 fails a kernel that spills or asks for too much shared memory, that it reads registers from a
 real cubin, and (slow) a quick run of the whole gate.
 
