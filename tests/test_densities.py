@@ -1,12 +1,14 @@
 """The 2-D target densities of Rezende & Mohamed 2015 (fastgen.data.densities): the energies
 against their formulas, where U1's ring and lobes lie, the soft wall, log Z against a closed
-form."""
+form, and the picture fastgen sample draws of a density flow's samples."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from fastgen.data import densities
+from fastgen.train.generate import density_pixels
 
 
 def _gauss(a):
@@ -97,3 +99,20 @@ def test_bad_names_and_shapes():
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
         densities.energy("u1", torch.zeros(3, 3))
 
+
+def test_picture_puts_the_target_left_and_the_samples_right_on_one_grid():
+    size = 64
+    points = torch.tensor([[2.0, 0.0]] * 5 + [[-1.0, 3.0]] * 2 + [[9.0, 0.0]])   # the last one off the picture
+    pixels = density_pixels(points, "u1", size)
+    assert pixels.shape == (size, 2 * size + 1, 3) and pixels.dtype == np.uint8
+    assert (pixels[:, size] == 255).all()                            # the white column between the panels
+    brightness = pixels.astype(np.float64).sum(2)
+    target, samples = brightness[:, :size], brightness[:, size + 1:]
+    cell = 8 / size
+    row, col = np.unravel_index(samples.argmax(), samples.shape)
+    assert abs((col + 0.5) * cell - 4 - 2) <= cell and abs(4 - (row + 0.5) * cell) <= cell
+    assert (samples > samples.min()).sum() == 2                      # two occupied cells, nothing else
+    rows, cols = np.nonzero(target == target.max())                  # the brightest: U1's low ground by the lobes
+    z1, z2 = (cols + 0.5) * cell - 4, 4 - (rows + 0.5) * cell
+    assert (np.abs(np.hypot(z1, z2) - 2) < 0.2).all() and (np.abs(z1) > 1.5).all()
+    assert target[size // 2, size // 2] == target.min()               # dark in the middle of the ring

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from fastgen import cli
-from fastgen.train import REGISTRY, TrainOptions, UsageError, train
+from fastgen.train import NOT_TRAINABLE, REGISTRY, TrainOptions, UsageError, train
 from fastgen.train import checkpoint as ckpt_io
 from fastgen.train.generate import load_model
 
@@ -23,7 +23,8 @@ SLOW = {"stylegan2", "pixelcnnpp"}       # the slowest round trips (still second
 
 
 def _data(name):
-    return {"image": "digits", "audio": "audio-synthetic", "video": "moving-digits"}[REGISTRY[name].data]
+    return {"image": "digits", "audio": "audio-synthetic", "video": "moving-digits",
+            "density": "density:u1"}[REGISTRY[name].data]
 
 
 def _train(name, out, steps=2, *extra):
@@ -71,6 +72,16 @@ def test_train_sample_round_trip(name, tmp_path, capsys):
         assert Image.open(tmp_path / "s.png").size == (8 * (T * (W + 1) + 1), 8 * (3 * (H + 1) + 1))
         assert Image.open(tmp_path / "s.gif").n_frames == T
         assert "clips/s" in capsys.readouterr().out
+    elif spec.data == "density":
+        # points [n, 2]: the raw array (.npy), or the target beside their histogram (.png), seeded
+        for path in (tmp_path / "q.npy", tmp_path / "again.npy", tmp_path / "q.png"):
+            assert cli.main(["sample", name, "--checkpoint", str(out), "--n", "500", "--batch", "200",
+                             "--out", str(path), "--device", "cpu"]) == 0
+        points = np.load(tmp_path / "q.npy")
+        assert points.shape == (500, 2) and points.dtype == np.float32 and np.isfinite(points).all()
+        assert np.array_equal(points, np.load(tmp_path / "again.npy"))
+        assert Image.open(tmp_path / "q.png").size == (3 * (2 * 128 + 1), 3 * 128)
+        assert "samples/s" in capsys.readouterr().out
     else:
         from fastgen.data import load_wav
         path = tmp_path / "s.wav"
@@ -91,6 +102,8 @@ def test_train_sample_round_trip(name, tmp_path, capsys):
     ("vqvae", ("--ema", "0.9", "--config", json.dumps({**REGISTRY["vqvae"].tiny, "prior_start": 2}))),
     # the boundary inside the resumed part
     ("vqvae2", ("--ema", "0.9", "--config", json.dumps({**REGISTRY["vqvae2"].tiny, "prior_start": 3}))),
+    # samples drawn by the loss itself; the annealing schedule's step count (a buffer) + EMA
+    ("planar-flow", ("--ema", "0.9", "--config", json.dumps({**REGISTRY["planar-flow"].tiny, "anneal_steps": 3}))),
 ])
 def test_resume_after_interruption_is_bit_exact(name, extra, tmp_path):
     _train(name, tmp_path / "whole", 4, "--checkpoint-every", "2", *extra)
@@ -160,7 +173,19 @@ def test_bad_training_inputs(tmp_path, monkeypatch, capsys):
         assert err.count("\n") == 1 and all(w in err for w in words), err
 
     fails(["train", "nosuch", "--steps", "1"], ["unknown model 'nosuch'", "gated-pixelcnn"])
-    fails(["train", "planar-flow", "--steps", "1"], ["cannot be trained", "no closed-form inverse"])
+    # a zoo model the registry refuses is named with the reason (none at present: a stand-in)
+    monkeypatch.setitem(NOT_TRAINABLE, "some-flow", "it has no loss that fastgen train can compute")
+    fails(["train", "some-flow", "--steps", "1"], ["cannot be trained", "no loss that fastgen train"])
+    fails(["sample", "some_flow", "--checkpoint", str(tmp_path)], ["cannot be trained", "no loss"])
+    monkeypatch.delitem(NOT_TRAINABLE, "some-flow")
+    # target densities: only the flows fit them, the flows fit nothing else
+    fails(["train", "planar-flow", "--data", "density:u9"], ["no such target density", "density:u1, density:u2, "
+                                                             "density:u3, density:u4"])
+    fails(["train", "radial-flow", "--data", "digits"], ["not to data", "density:u1"])
+    fails(["train", "gated-pixelcnn", "--data", "density:u1"], ["target density", "trains on images",
+                                                                 "--data digits"])
+    fails(["train", "wavenet", "--data", "density:u2"], ["target density", "trains on audio"])
+    fails(["train", "planar-flow", "--data", "density:u1", "--config", '{"anneal_steps": -1}'], ["anneal_steps"])
     unlabelled = tmp_path / "unlabelled.npy"
     np.save(unlabelled, np.zeros((8, 8, 8), dtype=np.int64))
     fails(["train", "jem", "--data", str(unlabelled), "--levels", "17", "--steps", "1", "--out", str(tmp_path / "j")],
@@ -206,6 +231,61 @@ def test_amp_and_sample_every(tmp_path):
     _train("local-transformer", out, 2, "--amp", "bf16", "--sample-every", "1")
     assert sorted(os.listdir(out / "samples")) == ["step-00000001.png", "step-00000002.png"]
     assert ckpt_io.read_config(str(out))["train"]["amp"] == "bf16"
+
+
+def test_density_flow_lowers_the_kl_to_its_target(tmp_path):
+    """Fitting a planar flow to U2 (a sine ridge, Rezende & Mohamed's figure 3) by the reverse KL:
+    from about the base N(0, I), ~3.4 nats off, to a fraction of a nat in 300 small steps."""
+    out = tmp_path / "u2"
+    train(TrainOptions("planar-flow", data="density:u2", steps=300, batch=128, out=str(out), device="cpu",
+                       config={"layers": 8}, progress=False, log_every=1))
+    kl = [json.loads(line)["nats"] for line in open(out / "log.jsonl")]     # step 1: the initial flow's
+    assert len(kl) == 300 and kl[0] > 2.5 and np.mean(kl[-20:]) < 0.5, kl
+
+
+def test_density_flow_annealing_weights_the_energy_and_reports_the_kl():
+    """With anneal_steps T the gradient is that of E_q[log q + beta_t U], beta_t = min(1, 0.01 + t / T),
+    while the loss value stays the KL to the target; t is a buffer counted after each step."""
+    from fastgen.data.densities import energy, log_normalizer
+    from fastgen.train.registry import Batch, DataInfo, StepRNG, attach_data
+    spec = REGISTRY["planar-flow"]
+    torch.manual_seed(0)
+    model = attach_data(spec.make({"dim": 2, "layers": 3, "anneal_steps": 4}), spec,
+                        DataInfo("density", (2,), energy="u3"))
+    for _ in range(2):
+        spec.after_step(model)
+    assert int(model.fit_step) == 2 and "fit_step" in model.state_dict()
+    loss = spec.loss(model, Batch(torch.arange(64), None), StepRNG(7))
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    z, log_q = model.sample_with_log_prob(64, generator=torch.Generator().manual_seed(7))
+    u = energy("u3", z)
+    beta = 0.01 + 2 / 4
+    (log_q + beta * u).mean().backward()
+    for g, p in zip(got, model.parameters()):
+        torch.testing.assert_close(g, p.grad)
+    torch.testing.assert_close(loss.detach(), (log_q + u).mean().detach() + log_normalizer("u3"))
+    spec.after_step(model)
+    torch.testing.assert_close(spec.log_values(model)["beta"], torch.tensor(beta))
+
+
+def test_density_flow_samples_during_training_and_refuses_other_targets(tmp_path, capsys):
+    out = tmp_path / "run"
+    _train("radial-flow", out, 2, "--sample-every", "2")
+    assert os.listdir(out / "samples") == ["step-00000002.png"]
+    assert Image.open(out / "samples" / "step-00000002.png").size == (3 * (2 * 128 + 1), 3 * 128)
+    assert ckpt_io.open_checkpoint(str(out)).data_info.energy == "u1"
+    capsys.readouterr()
+    argv = ["train", "radial-flow", "--data", "density:u3", "--steps", "4", "--out", str(out), "--resume"]
+    assert cli.main(argv) == 2
+    assert "fitted to --data density:u1, not --data density:u3" in capsys.readouterr().err
+    for bad, words in ((["--out", str(tmp_path / "q.jpg")], [".png or .npy"]),
+                       (["--temperature", "0.5"], ["without a temperature"]),
+                       (["--label", "1"], ["not class-conditional"])):
+        assert cli.main(["sample", "radial-flow", "--checkpoint", str(out), *bad]) == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), err
 
 
 @pytest.mark.parametrize("name", ["pixelcnn", "gated-pixelcnn", "sngan", "stylegan2"])

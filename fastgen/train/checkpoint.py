@@ -39,7 +39,8 @@ class Checkpoint(NamedTuple):
     @property
     def data_info(self) -> DataInfo:
         d = self.config["data"]
-        return DataInfo(d["kind"], tuple(d["shape"]), d.get("levels"), d.get("num_classes"), d.get("sample_rate"))
+        return DataInfo(d["kind"], tuple(d["shape"]), d.get("levels"), d.get("num_classes"), d.get("sample_rate"),
+                        d.get("energy"))
 
     def path(self, key: str) -> Optional[str]:
         name = self.config["files"].get(key)

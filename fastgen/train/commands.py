@@ -13,7 +13,11 @@ import torch
 
 from fastgen.train.registry import NOT_TRAINABLE, REGISTRY, DataInfo, SampleOptions, UsageError, get
 
-MODELS_HELP = ("one of: " + ", ".join(REGISTRY) + " (not trainable here: " + ", ".join(NOT_TRAINABLE) + ")")
+MODELS_HELP = "one of: " + ", ".join(REGISTRY) + (" (not trainable here: " + ", ".join(NOT_TRAINABLE) + ")"
+                                                   if NOT_TRAINABLE else "")
+
+# what one sample of each kind of data is called in messages
+UNITS = {"image": "images", "audio": "clips", "video": "clips", "density": "samples"}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -37,11 +41,16 @@ TRAIN_EPILOG = """examples:
   fastgen train ddpm --data digits --steps 5000 --ema 0.999 --sample-every 1000 --out runs/ddpm
   fastgen train gated-pixelcnn --data digits --steps 4000 --out runs/gated --resume   # continue a run
   torchrun --nproc-per-node 4 -m fastgen train ddpm --data digits --steps 5000 --batch 256 --out runs/ddpm4
+  fastgen train planar-flow --data density:u1 --steps 5000 --sample-every 1000 --out runs/planar-u1
 
 --batch is the global batch: under torchrun each of the K processes takes batch / K samples.
 For the same --seed, the autoregressive models (deterministic losses) train to the same weights
 whatever K; models whose loss draws noise (diffusion, flows, VAEs) draw it per rank from the seed
-and the sample index (see fastgen/train/loop.py)."""
+and the sample index (see fastgen/train/loop.py).
+
+planar-flow and radial-flow fit no data: --data density:u1 .. density:u4 name a 2-D target
+density exp(-U) (Rezende & Mohamed 2015, figure 3; fastgen/data/densities.py), and the loss is
+KL(q || p) in nats, estimated from --batch samples of the flow per step."""
 
 
 def add_train_parser(sub) -> None:
@@ -54,11 +63,13 @@ def add_train_parser(sub) -> None:
     p.add_argument("--data", default="digits",
                    help="digits (bundled 8x8 digits), audio-synthetic (chords and chirps), moving-digits (4-frame "
                         "clips of a digit bouncing across a 12x12 canvas), an .npy file of integer images "
-                        "[N, (C,) H, W] or videos [N, T, (C,) H, W], or a folder of 16-bit .wav files")
+                        "[N, (C,) H, W] or videos [N, T, (C,) H, W], a folder of 16-bit .wav files, or for "
+                        "planar-flow / radial-flow a target density density:u1 .. density:u4")
     p.add_argument("--steps", type=int, default=1000, help="total optimisation steps (with --resume: the total, "
                                                            "not the number still to run)")
-    p.add_argument("--batch", type=int, default=None, help="global batch (default: 64 images, 8 audio clips or 32 "
-                                                           "video clips; resuming: the run's)")
+    p.add_argument("--batch", type=int, default=None, help="global batch (default: 64 images, 8 audio clips, 32 "
+                                                           "video clips or 256 samples of a density flow; "
+                                                           "resuming: the run's)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's, e.g. 1e-3)")
     p.add_argument("--out", default=None, help="checkpoint folder (default: runs/MODEL)")
     p.add_argument("--config", default=None,
@@ -75,8 +86,8 @@ def add_train_parser(sub) -> None:
                         "(FSDP2) instead of replicating them (DDP); for models whose training state does not fit "
                         "one GPU")
     p.add_argument("--sample-every", type=int, default=0, metavar="K",
-                   help="write samples (PNG grid, WAV, or a PNG of video clips one per row) to OUT/samples "
-                        "every K steps (0: never)")
+                   help="write samples (PNG grid, WAV, a PNG of video clips one per row, or a density flow's "
+                        "target beside the histogram of 10000 samples) to OUT/samples every K steps (0: never)")
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="K",
                    help="write a checkpoint every K steps (and at the end)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 0; resuming: the run's)")
@@ -127,13 +138,15 @@ SAMPLE_EPILOG = """examples:
   fastgen sample ddpm --checkpoint runs/ddpm --n 16 --steps 100 --out ddpm.png
   fastgen sample wavenet --checkpoint runs/wavenet --seconds 2 --n 3 --out out.wav   # out-0.wav .. out-2.wav
   fastgen sample video-transformer --checkpoint runs/video --n 16 --out clips.gif     # or clips.png
+  fastgen sample planar-flow --checkpoint runs/planar-u1 --n 10000 --out q.png       # or q.npy
   torchrun --nproc-per-node 4 -m fastgen sample ddpm --checkpoint runs/ddpm --num-samples 1024 --batch 64 --out big.png
 
 Images go into one PNG grid; audio clips into one WAV each (OUT for one clip, OUT-<i>.wav for
 several); video clips into one PNG (a row per clip, frames left to right) or one animated GIF
-(.gif: frame t shows every clip's frame t).  --batch samples are drawn at a time; the same
---seed and --batch give the same samples on one process or many (each chunk of --batch is
-seeded by its first sample index)."""
+(.gif: frame t shows every clip's frame t); points of planar-flow / radial-flow into a PNG
+(the target density beside the samples' 2-D histogram) or an .npy array [n, 2].  --batch
+samples are drawn at a time; the same --seed and --batch give the same samples on one process
+or many (each chunk of --batch is seeded by its first sample index)."""
 
 
 def add_sample_parser(sub) -> None:
@@ -145,13 +158,14 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder written by fastgen train (wavenet: also a "
                                                        "file written by WaveNet.save)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=None,
-                   help="how many samples (default: 64 images, 8 video clips or 1 audio clip; audio with only "
-                        "--batch given: --batch clips).  Under torchrun write --num-samples: torchrun's own parser "
-                        "takes --n for an abbreviation of its options")
+                   help="how many samples (default: 64 images, 8 video clips, 10000 points of a density flow or "
+                        "1 audio clip; audio with only --batch given: --batch clips).  Under torchrun write "
+                        "--num-samples: torchrun's own parser takes --n for an abbreviation of its options")
     p.add_argument("--out", default=None, help="output file: .png for images, .wav for audio, .png or .gif for "
-                                               "video (default: samples.png, out.wav or clips.gif)")
+                                               "video, .png or .npy for a density flow (default: samples.png, "
+                                               "out.wav or clips.gif)")
     p.add_argument("--batch", type=int, default=None, help="samples drawn at a time (default: min(n, 64) images "
-                                                           "or video clips, all the audio clips)")
+                                                           "or video clips, all the audio clips or points)")
     p.add_argument("--method", choices=["fast", "naive"], default=None,
                    help="fast: incremental caches / fused kernels; naive: full recompute (the reference) -- "
                         "autoregressive and diffusion models only (default: fast)")
@@ -234,7 +248,8 @@ def _check_sample_args(args, spec, model, info) -> SampleOptions:
             raise UsageError("this WaveNet needs local conditioning features; sample it from Python with "
                              "model.stream(...)")
     elif args.seconds is not None:
-        raise UsageError(f"--seconds: {spec.name} draws {spec.data}s; use --n")
+        raise UsageError(f"--seconds: {spec.name} draws {'points' if spec.data == 'density' else spec.data + 's'}; "
+                         f"use --n")
     if args.speaker is not None:
         classes = getattr(model, "global_classes", None) if spec.data == "audio" else None
         if not classes:
@@ -279,15 +294,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         options = _check_sample_args(args, spec, model, info)
     except UsageError as err:
         return _usage("sample", err)
-    n = args.n or {"image": 64, "video": 8}.get(spec.data) or args.batch or 1
-    batch = args.batch or (n if spec.data == "audio" else min(n, 64))
+    n = args.n or {"image": 64, "video": 8, "density": 10000}.get(spec.data) or args.batch or 1
+    batch = args.batch or (n if spec.data in ("audio", "density") else min(n, 64))
     created = init(env, device)
     try:
         bar = None
         if env.is_main:
             from tqdm import tqdm
-            bar = tqdm(total=n, desc=f"sample {spec.name} ({options.method})",
-                       unit="image" if spec.data == "image" else "clip")
+            bar = tqdm(total=n, desc=f"sample {spec.name} ({options.method})", unit=UNITS[spec.data][:-1])
         start = time.perf_counter()
         samples = draw(spec, model, n, batch, args.seed, options, env, args.label,
                        progress=None if bar is None else lambda k: bar.update(min(k, n - bar.n)))
@@ -301,7 +315,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             if spec.data == "audio":
                 rate = f"{n * options.length / seconds:,.0f} samples/s ({n} x {options.length} samples"
             else:
-                unit = "images" if spec.data == "image" else "clips"
+                unit = UNITS[spec.data]
                 rate = f"{n / seconds:,.1f} {unit}/s ({n} {unit}"
             shown = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
             print(f"{rate} in {seconds:.1f} s); wrote {shown}")

@@ -1,6 +1,8 @@
 """Drawing samples from a registered model and writing them: ``draw`` (in chunks, sharded over
 ranks), ``write`` (a PNG grid of images; WAV files, one per audio clip; video clips as a PNG of
-one row per clip or an animated GIF -- ``OUTPUTS`` lists the formats of each kind of data),
+one row per clip or an animated GIF; points of a density flow as a PNG of their histogram
+beside the target density, or the raw points as .npy -- ``OUTPUTS`` lists the formats of each
+kind of data),
 ``load_model`` (a model and its data facts from a ``fastgen train`` checkpoint).
 
 Same samples whatever the world size: the n samples are cut into chunks of ``batch``; chunk c
@@ -34,6 +36,8 @@ OUTPUTS = {
     "audio": OutputFormat((".wav",), "WAV audio", "out.wav"),
     "video": OutputFormat((".png", ".gif"), "video clips as a PNG (one row per clip) or an animated GIF",
                           "clips.gif"),
+    "density": OutputFormat((".png", ".npy"), "points as a PNG (the target density beside the samples' histogram) "
+                            "or as an .npy array [n, 2]", "samples.png"),
 }
 
 
@@ -50,9 +54,9 @@ def labels_for(num_classes: Optional[int], start: int, count: int, label: Option
 @torch.no_grad()
 def draw(spec: ModelSpec, model: nn.Module, n: int, batch: int, seed: int, options: SampleOptions,
          env: DistEnv = DistEnv(0, 1, 0), label: Optional[int] = None, progress=None) -> Optional[Tensor]:
-    """n samples (long images [n, C, H, W], audio [n, T] or long videos [n, T, C, H, W]); under
-    torchrun every rank returns them all (gathered in index order).  ``progress(count)`` after
-    each chunk on rank 0."""
+    """n samples (long images [n, C, H, W], audio [n, T], long videos [n, T, C, H, W] or points
+    [n, D]); under torchrun every rank returns them all (gathered in index order).
+    ``progress(count)`` after each chunk on rank 0."""
     device = next(model.parameters()).device
     mine = []
     for c, start in enumerate(range(0, n, batch)):
@@ -125,6 +129,45 @@ def save_video_gif(videos: Tensor, levels: int, path: str, scale: int = 8, frame
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
 
 
+# a colour map for densities, dark (0) to light (the maximum): five anchors interpolated linearly
+_COLOURS = torch.tensor([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]],
+                        dtype=torch.float32)
+
+
+def _colour(values: Tensor) -> Tensor:
+    """values [...] in [0, 1] -> RGB [..., 3] in [0, 255] along ``_COLOURS``."""
+    position = values.clamp(0, 1) * (len(_COLOURS) - 1)
+    low = position.floor().long().clamp(max=len(_COLOURS) - 2)
+    frac = (position - low)[..., None]
+    return _COLOURS[low] * (1 - frac) + _COLOURS[low + 1] * frac
+
+
+def density_pixels(points: Tensor, energy_name: str, size: int = 128) -> np.ndarray:
+    """Points [n, 2] of a flow fitted to the target ``energy_name`` (``fastgen.data.densities``)
+    -> uint8 RGB [size, 2 * size + 1, 3]: left the target density exp(-U), right the points'
+    2-D histogram, on the same size x size grid over the square [-4, 4]^2 (z1 left to right,
+    z2 bottom to top), each scaled to its own maximum, a white column between them."""
+    from fastgen.data.densities import BOX, energy, grid
+    cells = grid(size, BOX)
+    log_p = -energy(energy_name, cells.points.double()).view(size, size)
+    target = (log_p - log_p.max()).exp()
+    z = points.double()
+    inside = (z.abs() < BOX).all(1)
+    z1, z2 = z[inside, 0], z[inside, 1]
+    col = ((z1 + BOX) / cells.cell).long().clamp(0, size - 1)
+    row = ((BOX - z2) / cells.cell).long().clamp(0, size - 1)          # row 0 is the top: z2 = +BOX
+    counts = torch.bincount(row * size + col, minlength=size * size).view(size, size).double()
+    histogram = counts / counts.max().clamp_min(1)
+    gutter = torch.full((size, 1, 3), 255.0)
+    picture = torch.cat([_colour(target.float()), gutter, _colour(histogram.float())], 1)
+    return picture.round().byte().numpy()
+
+
+def save_density_picture(points: Tensor, energy_name: str, path: str, scale: int = 3) -> None:
+    """``density_pixels`` as a PNG enlarged ``scale`` times."""
+    _picture(density_pixels(points, energy_name), scale).save(path)
+
+
 def audio_paths(out: str, n: int) -> List[str]:
     """One WAV per clip: ``out`` itself for one clip, else ``<stem>-<i>.wav`` (i = 0..n-1)."""
     if n == 1:
@@ -142,6 +185,13 @@ def write(samples: Tensor, info: DataInfo, out: str) -> List[str]:
     if info.kind == "video":
         save = save_video_gif if out.lower().endswith(".gif") else save_video_rows
         save(samples, info.levels, out)
+        return [out]
+    if info.kind == "density":
+        if out.lower().endswith(".npy"):
+            with open(out, "wb") as f:                  # (np.save would add .npy to a name ending in .NPY)
+                np.save(f, samples.float().numpy())
+        else:
+            save_density_picture(samples, info.energy, out)
         return [out]
     from fastgen.data import save_wav
     paths = audio_paths(out, len(samples))

@@ -76,7 +76,7 @@ class TrainOptions:
     progress: bool = True
 
 
-DEFAULT_BATCH = {"image": 64, "audio": 8, "video": 32}
+DEFAULT_BATCH = {"image": 64, "audio": 8, "video": 32, "density": 256}
 
 
 class EMA:
@@ -184,6 +184,9 @@ def _resolve_run(opts: TrainOptions, spec: ModelSpec, out: str, info: DataInfo):
         raise UsageError(f"--resume: the checkpoint in {out} was trained on data of shape {saved['data']['shape']} "
                          f"with {saved['data'].get('levels')} levels; --data {opts.data} has shape "
                          f"{list(info.shape)} with {info.levels} levels")
+    if saved["data"].get("energy") != info.energy:
+        raise UsageError(f"--resume: the checkpoint in {out} was fitted to --data {saved['data']['source']}, "
+                         f"not --data {opts.data}")
     args = saved["args"]
     if opts.config and json.loads(json.dumps(merge(args, opts.config))) != args:
         raise UsageError(f"--resume: --config does not match the checkpoint's model configuration {args}")
@@ -394,7 +397,7 @@ def _sample_during_training(spec, model, ema, info, out, step, seed, device) -> 
         model.load_state_dict(ema.state)
     model.eval()
     try:
-        n = {"image": 16, "video": 8}.get(spec.data, 1)
+        n = {"image": 16, "video": 8, "density": 10000}.get(spec.data, 1)
         length = min(info.sample_rate // 2, 8000) if spec.data == "audio" else None
         samples = draw(spec, model, n, n, seed, SampleOptions(length=length))
         write(samples, info, os.path.join(folder, f"step-{step:08d}.{'wav' if spec.data == 'audio' else 'png'}"))

@@ -5,15 +5,17 @@ loss, and how it is sampled.
 A ``ModelSpec`` holds plain functions, so adding a model is one entry here:
 
 - ``data``: the kind of data it trains on: ``'image'`` (integer images [N, C, H, W]),
-  ``'audio'`` (float clips [N, T] in [-1, 1]) or ``'video'`` (integer clips [N, T, C, H, W]);
+  ``'audio'`` (float clips [N, T] in [-1, 1]), ``'video'`` (integer clips [N, T, C, H, W]) or
+  ``'density'`` (no data: a target density exp(-U) that the model fits by the reverse KL; the
+  batch holds sample slots, see ``fastgen.train.data``);
 - ``defaults(info)``: constructor arguments (JSON-serialisable) for a ``DataInfo``;
   ``--config`` entries are merged over them (dictionaries recursively);
 - ``build(args)``: the model (``cls(**args)`` unless given);
 - ``loss(model, batch, rng)``: a scalar loss for a ``Batch``; ``rng.cpu()`` / ``rng.on(device)``
   are the step's generators (seeded from the run seed and the sample index, see
-  ``fastgen.train.loop``); ``units``: 'bits/dim' or 'bits/sample' when the loss is one;
+  ``fastgen.train.loop``); ``units``: 'bits/dim', 'bits/sample' or 'nats' when the loss is one;
 - ``sample(model, n, opts, generator, labels)``: n outputs -- long images [n, C, H, W] in
-  [0, levels), audio [n, T] or long videos [n, T, C, H, W];
+  [0, levels), audio [n, T], long videos [n, T, C, H, W] or float points [n, D] (density);
 - ``train_step`` / ``optimizers``: for models with their own update (the GANs' two optimizers);
 - ``data_init(model, batch, rng)``: a data-dependent initialisation run once on the first
   global batch before training (Glow's ActNorm), identical on every rank;
@@ -44,18 +46,20 @@ class UsageError(ValueError):
 
 class DataInfo(NamedTuple):
     """What a model is built for.  image: shape (C, H, W), levels; audio: shape (T,) (the
-    training segment), sample_rate; video: shape (T, C, H, W) (frames first), levels.
+    training segment), sample_rate; video: shape (T, C, H, W) (frames first), levels; density:
+    shape (D,) of the points z, energy: the target's name (``fastgen.data.densities``: 'u1'..).
     num_classes: labels available (None: none)."""
     kind: str
     shape: Tuple[int, ...]
     levels: Optional[int] = None
     num_classes: Optional[int] = None
     sample_rate: Optional[int] = None
+    energy: Optional[str] = None
 
 
 class Batch(NamedTuple):
-    """One batch on the training device: x (long images [B, C, H, W], float audio [B, T] or long
-    videos [B, T, C, H, W]) and labels [B] (or None)."""
+    """One batch on the training device: x (long images [B, C, H, W], float audio [B, T], long
+    videos [B, T, C, H, W] or, for a density, long sample slots [B]) and labels [B] (or None)."""
     x: Tensor
     labels: Optional[Tensor]
 
@@ -94,14 +98,14 @@ class SampleOptions(NamedTuple):
 class ModelSpec:
     name: str
     target: str                                       # "module:Class"
-    data: str                                         # 'image' | 'audio' | 'video'
+    data: str                                         # 'image' | 'audio' | 'video' | 'density'
     summary: str
     defaults: Callable[[DataInfo], Dict[str, Any]]
     loss: Callable[..., Tensor]
     sample: Callable[..., Tensor]
     tiny: Dict[str, Any] = field(default_factory=dict)      # overrides for tests and quick checks
     build: Optional[Callable[[Dict[str, Any]], nn.Module]] = None
-    units: Optional[str] = None                       # 'bits/dim' | 'bits/sample' | None
+    units: Optional[str] = None                       # 'bits/dim' | 'bits/sample' | 'nats' | None
     lr: float = 1e-3
     methods: Tuple[str, ...] = ("fast",)             # sampling methods ('fast' always the default)
     temperature: Optional[str] = None                 # None (not used), '>0' or '>=0'
@@ -486,6 +490,76 @@ def _vq_spec(name, target, summary) -> ModelSpec:
                      log_values=_vq_log)
 
 
+# Planar / radial flows (fastgen.models.maf) as variational posteriors q(z), fitted to a target
+# p(z) = exp(-U(z)) / Z of fastgen.data.densities by the reverse KL, as Rezende & Mohamed 2015
+# (section 6.1, figure 3) do:
+#
+#     KL(q || p) = E_q[log q(z) + U(z)] + log Z,
+#
+# estimated with the batch's samples z ~ q drawn by sample_with_log_prob (one pass per layer);
+# log Z comes from quadrature, so the loss is the KL itself, in nats (>= 0 in expectation, 0
+# when q = p).  The batch carries no data: one sample is drawn per slot of batch.x (so under
+# torchrun each rank draws its batch / K), every draw from the step's generator.
+#
+# Annealing (config anneal_steps = T > 0; the paper used T = 10000): the energy is weighted by
+# beta_t = min(1, 0.01 + t / T) at step t, i.e. the gradient is that of E_q[log q + beta_t U].
+# The step count t is a buffer of the model (part of its weights, so resuming continues the
+# schedule), counted by after_step.  The loss value stays the KL to the target itself (the
+# annealed objective plus the detached difference), so the log reads the same at every beta.
+
+def _build_density_flow(cls_name: str) -> Callable[[Dict[str, Any]], nn.Module]:
+    def build(args: Dict[str, Any]) -> nn.Module:
+        from fastgen.models import maf
+        rest = dict(args)
+        anneal_steps = rest.pop("anneal_steps", 0)
+        if not isinstance(anneal_steps, int) or isinstance(anneal_steps, bool) or anneal_steps < 0:
+            raise ValueError(f"anneal_steps must be an int >= 0 (0: no annealing), got {anneal_steps!r}")
+        model = getattr(maf, cls_name)(**rest)
+        model.anneal_steps = anneal_steps
+        if anneal_steps:
+            model.register_buffer("fit_step", torch.zeros((), dtype=torch.long))
+        return model
+    return build
+
+
+def _beta(model, step: Tensor) -> Tensor:
+    """The annealing weight of the energy at ``step`` (a long tensor), 0-d."""
+    return (0.01 + step.float() / model.anneal_steps).clamp(max=1.0)
+
+
+def _density_loss(model, batch: Batch, rng: StepRNG) -> Tensor:
+    from fastgen.data.densities import energy
+    z, log_q = model.sample_with_log_prob(len(batch.x), generator=rng.on(batch.x.device))
+    u = energy(model.energy, z).to(log_q.dtype)
+    kl = (log_q + u).mean() + model.log_z
+    if not model.anneal_steps:
+        return kl
+    annealed = (log_q + _beta(model, model.fit_step) * u).mean()
+    return annealed + (kl - annealed).detach()      # the annealed objective's gradient, the KL's value
+
+
+def _density_after_step(model) -> None:
+    if model.anneal_steps:
+        model.fit_step += 1
+
+
+def _density_log(model) -> Dict[str, Any]:
+    # read after the step: the logged loss used the beta of step fit_step - 1
+    return {"beta": _beta(model, model.fit_step - 1)} if model.anneal_steps else {}
+
+
+def _density_sample(model, n, opts: SampleOptions, generator, labels) -> Tensor:
+    return model.sample(n, generator=generator)
+
+
+def _density_spec(name, cls_name, summary) -> ModelSpec:
+    return ModelSpec(name, f"fastgen.models.maf:{cls_name}", "density", summary,
+                     lambda i: {"dim": i.shape[0], "layers": 32, "anneal_steps": 0}, _density_loss, _density_sample,
+                     {"layers": 2}, build=_build_density_flow(cls_name), units="nats", lr=1e-2,
+                     num_classes=lambda m: None, after_step=_density_after_step, log_values=_density_log,
+                     sample_generator="model")
+
+
 # ------------------------------------------------------------------------------------------
 
 SPECS: List[ModelSpec] = [
@@ -571,14 +645,16 @@ SPECS: List[ModelSpec] = [
                  "cross-entropy + contrastive divergence; samples: SGLD on p(x | y) from noise)", _jem_args,
                  _jem_loss, {"classifier": {"channels": 4}, "buffer_size": 16, "sgld_options": {"steps": 2},
                              "sample_steps": 2}, build=_build_jem),
+    _density_spec("planar-flow", "PlanarFlow", "Planar flow fitted to a 2-D target density exp(-U) by the reverse KL "
+                  "(--data density:u1 .. density:u4; samples: points [n, 2])"),
+    _density_spec("radial-flow", "RadialFlow", "Radial flow fitted to a 2-D target density exp(-U) by the reverse KL "
+                  "(--data density:u1 .. density:u4; samples: points [n, 2])"),
 ]
 
 REGISTRY: Dict[str, ModelSpec] = {spec.name: spec for spec in SPECS}
 
-NOT_TRAINABLE: Dict[str, str] = {
-    "planar-flow": "planar flows have no closed-form inverse to evaluate data densities with; use maf",
-    "radial-flow": "radial flows are variational posteriors, not density models of data; use maf",
-}
+# name -> why fastgen train refuses it (a zoo model without an entry; none at present)
+NOT_TRAINABLE: Dict[str, str] = {}
 
 
 def available() -> List[str]:
@@ -602,7 +678,11 @@ def get(name: str) -> ModelSpec:
 def attach_data(model: nn.Module, spec: ModelSpec, info: DataInfo) -> nn.Module:
     """Store the data facts a model needs for sampling but does not take as arguments
     (``image_shape`` and ``levels`` of diffusion models and GANs, ``levels`` of EBM / JEM,
-    ``pixel_levels`` of MAF/IAF)."""
+    ``pixel_levels`` of MAF/IAF, the target ``energy`` of a density flow and its ``log_z``)."""
+    if spec.data == "density":
+        from fastgen.data.densities import log_normalizer
+        model.energy = info.energy
+        model.log_z = log_normalizer(info.energy)     # here, once: a constant (under --compile too)
     if spec.data != "image":
         return model
     if spec.name in ("made", "maf", "iaf", "nice", "realnvp", "glow", "ddpm", "ncsn") or spec.train_step:
