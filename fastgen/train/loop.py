@@ -278,7 +278,9 @@ def _run(opts, spec, env, device, out, data, args, batch, lr, seed, ema_decay, a
     if env.is_main:
         os.makedirs(out, exist_ok=True)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"fastgen train {spec.name}: {n_params / 1e3:.1f}k parameters, {len(data.x)} items from {opts.data}, "
+        source = (f"{len(data.x)} items from {opts.data}" if info.kind != "density"
+                  else f"fitted to {opts.data} with its own samples")
+        print(f"fastgen train {spec.name}: {n_params / 1e3:.1f}k parameters, {source}, "
               f"global batch {batch} over {env.world_size} process(es), {device}, steps {start} -> {opts.steps}, "
               f"checkpoints in {out}", file=sys.stderr)
     bar = None
