@@ -243,7 +243,7 @@ def define_op(name: str, *, family: str, tf32: str, mutates_args: Sequence[str] 
 
 
 def define_autograd(op: OpDefinition, *, forward: Callable, backward: Callable, backward_op: Callable,
-                    backward_fake: Callable, tensor_inputs: int) -> None:
+                    backward_fake: Callable, tensor_inputs: int, differentiable_backward: bool = False) -> None:
     """Give ``op`` a gradient, eager and registered, from one forward/backward pair.
 
     forward(*args) -> (output, saved): the kernel path, also returning the tensors backward
@@ -254,7 +254,13 @@ def define_autograd(op: OpDefinition, *, forward: Callable, backward: Callable, 
         output, each possibly None for an output that was not used), registered as
         ``torch.ops.fastgen.<name>_backward`` (what torch.compile traces; it saves only the inputs
         and recomputes ``saved`` from them), with ``backward_fake`` its fake.
-    Non-tensor arguments get no gradient."""
+    Non-tensor arguments get no gradient.
+
+    ``differentiable_backward``: the eager ``backward`` is built from differentiable ops (other
+    ops with autograd), so a second derivative flows through it (``create_graph=True``: R1, path
+    lengths).  Without it a backward run with ``create_graph=True`` raises: a kernel's gradients
+    carry no graph, and PyTorch would otherwise return second derivatives with those terms
+    silently missing."""
     backward_registered = torch.library.custom_op(f"fastgen::{op.name}_backward", mutates_args=())(backward_op)
     backward_registered.register_fake(backward_fake)
     backward_call = getattr(torch.ops.fastgen, f"{op.name}_backward")
@@ -269,6 +275,10 @@ def define_autograd(op: OpDefinition, *, forward: Callable, backward: Callable, 
 
         @staticmethod
         def backward(ctx, *grad):
+            if torch.is_grad_enabled() and not differentiable_backward:     # create_graph=True
+                raise RuntimeError(f"fastgen.ops {op.name}: its Triton backward is not differentiable, so a second "
+                                   f"derivative through it (create_graph=True) is not available; call the op with "
+                                   f"backend='reference' (or FASTGEN_BACKEND=reference) for double backward")
             grad = grad if len(grad) > 1 else grad[0]
             grads = backward(grad, ctx.saved_tensors, ctx.args, ctx.needs_input_grad[:tensor_inputs])
             return (*grads, *([None] * (len(ctx.args) - tensor_inputs)))

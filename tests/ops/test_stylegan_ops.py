@@ -349,6 +349,27 @@ def test_modulated_conv2d_reference_gradcheck(up, down):
     assert torch.autograd.gradcheck(lambda x, w, s: R.modulated_conv2d(x, w, s, True, up, down, 1, f), (x, w, s))
 
 
+def test_modulated_conv2d_double_backward_is_refused_on_triton_not_wrong():
+    """A second derivative through the Triton conv (create_graph=True, e.g. path-length
+    regularisation) raises -- its kernel gradients carry no graph, and PyTorch would otherwise
+    return second derivatives missing those terms -- while the reference gives them."""
+    x = _rand(2, 3, 5, 5).requires_grad_()
+    w = _rand(4, 3, 3, 3, seed=1).requires_grad_()
+    s = (_rand(2, 3, seed=2) + 1).requires_grad_()
+
+    def second_order(backend):
+        y = ops.modulated_conv2d(x, w, s, padding=1, backend=backend)
+        gx, = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), w)[0]
+
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        second_order("triton")
+    assert second_order("reference").abs().sum() > 0
+    # first order on Triton is unaffected
+    y = ops.modulated_conv2d(x, w, s, padding=1, backend="triton")
+    assert torch.autograd.grad(y.sum(), w)[0].shape == w.shape
+
+
 # --------------------------------------------------------------------------- registration
 
 def test_opcheck_bias_act_and_upfirdn2d():

@@ -159,7 +159,7 @@ def _bias_act_backward_op(grad: Tensor, x: Tensor, b: Optional[Tensor], act: str
 
 define_autograd(
     _bias_act_kernel, tensor_inputs=2, forward=_bias_act_forward, backward=_bias_act_backward,
-    backward_op=_bias_act_backward_op,
+    backward_op=_bias_act_backward_op, differentiable_backward=True,     # through _bias_act_grad_kernel
     backward_fake=lambda grad, x, b, *args: [torch.empty_like(x), torch.empty_like(b) if b is not None
                                              else x.new_empty(0)],
 )
@@ -281,7 +281,7 @@ define_autograd(
     _upfirdn2d_kernel, tensor_inputs=2,
     forward=lambda *args: (_upfirdn2d_kernel.kernel(*args), ()),
     backward=_upfirdn2d_backward,
-    backward_op=_upfirdn2d_backward_op,
+    backward_op=_upfirdn2d_backward_op, differentiable_backward=True,    # the gradient is an upfirdn2d
     backward_fake=lambda grad, x, f, *args: [torch.empty_like(x), torch.empty_like(f)],
 )
 
