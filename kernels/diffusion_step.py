@@ -30,7 +30,11 @@ Floor: one read of x, out (twice with guidance) and z, one write: ~4 x 4 bytes p
 
 ``score_noise_norms_kernel`` is the reduction the predictor-corrector needs first: per sample,
 the sums of squares of the (guided) output and of z -- the same z the step then draws, since
-both kernels draw element i from Philox at (seed, offset + i).
+both kernels draw element i from Philox at (seed, offset + i).  ``corrector_coefficients_kernel``
+then turns those partial sums into the corrector's [B, 7] rows on the device (Song et al. 2021,
+Algorithm 4/5): score_norm = ||out|| (/ s1 for an eps model), e = 2 (snr ||z|| / max(score_norm,
+1e-12))^2, row = (s0, s1, 0, -e / s1, 1, sqrt(2 e), 0) -- so the corrector is three launches
+(norms, rows, step) and no other op.
 """
 import triton
 import triton.language as tl
@@ -118,6 +122,38 @@ def score_noise_norms_kernel(out_ptr, noise_ptr, partial_ptr, uncond_offset, sam
     tl.store(partial + 1, tl.sum(z * z, axis=0))
 
 
+@triton.jit
+def corrector_coefficients_kernel(partial_ptr, rows_ptr, batch, blocks, partial_stride_b, partial_stride_j,
+                                  rows_stride_b, snr, s0, s1,
+                                  EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Program i writes rows b in [i BLOCK_B, (i + 1) BLOCK_B): the sums over j of
+    partial[b, j] = (sum out^2, sum z^2), then the Langevin corrector's coefficients."""
+    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    ok = b < batch
+    out_sq = tl.zeros([BLOCK_B], dtype=tl.float32)
+    z_sq = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for j0 in range(0, blocks, BLOCK_J):       # a few hundred blocks at most (1024 elements each)
+        j = j0 + tl.arange(0, BLOCK_J)
+        mask = ok[:, None] & (j < blocks)[None, :]
+        at = partial_ptr + b[:, None] * partial_stride_b + j[None, :] * partial_stride_j
+        out_sq += tl.sum(tl.load(at, mask=mask, other=0.0), axis=1)
+        z_sq += tl.sum(tl.load(at + 1, mask=mask, other=0.0), axis=1)
+    score_norm = tl.sqrt(out_sq)
+    if EPS:                                     # score = -eps / s1
+        score_norm = score_norm / s1
+    ratio = snr * tl.sqrt(z_sq) / tl.maximum(score_norm, 1e-12)
+    e = 2.0 * ratio * ratio
+    zero = tl.zeros([BLOCK_B], dtype=tl.float32)
+    row = rows_ptr + b * rows_stride_b          # columns in StepCoefficients order
+    tl.store(row + 0, zero + s0, mask=ok)
+    tl.store(row + 1, zero + s1, mask=ok)
+    tl.store(row + 2, zero, mask=ok)
+    tl.store(row + 3, -e / s1, mask=ok)
+    tl.store(row + 4, zero + 1.0, mask=ok)
+    tl.store(row + 5, tl.sqrt(2.0 * e), mask=ok)
+    tl.store(row + 6, zero, mask=ok)
+
+
 def diffusion_step(x, out, noise, y, coefficients, prediction, clip, guidance, seed=0, offset=0,
                    learned_variance=None, threshold_scale=None, aux=None, per_sample=None, kept=None, keep=(0.0, 0.0),
                    block=1024):
@@ -162,3 +198,17 @@ def score_noise_norms(out, noise, partial, sample_size, guidance, seed=0, offset
            dict(GUIDED=guidance is not None, NOISE=1 if noise is not None else 2, BLOCK=block),
            partial, num_warps=4, unspecialized=("seed", "offset"))
     return partial
+
+
+def corrector_coefficients(partial, rows, snr, s0, s1, prediction):
+    """Launch the Langevin corrector's rows: partial [B, blocks, 2] float32 (``score_noise_norms``)
+    -> rows [B, 7] float32, prediction 'eps' | 'score'.  Any batch / block strides; each pair
+    of partial and each row's 7 columns adjacent (stride 1)."""
+    batch, blocks = partial.shape[0], partial.shape[1]
+    block_b = min(32, triton.next_power_of_2(batch))
+    launch(corrector_coefficients_kernel, (triton.cdiv(batch, block_b),),
+           (partial, rows, batch, blocks, partial.stride(0), partial.stride(1), rows.stride(0),
+            float(snr), float(s0), float(s1)),
+           dict(EPS=prediction == "eps", BLOCK_B=block_b, BLOCK_J=min(64, triton.next_power_of_2(blocks))),
+           rows, num_warps=1)
+    return rows

@@ -65,6 +65,13 @@ BUDGETS = {
     "pf_ode": Budget(triton=1.0, ops=0.0),
     "sgld": Budget(triton=1.0, ops=0.0),
     "langevin": Budget(triton=1.0, ops=0.0),
+    # predictor-corrector, one corrector step per level (the default): the predictor's fused step
+    # (1) and the corrector's three launches -- the per-sample norms, its [B, 7] step sizes from
+    # them (one small kernel, written into a workspace the loop allocates once per run) and its
+    # fused step -- and no other op (was 3 launches + 17 ops for pc_ve, + 18 for pc_vp: the rows
+    # built by ~15 small torch ops, the norms' sum / sqrt and their allocation)
+    "pc_ve": Budget(triton=4.0, ops=0.0),
+    "pc_vp": Budget(triton=4.0, ops=0.0),
     # heun: two denoiser calls per step, one launch after each, no other op (was 2 + 5)
     "heun": Budget(triton=2.0, ops=0.0),
     # classifier-free guidance (cond and uncond [4] each, w = 2): one more op per denoiser call,
@@ -139,7 +146,7 @@ def test_wavenet_fused_generation(triton_backend, persistent):
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m", "ddpm", "euler", "heun", "pf_ode", "sgld", "langevin",
-                                     "ddim_guided", "dpmpp2m_guided"])
+                                     "pc_ve", "pc_vp", "ddim_guided", "dpmpp2m_guided"])
 def test_diffusion_step_loop(sampler):
     eps = torch.randn(4, 3, 8, 8)
     denoiser = (lambda x: eps) if sampler == "sgld" else (lambda x, t: eps)

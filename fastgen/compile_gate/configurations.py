@@ -247,8 +247,8 @@ def _diffusion(shape, dtype, prediction="eps", clip=False, guidance=None, noise=
 
 
 def diffusion_configurations(quick=False):
-    """The fused diffusion step and the corrector's norms at batch 64, 3x64x64 (the benchmark)
-    and the 8x8 demo.  The step's eight switches make 1152 variants, of which the samplers use
+    """The fused diffusion step, the corrector's norms and its rows at batch 64, 3x64x64 (the
+    benchmark) and the 8x8 demo.  The step's eight switches make 1152 variants, of which the samplers use
     a few: each sampler's combination (fastgen.sampling.diffusion), every value of every switch
     at least once, and everything on at once (the most registers), in fp32, bf16 and fp16."""
     from fastgen.kernels import diffusion_step as k
@@ -283,6 +283,12 @@ def diffusion_configurations(quick=False):
                                         1.5 if guided else None, seed=1, offset=2)
                 cases.append((f"score_noise_norms B{shape[0]} {'x'.join(map(str, shape[1:]))}"
                               f"{' guided' if guided else ''} {'noise' if noise else 'philox'}", norms))
+        for prediction in ("eps", "score"):        # the corrector's rows from the norms' partial sums
+            def rows(shape=shape, prediction=prediction):
+                blocks = k.norms_blocks(math.prod(shape[1:]))[1]
+                k.corrector_coefficients(_t(shape[0], blocks, 2), _t(shape[0], k.COEFFICIENTS), 0.16, 1.0, 0.5,
+                                         prediction)
+            cases.append((f"corrector_coefficients B{shape[0]} {'x'.join(map(str, shape[1:]))} {prediction}", rows))
     return cases
 
 

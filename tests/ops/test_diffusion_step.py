@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fastgen.ops.diffusion_step import reference
-from fastgen.ops.diffusion_step import COEFFICIENTS, KeptStep, StepCoefficients, diffusion_step, score_noise_norms
+from fastgen.ops.diffusion_step import (COEFFICIENTS, CorrectorWorkspace, KeptStep, StepCoefficients,
+                                        corrector_coefficients, corrector_workspace, diffusion_step, score_noise_norms)
 from fastgen.sampling import diffusion
 
 MU, STD = 0.3, 0.5
@@ -169,6 +170,75 @@ def test_score_noise_norms_match_reference_and_the_step_philox_noise(guided):
     torch.testing.assert_close(norms[:, 0], reference.score_noise_norms(out, drawn, w)[:, 0], rtol=1e-5, atol=1e-5)
 
 
+# B, per-sample shape: 1, 3 and 70 norm blocks of 1024 (70 > the rows kernel's 64 per pass);
+# B 33 > its 32 rows per program
+CORRECTOR_SHAPES = [pytest.param(1, (3, 5), id="B1-blocks1"), pytest.param(5, (2, 37, 29), id="B5-blocks3"),
+                    pytest.param(33, (4, 7), id="B33-blocks1"), pytest.param(2, (70, 1024), id="B2-blocks70")]
+
+
+@pytest.mark.parametrize("prediction", ["eps", "score"])
+@pytest.mark.parametrize("batch,size", CORRECTOR_SHAPES)
+def test_corrector_coefficients_kernel_matches_the_reference(batch, size, prediction):
+    """The rows kernel (after the norms kernel) == langevin_corrector_coefficients of the norms."""
+    g = torch.Generator().manual_seed(13)
+    out = _randn(g, batch, *size) * torch.linspace(0.5, 2.0, batch).view(-1, *[1] * len(size))
+    z = _randn(g, batch, *size)
+    args = (out, 0.16, 0.6, 0.8, prediction)
+    expected = diffusion.langevin_corrector_coefficients(reference.score_noise_norms(out, z), *args[1:])
+    got = corrector_coefficients(*args, noise=z, backend="triton")
+    assert got.dtype == torch.float32 and got.shape == (batch, 7)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(corrector_coefficients(*args, noise=z, backend="reference"), expected, rtol=0, atol=0)
+    workspace = corrector_workspace(z)
+    into = corrector_coefficients(*args, noise=z, backend="triton", workspace=workspace)
+    assert into is workspace.rows
+    torch.testing.assert_close(into, got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "score"])
+def test_corrector_coefficients_guided_and_philox(prediction):
+    g = torch.Generator().manual_seed(14)
+    batch, size, w = 3, (2, 37, 29), 1.25
+    out, z = _randn(g, 2 * batch, *size), _randn(g, batch, *size)
+    args = (out, 0.2, 1.0, 2.5, prediction)
+    torch.testing.assert_close(corrector_coefficients(*args, noise=z, guidance=w, backend="triton"),
+                               corrector_coefficients(*args, noise=z, guidance=w, backend="reference"),
+                               rtol=1e-5, atol=0)
+    # Philox: the rows see the z the step draws at the same (seed, offset)
+    drawn = diffusion_step(torch.zeros(batch, *size), torch.zeros(batch, *size), (1.0, 1.0, 0.0, 0.0, 0.0, 1.0), "x0",
+                           seed=4, offset=99, backend="triton")                            # y = z
+    torch.testing.assert_close(corrector_coefficients(*args, seed=4, offset=99, guidance=w, backend="triton"),
+                               corrector_coefficients(*args, noise=drawn, guidance=w, backend="reference"),
+                               rtol=1e-5, atol=0)
+
+
+def test_corrector_coefficients_clamp_a_zero_score():
+    """||score|| = 0 is clamped to 1e-12 (a huge but finite step), in the kernel as in the reference."""
+    z = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(15))
+    out = torch.zeros(4, 3, 5)
+    out[1] = 1.0                                                       # one sample with a score
+    for prediction in ("eps", "score"):
+        got = corrector_coefficients(out, 0.16, 1.0, 0.5, prediction, noise=z, backend="triton")
+        expected = corrector_coefficients(out, 0.16, 1.0, 0.5, prediction, noise=z, backend="reference")
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
+    e = 2 * (0.16 * z[0].norm() / 1e-12) ** 2
+    torch.testing.assert_close(got[0, 5], (2 * e).sqrt(), rtol=1e-5, atol=0)
+
+
+def test_corrector_coefficients_bad_inputs():
+    out = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="'eps' or 'score' prediction, got 'x0'"):
+        corrector_coefficients(out, 0.16, 1.0, 1.0, "x0", seed=1)
+    with pytest.raises(ValueError, match="corrector_coefficients needs noise= or seed="):
+        corrector_coefficients(out, 0.16, 1.0, 1.0, "eps")
+    with pytest.raises(ValueError, match=r"workspace.rows must be a contiguous float32 tensor \[2, 7\]"):
+        corrector_coefficients(out, 0.16, 1.0, 1.0, "eps", seed=1, backend="triton",
+                               workspace=CorrectorWorkspace(corrector_workspace(out).partial, torch.zeros(3, 7)))
+    with pytest.raises(TypeError, match="workspace must be a CorrectorWorkspace"):
+        corrector_coefficients(out, 0.16, 1.0, 1.0, "eps", seed=1, backend="triton", workspace=torch.zeros(2, 7))
+
+
 def test_per_sample_coefficients_match_the_scalar_step_row_by_row():
     g = torch.Generator().manual_seed(8)
     x, out, z, aux = (_randn(g, *SHAPE) for _ in range(4))
@@ -248,6 +318,12 @@ def test_opcheck():
                           (x, out, None, [0.0] * 7, table, None, None, "eps", True, None, 3, 7, None, None))
     torch.library.opcheck(torch.ops.fastgen.score_noise_norms.default, (out, x, None, 0, 0))
     torch.library.opcheck(torch.ops.fastgen.score_noise_norms.default, (torch.cat([out, out]), None, 2.0, 5, 0))
+    torch.library.opcheck(torch.ops.fastgen.corrector_coefficients.default, (out, x, None, 0, 0, 0.16, 1.0, 0.5, "eps"))
+    torch.library.opcheck(torch.ops.fastgen.corrector_coefficients.default,
+                          (torch.cat([out, out]), None, 2.0, 5, 0, 0.16, 1.0, 0.5, "score"))
+    partial, rows = corrector_workspace(x)
+    torch.library.opcheck(torch.ops.fastgen.corrector_coefficients_into.default,
+                          (out, x, None, 0, 0, 0.16, 1.0, 0.5, "eps", partial, rows))
 
 
 # --- into=: the step written into the caller's buffers -------------------------------------

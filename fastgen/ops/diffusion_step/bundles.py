@@ -6,6 +6,7 @@
 - ``KeepCoefficients``: (k_x0, k_x) of the optional second output k_x0 x0 + k_x x.
 - ``LearnedVariance``: (log beta~, log beta), the two log-variances a learned sigma interpolates.
 - ``KeptStep``: (x_next, kept), what a step with ``keep`` returns.
+- ``CorrectorWorkspace``: (partial, rows), the scratch the corrector's two small kernels write.
 """
 from typing import NamedTuple, Sequence, Union
 
@@ -60,3 +61,12 @@ class KeptStep(NamedTuple):
     """A step with ``keep``: the next x and k_x0 x0 + k_x x, both like x."""
     x_next: Tensor
     kept: Tensor
+
+
+class CorrectorWorkspace(NamedTuple):
+    """What ``corrector_coefficients`` writes on the Triton backend instead of allocating (a
+    sampling loop makes one per run: ``corrector_workspace``): partial [B, blocks, 2] float32,
+    the norms kernel's per-block sums of squares, and rows [B, 7] float32, the corrector's
+    per-sample coefficients (what it returns)."""
+    partial: Tensor
+    rows: Tensor

@@ -6,7 +6,10 @@ SGLD) with classifier-free guidance, the prediction conversion ('eps' | 'x0' | '
 and x0 clipping fused into one pass (``fastgen.kernels.diffusion_step``; reference:
 ``fastgen.ops.diffusion_step.reference.diffusion_step``).  ``score_noise_norms`` is the
 per-sample reduction the predictor-corrector's Langevin step size needs (reference:
-``reference.score_noise_norms``).
+``reference.score_noise_norms``); ``corrector_coefficients`` goes on to that corrector's [B, 7]
+per-sample coefficients on the device -- two small launches, no other op, given a
+``corrector_workspace`` (reference: ``reference.corrector_coefficients``, i.e.
+``langevin_corrector_coefficients`` of the norms).
 
 Both are declared with ``fastgen.ops._define.define_op`` as ``torch.ops.fastgen.diffusion_step``
 / ``score_noise_norms`` (what torch.compile sees; eager calls skip the dispatcher).
@@ -26,7 +29,7 @@ from torch import Tensor
 from fastgen.ops import _backend
 from fastgen.ops._define import define_op
 from fastgen.ops.diffusion_step import reference
-from fastgen.ops.diffusion_step.bundles import KeptStep, StepCoefficients
+from fastgen.ops.diffusion_step.bundles import CorrectorWorkspace, KeptStep, StepCoefficients
 
 PREDICTIONS = ("eps", "x0", "v", "score")
 
@@ -265,13 +268,9 @@ def _launch_step(x, out, noise, coefficients, per_sample, aux, keep, prediction,
            kept=kept if keep is not None else None, keep=keep or (0.0, 0.0))
 
 
-def score_noise_norms(out: Tensor, noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
-                      guidance: Optional[float] = None, backend: Optional[str] = None) -> Tensor:
-    """Per-sample L2 norms -> [B, 2] float32 (float64 on the reference for float64 out or noise):
-    (||out_b||, ||z_b||), out [B, ...] (guided like
-    ``diffusion_step``: [2B, ...] = [cond; uncond] with ``guidance``), z = ``noise`` [B, ...] or,
-    on the Triton backend, the Philox normals ``diffusion_step`` draws with the same
-    (``seed``, ``offset``) -- so a corrector's step size sees exactly the z its update adds."""
+def _check_norms_inputs(name: str, out: Tensor, noise: Optional[Tensor], seed: Optional[int],
+                        guidance: Optional[float]) -> int:
+    """The checks of the norms' inputs (``score_noise_norms``, ``corrector_coefficients``) -> B."""
     _check_tensor("out", out)
     batch = out.shape[0] // (2 if guidance is not None else 1)
     if guidance is not None and out.shape[0] % 2:
@@ -280,7 +279,18 @@ def score_noise_norms(out: Tensor, noise: Optional[Tensor] = None, seed: Optiona
         raise ValueError(f"noise must have shape {(batch, *out.shape[1:])} on {out.device}, "
                          f"got {tuple(noise.shape)} on {noise.device}")
     if noise is None and seed is None:
-        raise ValueError("score_noise_norms needs noise= or seed=")
+        raise ValueError(f"{name} needs noise= or seed=")
+    return batch
+
+
+def score_noise_norms(out: Tensor, noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
+                      guidance: Optional[float] = None, backend: Optional[str] = None) -> Tensor:
+    """Per-sample L2 norms -> [B, 2] float32 (float64 on the reference for float64 out or noise):
+    (||out_b||, ||z_b||), out [B, ...] (guided like
+    ``diffusion_step``: [2B, ...] = [cond; uncond] with ``guidance``), z = ``noise`` [B, ...] or,
+    on the Triton backend, the Philox normals ``diffusion_step`` draws with the same
+    (``seed``, ``offset``) -- so a corrector's step size sees exactly the z its update adds."""
+    _check_norms_inputs("score_noise_norms", out, noise, seed, guidance)
     if _score_noise_norms_kernel.backend(out, backend, unsupported=_too_large(out)) == "reference":
         if noise is None:
             raise ValueError("the reference backend needs an explicit noise tensor (seed= is Triton-only)")
@@ -302,3 +312,91 @@ def _score_noise_norms_kernel(out: Tensor, noise: Optional[Tensor], guidance: Op
     launch(out, None if noise is None else noise.contiguous(), partial, sample_size, guidance, seed, offset)
     return partial.sum(dim=1).sqrt()       # a fixed-order sum: the same norms run to run
 
+
+
+def corrector_workspace(x: Tensor) -> Optional[CorrectorWorkspace]:
+    """Scratch for ``corrector_coefficients(..., workspace=)`` with x [B, ...]: partial
+    [B, blocks, 2] and rows [B, 7], float32 on x's device (a loop allocates it once per run);
+    None without Triton (only the reference runs, and it allocates its own)."""
+    if _backend.triton_version() is None:
+        return None
+    from fastgen.kernels.diffusion_step import norms_blocks
+    batch = x.shape[0]
+    blocks = norms_blocks(x.numel() // max(batch, 1))[1]
+    return CorrectorWorkspace(_backend.empty(batch, blocks, 2, dtype=torch.float32, device=x.device),
+                              _backend.empty(batch, 7, dtype=torch.float32, device=x.device))
+
+
+def _check_workspace(workspace, batch: int, sample_size: int, device: torch.device) -> None:
+    from fastgen.kernels.diffusion_step import norms_blocks
+    if not isinstance(workspace, tuple) or len(workspace) != 2:
+        raise TypeError(f"workspace must be a CorrectorWorkspace(partial, rows) (corrector_workspace(x)), "
+                        f"got {type(workspace).__name__}")
+    expected = (("workspace.partial", (batch, norms_blocks(sample_size)[1], 2)), ("workspace.rows", (batch, 7)))
+    for (name, shape), buffer in zip(expected, workspace):
+        _check_tensor(name, buffer)
+        if tuple(buffer.shape) != shape or buffer.dtype != torch.float32 or buffer.device != device \
+                or not buffer.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous float32 tensor {list(shape)} on {device} "
+                             f"(corrector_workspace(x)), got {buffer.dtype} {tuple(buffer.shape)} on {buffer.device}")
+
+
+def corrector_coefficients(out: Tensor, snr: float, s0: float, s1: float, prediction: str,
+                           noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
+                           guidance: Optional[float] = None, backend: Optional[str] = None,
+                           workspace: Optional[CorrectorWorkspace] = None) -> Tensor:
+    """The Langevin corrector's per-sample coefficients at the level (s0, s1) -> [B, 7] float32
+    (float64 on the reference for float64 out or noise), columns in ``COEFFICIENTS`` order:
+    e = 2 (snr ||z|| / max(||score||, 1e-12))^2, row = (s0, s1, 0, -e / s1, 1, sqrt(2e), 0), with
+    ||score|| = ||out|| / s1 for prediction 'eps' and ||out|| for 'score' (Song et al. 2021,
+    Algorithm 4/5; ``reference.langevin_corrector_coefficients``).  out, noise, seed, offset,
+    guidance: as ``score_noise_norms`` (with ``seed`` the z the step then draws).
+
+    Triton: the norms kernel's per-block sums, then one small kernel that reduces them and
+    writes the rows -- two launches and, with ``workspace`` (``corrector_workspace(x)``, written
+    and its ``rows`` returned), no other op.  The reference ignores ``workspace``."""
+    batch = _check_norms_inputs("corrector_coefficients", out, noise, seed, guidance)
+    if prediction not in ("eps", "score"):
+        raise ValueError(f"the corrector reads the score from an 'eps' or 'score' prediction, got {prediction!r}")
+    if _corrector_coefficients_kernel.backend(out, backend, unsupported=_too_large(out)) == "reference":
+        if noise is None:
+            raise ValueError("the reference backend needs an explicit noise tensor (seed= is Triton-only)")
+        return reference.corrector_coefficients(out, noise, snr, s0, s1, prediction, guidance)
+    args = (out, noise, None if guidance is None else float(guidance), seed or 0, offset, float(snr), float(s0),
+            float(s1), prediction)
+    if workspace is None:
+        return _corrector_coefficients_kernel(*args)
+    _check_workspace(workspace, batch, out.numel() // max(out.shape[0], 1), out.device)
+    _corrector_coefficients_into_kernel(*args, *workspace)
+    return workspace.rows
+
+
+def _corrector_fake(out, noise, guidance, seed, offset, snr, s0, s1, prediction):
+    return out.new_empty(out.shape[0] // (2 if guidance is not None else 1), 7, dtype=torch.float32)
+
+
+@define_op("corrector_coefficients", family="diffusion_step", tf32="matmul", fake=_corrector_fake)
+def _corrector_coefficients_kernel(out: Tensor, noise: Optional[Tensor], guidance: Optional[float], seed: int,
+                                   offset: int, snr: float, s0: float, s1: float, prediction: str) -> Tensor:
+    """The Langevin corrector's per-sample coefficients [B, 7] (norms, then rows: two launches)."""
+    batch = out.shape[0] // (2 if guidance is not None else 1)
+    workspace = corrector_workspace(out[:batch])
+    _launch_corrector(out, noise, guidance, seed, offset, snr, s0, s1, prediction, *workspace)
+    return workspace.rows
+
+
+@define_op("corrector_coefficients_into", family="diffusion_step", tf32="matmul", mutates_args=("partial", "rows"))
+def _corrector_coefficients_into_kernel(out: Tensor, noise: Optional[Tensor], guidance: Optional[float], seed: int,
+                                        offset: int, snr: float, s0: float, s1: float, prediction: str,
+                                        partial: Tensor, rows: Tensor) -> None:
+    """The corrector's coefficients written into a loop's workspace: partial [B, blocks, 2], rows [B, 7]."""
+    _launch_corrector(out, noise, guidance, seed, offset, snr, s0, s1, prediction, partial, rows)
+
+
+def _launch_corrector(out, noise, guidance, seed, offset, snr, s0, s1, prediction, partial, rows):
+    """The two launches of both corrector ops: the norms' partial sums, then the rows."""
+    from fastgen.kernels.diffusion_step import corrector_coefficients as launch_rows, score_noise_norms as launch_norms
+    out = out.contiguous()
+    launch_norms(out, None if noise is None else noise.contiguous(), partial, out.numel() // out.shape[0], guidance,
+                 seed, offset)
+    launch_rows(partial, rows, snr, s0, s1, prediction)

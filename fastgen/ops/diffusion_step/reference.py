@@ -1,5 +1,7 @@
 """Plain-PyTorch references of the diffusion step family: the specification of
-``diffusion_step`` and ``score_noise_norms`` (the CPU path and the tests call them).
+``diffusion_step``, ``score_noise_norms`` and ``corrector_coefficients`` (the CPU path and the
+tests call them; ``fastgen.sampling.diffusion`` exports ``langevin_corrector_coefficients``
+from here, its one copy).
 
 Precision: float64 inputs are computed in float64 end to end (the reference is their only
 backend); every other dtype is computed in float32, as the kernels do.
@@ -120,3 +122,25 @@ def score_noise_norms(out: Tensor, noise: Tensor, guidance: Optional[float] = No
     if guidance is not None:
         out = guided(out, guidance)
     return torch.stack([out.flatten(1).norm(dim=1), noise.to(dtype).flatten(1).norm(dim=1)], dim=1)
+
+
+def langevin_corrector_coefficients(norms: Tensor, snr: float, s0: float, s1: float, prediction: str) -> Tensor:
+    """Song et al. 2021, Algorithm 4/5: x + e score + sqrt(2e) z per sample with
+    e = 2 (snr ||z|| / ||score||)^2; norms [B, 2] = (||out||, ||z||) from ``score_noise_norms``.
+    score = -eps / s1, so ||score|| = ||out|| / s1 for an eps model and ||out|| for a score model
+    (clamped to >= 1e-12: a zero score gives a huge, finite step).
+    -> [B, 7] per-sample coefficients in norms' dtype, columns in ``StepCoefficients`` order
+    (computed on the device: no host sync)."""
+    score_norm = norms[:, 0] / s1 if prediction == "eps" else norms[:, 0]
+    e = 2 * (snr * norms[:, 1] / score_norm.clamp(min=1e-12)) ** 2
+    one, zero = torch.ones_like(e), torch.zeros_like(e)
+    #                   s0        s1        c_x0  c_eps    c_x  sigma          c_aux
+    return torch.stack([one * s0, one * s1, zero, -e / s1, one, (2 * e).sqrt(), zero], dim=1)
+
+
+def corrector_coefficients(out: Tensor, noise: Tensor, snr: float, s0: float, s1: float, prediction: str,
+                           guidance: Optional[float] = None) -> Tensor:
+    """The Langevin corrector's per-sample rows [B, 7] from the denoiser output out [B, ...]
+    ([2B, ...] guided) and z = noise [B, ...]: ``langevin_corrector_coefficients`` of
+    ``score_noise_norms`` (float64 if out or noise is float64, else float32)."""
+    return langevin_corrector_coefficients(score_noise_norms(out, noise, guidance), snr, s0, s1, prediction)

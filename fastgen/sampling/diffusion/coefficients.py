@@ -3,7 +3,9 @@
 with x0 / eps read from the denoiser output through s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t)
 (VE / score models: s0 = 1, s1 = sigma).  Every function states its sampler's math and returns
 a ``StepCoefficients`` (Python numbers: kernel arguments, so nothing is synced per step); only
-the Langevin corrector's step size depends on the sample and comes as a [B, 7] tensor.
+the Langevin corrector's step size depends on the sample and comes as a [B, 7] tensor
+(``langevin_corrector_coefficients``, re-exported from the op's reference: on the Triton backend
+one small kernel computes those rows from the norms' partial sums, no other op).
 
 The samplers over sigmas (Euler, Heun, Langevin, the VE predictor, the probability-flow ODE)
 work in the parametrisation x = x0 + sigma eps; ``sigma_read`` makes their coefficients read a
@@ -12,10 +14,10 @@ denoiser output of any prediction there.
 import math
 from typing import NamedTuple, Optional
 
-import torch
-from torch import Tensor
-
 from fastgen.ops.diffusion_step import KeepCoefficients, StepCoefficients
+# The Langevin corrector's per-sample rows [B, 7]: the one copy of that math is the reference of
+# the op that computes them on the device (``fastgen.ops.diffusion_step.corrector_coefficients``).
+from fastgen.ops.diffusion_step.reference import langevin_corrector_coefficients  # noqa: F401
 
 
 class DpmSolverStep(NamedTuple):
@@ -123,16 +125,3 @@ def pf_ode_coefficients(s: float, s_next: float) -> StepCoefficients:
     """Euler on the VE probability-flow ODE dx/dsigma = -sigma score: x + (s' - s)(-s score)
     = x + (s' - s) eps with eps = -s score (prediction 'score' at s1 = s)."""
     return StepCoefficients(s0=1.0, s1=s, c_x0=0.0, c_eps=s_next - s, c_x=1.0, sigma=0.0)
-
-
-def langevin_corrector_coefficients(norms: Tensor, snr: float, s0: float, s1: float, prediction: str) -> Tensor:
-    """Song et al. 2021, Algorithm 4/5: x + e score + sqrt(2e) z per sample with
-    e = 2 (snr ||z|| / ||score||)^2; norms [B, 2] = (||out||, ||z||) from ``score_noise_norms``.
-    score = -eps / s1, so ||score|| = ||out|| / s1 for an eps model and ||out|| for a score model.
-    -> [B, 7] per-sample coefficients, columns in ``StepCoefficients`` order (computed on the
-    device: no host sync)."""
-    score_norm = norms[:, 0] / s1 if prediction == "eps" else norms[:, 0]
-    e = 2 * (snr * norms[:, 1] / score_norm.clamp(min=1e-12)) ** 2
-    one, zero = torch.ones_like(e), torch.zeros_like(e)
-    #                   s0        s1        c_x0  c_eps    c_x  sigma          c_aux
-    return torch.stack([one * s0, one * s1, zero, -e / s1, one, (2 * e).sqrt(), zero], dim=1)

@@ -2,7 +2,9 @@
 
 Every sampler's update is one ``fastgen.ops.diffusion_step`` (one Triton launch on the GPU)
 with the coefficients of ``fastgen.sampling.diffusion.coefficients``; the Langevin corrector
-adds one small reduction first (``score_noise_norms``: its step size follows the norms).
+adds two small launches first (``corrector_coefficients``: the per-sample norms, then its step
+sizes from them, written into a workspace the loop allocates once per run) -- 3 launches and no
+other op per corrector step (was 3 + 17 small torch ops building the [B, 7] rows).
 
 No per-step work but that launch (``tests/test_launch_budgets.py`` counts it): every step
 writes into buffers the loop allocates once per run (``_PingPong``: two for x, two more for
@@ -34,13 +36,13 @@ from typing import Any, Callable, Dict, FrozenSet, NamedTuple, Optional, Sequenc
 import torch
 from torch import Tensor
 
-from fastgen.ops.diffusion_step import KeepCoefficients, KeptStep, LearnedVariance, StepCoefficients, \
-    diffusion_step, score_noise_norms
+from fastgen.ops.diffusion_step import CorrectorWorkspace, KeepCoefficients, KeptStep, LearnedVariance, \
+    StepCoefficients, corrector_coefficients, corrector_workspace, diffusion_step
 from fastgen.sampling.diffusion import checks
 from fastgen.sampling.diffusion.coefficients import (ddim_coefficients, ddpm_coefficients, denoised_coefficients,
                                                      dpmpp2m_coefficients, euler_coefficients,
                                                      heun_correction_coefficients, heun_keep, langevin_coefficients,
-                                                     langevin_corrector_coefficients, pf_ode_coefficients,
+                                                     pf_ode_coefficients,
                                                      sigma_read, ve_predictor_coefficients)
 from fastgen.sampling.diffusion.schedules import (SPACINGS, abar_of, check_betas, check_timesteps, geometric_sigmas,
                                                   karras_sigmas, karras_sigmas_of, linear_betas, respaced_timesteps,
@@ -212,17 +214,25 @@ def _into_kept(xs: _PingPong, kept: _PingPong) -> Optional[KeptStep]:
 def langevin_corrector_step(x: Tensor, out: Tensor, s0: float, s1: float, prediction: str, snr: float,
                             noise: Optional[Tensor] = None, seed: Optional[int] = None, offset: int = 0,
                             guidance: Optional[float] = None, backend: Optional[str] = None,
-                            into: Optional[Tensor] = None) -> Tensor:
+                            into: Optional[Tensor] = None, workspace: Optional[CorrectorWorkspace] = None) -> Tensor:
     """One Langevin corrector step (``langevin_corrector_coefficients``) for x [B, ...] and the
-    model output ``out`` [B, ...] ([2B, ...] guided) at the level (s0, s1): the per-sample norms
-    of the score and of z (one reduction; with ``seed`` the same Philox z the update then
-    draws), then the fused update -> x [B, ...] (written into ``into``, a buffer like x, when
-    given: ``diffusion_step``).  prediction: 'eps' or 'score'."""
-    norms = score_noise_norms(out, noise=noise, seed=seed, offset=offset, guidance=guidance, backend=backend)
-    coefficients = langevin_corrector_coefficients(norms, snr, s0, s1, prediction)
-    coefficients = coefficients.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    return diffusion_step(x, out, coefficients, prediction, guidance=guidance, noise=noise, seed=seed, offset=offset,
+    model output ``out`` [B, ...] ([2B, ...] guided) at the level (s0, s1): the per-sample rows
+    [B, 7] from the norms of the score and of z (``corrector_coefficients``; with ``seed`` the
+    same Philox z the update then draws), then the fused update -> x [B, ...] (written into
+    ``into``, a buffer like x, when given: ``diffusion_step``).  prediction: 'eps' or 'score'.
+    On Triton three launches (norms, rows, update) and, with ``into`` and ``workspace``
+    (``corrector_workspace(x)``, scratch for the rows), no other op."""
+    rows = corrector_coefficients(out, snr, s0, s1, prediction, noise=noise, seed=seed, offset=offset,
+                                  guidance=guidance, backend=backend, workspace=workspace)
+    rows = rows.to(torch.float64 if x.dtype == torch.float64 else torch.float32)    # no op when it is already
+    return diffusion_step(x, out, rows, prediction, guidance=guidance, noise=noise, seed=seed, offset=offset,
                           backend=backend, into=into)
+
+
+def _corrector_workspace(x: Tensor, xs: "_PingPong") -> Optional[CorrectorWorkspace]:
+    """A loop's corrector scratch, made once per run beside its ping-pong buffers (None without
+    them, under ``progress``: each step then allocates)."""
+    return None if xs.buffers is None else corrector_workspace(x)
 
 
 # ------------------------------------------------------------------------------ samplers
@@ -268,6 +278,7 @@ def _respaced(options: SamplingOptions, step: Callable[[float, float, SamplingOp
 
     def loop(x, denoise):
         noise, xs = _StepNoise(options), _PingPong(x, options)
+        workspace = _corrector_workspace(x, xs) if corrector and options.corrector_steps else None
         for i, coefficients in enumerate(plan):
             out = denoise(x, t_tensors[i])
             channels = x.shape[1] * (2 if learned else 1)
@@ -283,7 +294,7 @@ def _respaced(options: SamplingOptions, step: Callable[[float, float, SamplingOp
                     out = denoise(x, t_tensors[i + 1])
                     x = langevin_corrector_step(x, out, level.s0, level.s1, options.prediction, options.snr,
                                                 guidance=options.guidance, backend=options.backend, **noise.draw(),
-                                                into=xs.next())
+                                                into=xs.next(), workspace=workspace)
             if options.progress is not None:
                 options.progress(i, x)
         return x
@@ -403,12 +414,13 @@ def _pc_ve(options: SamplingOptions) -> PreparedLoop:
 
     def loop(x, denoise):
         noise, xs = _StepNoise(options), _PingPong(x, options)
+        workspace = _corrector_workspace(x, xs) if options.corrector_steps else None
         for i, s in enumerate(sigmas):
             s_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
             for _ in range(options.corrector_steps):
                 x = langevin_corrector_step(x, denoise(x, sig[i]), 1.0, s, prediction, options.snr,
                                             guidance=options.guidance, backend=options.backend, **noise.draw(),
-                                            into=xs.next())
+                                            into=xs.next(), workspace=workspace)
             coefficients = sigma_read(ve_predictor_coefficients(s, s_next), s, prediction)
             x = diffusion_step(x, denoise(x, sig[i]), coefficients, prediction, guidance=options.guidance,
                                backend=options.backend, **(noise.draw() if coefficients.sigma else {}),
