@@ -2,6 +2,7 @@
 logger (the application's) is left alone."""
 import logging
 
+import pytest
 import torch
 
 from fastgen.ops import _backend
@@ -19,3 +20,25 @@ def test_debug_log_uses_its_own_handler_and_leaves_the_root_alone(monkeypatch, c
     finally:
         log.handlers[:], log.level, log.propagate = state[0], state[1], state[2]
         _backend._configure_logging.cache_clear()
+
+
+def test_use_backend_overrides_the_environment_inside_its_block(monkeypatch):
+    """ops.use_backend: ops without their own backend= run on it, over FASTGEN_BACKEND; an op's
+    backend= still wins; the previous choice comes back after the block (also on an error)."""
+    from fastgen import ops
+    from fastgen.ops import _backend
+    monkeypatch.setenv("FASTGEN_BACKEND", "triton")
+    with ops.use_backend("reference"):
+        assert _backend.requested_backend() == "reference"
+        assert _backend.requested_backend("triton") == "triton"
+        with ops.use_backend("triton"):
+            assert _backend.requested_backend() == "triton"
+        assert _backend.requested_backend() == "reference"
+    assert _backend.requested_backend() == "triton"
+    with pytest.raises(KeyError):
+        with ops.use_backend("reference"):
+            raise KeyError("inside")
+    assert _backend.requested_backend() == "triton"
+    with pytest.raises(ValueError, match="use_backend"):
+        with ops.use_backend("cuda"):
+            pass

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastgen import ops
 from fastgen.nn.gan import (ConditionalBatchNorm2d, EqualizedConv2d, EqualizedLinear, MinibatchStd, ProjectionHead,
                             StyleConv, ToRGB, check_labels, resample_filter, spectral_norm)
 from fastgen.ops.stylegan import upsample2d
@@ -566,15 +567,51 @@ class StyleGAN2(GAN):
     backward).  ``generate(z, labels, psi=, cutoff=, noise_mode=)``: truncation towards the
     tracked mean w (psi = 0 gives the mean-w image), noise 'random' | 'const' | 'none'.
     ``num_classes``: a class embedding in the mapping network and a projection discriminator.
-    clamp: StyleGAN2-ADA's conv_clamp on activations (None: off)."""
+    clamp: StyleGAN2-ADA's conv_clamp on activations (None: off).  ``pl_weight`` > 0 adds
+    ``pl_weight * path_length_penalty`` to every generator step's loss (the paper's weight is 2;
+    its lazy every-4th-step schedule is not implemented); ``pl_decay``: the running mean's."""
 
     def __init__(self, image_shape: Sequence[int], latent: int = 64, w_dim: int = 64, channels: int = 64,
                  mapping_layers: int = 4, num_classes: Optional[int] = None, style_mixing_prob: float = 0.9,
-                 clamp: Optional[float] = 256.0) -> None:
+                 clamp: Optional[float] = 256.0, pl_weight: float = 0.0, pl_decay: float = 0.01) -> None:
         super().__init__(image_shape, latent, num_classes)
+        if not pl_weight >= 0 or not 0 < pl_decay <= 1:
+            raise ValueError(f"pl_weight must be >= 0 and pl_decay in (0, 1], got {pl_weight!r}, {pl_decay!r}")
         self.generator = StyleGAN2Generator(image_shape, latent, w_dim, channels, mapping_layers, num_classes,
                                             style_mixing_prob, clamp)
         self.discriminator = StyleGAN2Discriminator(image_shape, channels, num_classes, clamp)
+        self.pl_weight, self.pl_decay = float(pl_weight), float(pl_decay)
+        if self.pl_weight:
+            self.register_buffer("pl_mean", torch.zeros(()))      # a, the running mean of the path lengths
+
+    def path_length_penalty(self, batch: int, labels: Optional[Tensor] = None,
+                            generator: Optional[torch.Generator] = None) -> Tensor:
+        """Path-length regularisation (Karras et al. 2020, sec. 3.2): E_{w,y} (||J_w^T y||_2 - a)^2
+        over max(batch // 2, 1) fresh ws, y ~ N(0, I) / sqrt(H W) images, J_w the Jacobian of the
+        synthesis network at w (the lengths averaged over the ws' layers), a the running mean
+        of the lengths (updated here by ``pl_decay``).  A scalar with a gradient to G's weights
+        through the second derivative -- so it runs on the reference backend: the Triton
+        modulated conv's backward is not differentiable (``fastgen.ops._define``)."""
+        n = max(batch // 2, 1)
+        with ops.use_backend("reference"):
+            z = self.sample_latent(n, generator).to(self.pl_mean.dtype)
+            ws = self.generator.mapping(z, None if labels is None else labels[:n])
+            images = self.generator.synthesis(ws)
+            y = torch.randn(images.shape, generator=generator).to(images)
+            y = y / math.sqrt(images.shape[2] * images.shape[3])
+            grad, = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
+        lengths = grad.square().sum(2).mean(1).sqrt()
+        with torch.no_grad():
+            self.pl_mean.lerp_(lengths.mean().to(self.pl_mean.dtype), self.pl_decay)
+        return (lengths - self.pl_mean).square().mean()
+
+    def g_loss(self, batch: int, labels: Optional[Tensor] = None, loss: str = "hinge",
+               generator: Optional[torch.Generator] = None) -> Tensor:
+        """``GAN.g_loss`` + pl_weight * ``path_length_penalty`` (in training mode, pl_weight > 0)."""
+        total = super().g_loss(batch, labels, loss, generator)
+        if self.pl_weight and self.training:
+            total = total + self.pl_weight * self.path_length_penalty(batch, labels, generator)
+        return total
 
     @property
     def num_ws(self) -> int:

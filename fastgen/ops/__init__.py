@@ -6,6 +6,7 @@ Every op is declared through ``fastgen.ops._define`` (see docs/architecture.md).
 Each op is registered with ``torch.library`` (``torch.ops.fastgen.*``) with a fake
 implementation for ``torch.compile`` and, where it trains, an autograd formula.
 """
+from fastgen.ops._backend import use_backend
 from fastgen.ops.block_local_attention import (block_local_attention, block_local_attention_decode,
                                                 sparse_attention)
 from fastgen.ops.conv import causal_conv1d, masked_conv2d, pixelcnn_mask
@@ -23,4 +24,4 @@ __all__ = ["block_local_attention", "block_local_attention_decode", "sparse_atte
            "FlowOutput", "affine_coupling", "causal_conv1d", "corrector_coefficients", "diffusion_step", "gated_pixel_step", "gated_vertical_row", "masked_conv2d", "pixelcnn_mask",
            "pixelcnnpp_head_draw", "pixelcnnpp_mixture_draw", "pixelcnnpp_resnet_at", "score_noise_norms", "wavenet_step", "wavenet_steps",
            "bias_act", "downsample2d", "modulated_conv2d", "setup_filter", "upfirdn2d", "upsample2d",
-           "VQOutput", "ema_codebook_update", "nearest_code", "vector_quantize"]
+           "VQOutput", "ema_codebook_update", "nearest_code", "vector_quantize", "use_backend"]
