@@ -321,21 +321,26 @@ def test_stylegan2_r1_double_backward():
     grads = [g if g is not None else torch.zeros_like(p)          # the output bias: no R1 gradient
              for g, p in zip(torch.autograd.grad(r1, params, allow_unused=True), params)]
     assert all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
-    direction = [torch.randn_like(p) for p in params]
-    eps = 1e-5
+    _check_directional_derivative(lambda: r1_penalty(D, real, labels), params, grads, 1e-5, atol=1e-8)
 
-    def r1_at(t):
+
+def _check_directional_derivative(value, params, grads, eps, atol):
+    """The gradient ``grads`` of ``value()`` w.r.t. ``params`` along a random direction equals
+    the central difference (value(p + eps d) - value(p - eps d)) / (2 eps)."""
+    direction = [torch.randn_like(p) for p in params]
+
+    def at(t):
         with torch.no_grad():
             for p, d in zip(params, direction):
                 p.add_(t * d)
-        value = r1_penalty(D, real, labels).detach()
+        result = value().detach()
         with torch.no_grad():
             for p, d in zip(params, direction):
                 p.sub_(t * d)
-        return value
-    numeric = (r1_at(eps) - r1_at(-eps)) / (2 * eps)
+        return result
+    numeric = (at(eps) - at(-eps)) / (2 * eps)
     analytic = sum((g * d).sum() for g, d in zip(grads, direction))
-    torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=atol)
 
 
 def test_model_errors():
@@ -414,20 +419,6 @@ def test_stylegan2_path_length_penalty(monkeypatch):
     grads = [g if g is not None else torch.zeros_like(p)
              for g, p in zip(torch.autograd.grad(penalty(0.0), params, allow_unused=True), params)]
     assert sum(g.abs().sum() for g in grads) > 0
-    direction = [torch.randn_like(p) for p in params]
-    eps = 1e-6
-
-    def at(t):
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.add_(t * d)
-        value = penalty(0.0).detach()
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.sub_(t * d)
-        return value
-    numeric = (at(eps) - at(-eps)) / (2 * eps)
-    analytic = sum((g * d).sum() for g, d in zip(grads, direction))
-    torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-9)
+    _check_directional_derivative(lambda: penalty(0.0), params, grads, 1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="pl_weight"):
         StyleGAN2((1, 8, 8), pl_weight=-1.0)
