@@ -12,7 +12,6 @@ Ops do not call this module directly: they are declared through ``fastgen.ops._d
 whose ``OpDefinition.backend`` adds the kernel's own limits ("cannot take this shape").
 """
 import contextlib
-import contextvars
 import functools
 import logging
 import os
@@ -22,7 +21,9 @@ import torch
 from torch import Tensor
 
 BACKENDS = ("reference", "triton")
-_FORCED: contextvars.ContextVar = contextvars.ContextVar("fastgen_backend", default=None)
+# use_backend's choice: a plain module global (not a ContextVar, which torch.compile cannot
+# read without a graph break); process-wide, like FASTGEN_BACKEND
+_forced: Optional[str] = None
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _log = logging.getLogger("fastgen")
@@ -87,20 +88,22 @@ def can_run_triton(device: Union[torch.device, str], dtype: torch.dtype) -> Tupl
 def use_backend(name: str):
     """Within the block, every op called without its own ``backend=`` runs on ``name``
     ('reference' | 'triton'), over ``FASTGEN_BACKEND`` -- e.g. the reference for a computation
-    that needs a second derivative through an op whose Triton backward has none."""
+    that needs a second derivative through an op whose Triton backward has none.  Process-wide
+    (every thread), like the environment variable."""
+    global _forced
     if name not in BACKENDS:
         raise ValueError(f"use_backend: name must be one of {BACKENDS}, got {name!r}")
-    token = _FORCED.set(name)
+    previous, _forced = _forced, name
     try:
         yield
     finally:
-        _FORCED.reset(token)
+        _forced = previous
 
 
 def requested_backend(backend: Optional[str] = None) -> Optional[Literal["reference", "triton"]]:
     """The backend the caller, ``use_backend`` or ``FASTGEN_BACKEND`` asks for (in that order),
     or None for automatic."""
-    name = backend if backend is not None else _FORCED.get() or os.environ.get("FASTGEN_BACKEND") or None
+    name = backend if backend is not None else _forced or os.environ.get("FASTGEN_BACKEND") or None
     if name is not None and name not in BACKENDS:
         source = "backend" if backend is not None else "FASTGEN_BACKEND"
         raise ValueError(f"{source} must be one of {BACKENDS} or unset, got {name!r}")
